@@ -1,0 +1,51 @@
+# Two commands set everything up on a fresh Debian 12 / Raspberry Pi OS Bookworm machine:
+#   make demo   installs what is missing, then runs a fleet through a cut uplink and audits it
+#   make test   installs what is missing, then runs ruff, mypy and pytest
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+EXTRAS ?= sensor,test
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+comma := ,
+
+.PHONY: demo test lint typecheck pytest bench system-deps venv clean
+
+system-deps:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+		echo "installing mosquitto from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients; \
+	fi
+	@if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(STAMP)
+
+demo: system-deps venv
+	$(VENV)/bin/saltmarsh demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: system-deps venv
+	$(VENV)/bin/pytest
+
+test: system-deps venv lint typecheck pytest
+
+bench: system-deps venv
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

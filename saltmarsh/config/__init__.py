@@ -1,0 +1,23 @@
+"""One typed, validated config object per service, loaded here and nowhere else."""
+
+from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.gateway import GatewayConfig, load_gateway_config
+from saltmarsh.config.ingester import IngesterConfig, SinkConfig, load_ingester_config
+from saltmarsh.config.sensor import Anomaly, DriverConfig, SensorConfig, load_sensor_config
+from saltmarsh.config.table import Secret, Table, load_toml
+
+__all__ = [
+    "Anomaly",
+    "BrokerConfig",
+    "DriverConfig",
+    "GatewayConfig",
+    "IngesterConfig",
+    "Secret",
+    "SensorConfig",
+    "SinkConfig",
+    "Table",
+    "load_gateway_config",
+    "load_ingester_config",
+    "load_sensor_config",
+    "load_toml",
+]

@@ -1,0 +1,56 @@
+"""The gateway forwarder's config: local broker, uplink, spool, quota and drain rate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.table import Table, load_toml
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    gateway_id: str
+    site: str  # "+" forwards every site the local broker carries
+    local: BrokerConfig
+    uplink: BrokerConfig
+    state_dir: Path
+    status_dir: Path
+    spool_quota_bytes: int = 1_000_000_000
+    commit_interval_ms: int = 5  # group commit: at most this long between fsyncs while busy
+    commit_max_messages: int = 2000
+    inflight_window: int = 1000  # uplink QoS 1 messages awaiting PUBACK
+    drain_rate_limit: float = 5000.0  # backlog messages per second; live traffic is not limited
+    drain_burst: int = 1000
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+
+def gateway_config(t: Table) -> GatewayConfig:
+    gateway_id = t.ident("gateway_id")
+    site = t.text("site", "+")
+    if site != "+":
+        site = t.ident("site")
+    cfg = GatewayConfig(
+        gateway_id=gateway_id,
+        site=site,
+        local=BrokerConfig.from_table(t.table("local", required=True), f"forwarder-{gateway_id}"),
+        uplink=BrokerConfig.from_table(t.table("uplink", required=True), f"gateway-{gateway_id}"),
+        state_dir=t.path("state_dir"),
+        status_dir=t.path("status_dir"),
+        spool_quota_bytes=t.integer("spool_quota_bytes", 1_000_000_000, lo=0),
+        commit_interval_ms=t.integer("commit_interval_ms", 5, lo=0, hi=10_000),
+        commit_max_messages=t.integer("commit_max_messages", 2000, lo=1, hi=100_000),
+        inflight_window=t.integer("inflight_window", 1000, lo=1, hi=65535),
+        drain_rate_limit=t.number("drain_rate_limit", 5000.0, lo=1),
+        drain_burst=t.integer("drain_burst", 1000, lo=1),
+    )
+    t.done()
+    return cfg
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    return gateway_config(load_toml(path))

@@ -1,0 +1,67 @@
+"""The cloud ingester's config: broker, shared-subscription group, validation limits and sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.table import Table, load_toml
+from saltmarsh.envelope import Limits
+
+SINK_TYPES = ("sqlite",)  # elasticsearch and kinesis slot in here
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    type: str = "sqlite"
+    path: Path | None = None  # sqlite database file
+
+
+@dataclass(frozen=True, slots=True)
+class IngesterConfig:
+    ingester_id: str
+    broker: BrokerConfig
+    status_dir: Path
+    sink: SinkConfig
+    share_group: str = "saltmarsh-ingesters"
+    site: str = "+"
+    limits: Limits = field(default_factory=Limits)
+    batch_max_messages: int = 2000
+    batch_interval_ms: int = 20
+
+
+def _sink(t: Table) -> SinkConfig:
+    kind = t.text("type", "sqlite", choices=SINK_TYPES)
+    cfg = SinkConfig(type=kind, path=t.path("path", None))
+    if kind == "sqlite" and cfg.path is None:
+        raise t.error("path", "is required for sink type 'sqlite'")
+    t.done()
+    return cfg
+
+
+def ingester_config(t: Table) -> IngesterConfig:
+    ingester_id = t.ident("ingester_id")
+    limits_table = t.table("limits")
+    limits = Limits(
+        max_payload_bytes=limits_table.integer("max_payload_bytes", 16_384, lo=64, hi=10_000_000),
+        max_future_skew_ms=int(limits_table.number("max_future_skew_s", 300.0, lo=0) * 1000),
+    )
+    limits_table.done()
+    cfg = IngesterConfig(
+        ingester_id=ingester_id,
+        broker=BrokerConfig.from_table(t.table("broker"), f"ingester-{ingester_id}"),
+        status_dir=t.path("status_dir"),
+        sink=_sink(t.table("sink", required=True)),
+        share_group=t.ident("share_group", "saltmarsh-ingesters"),
+        site=t.text("site", "+"),
+        limits=limits,
+        batch_max_messages=t.integer("batch_max_messages", 2000, lo=1, hi=100_000),
+        batch_interval_ms=t.integer("batch_interval_ms", 20, lo=0, hi=10_000),
+    )
+    t.done()
+    return cfg
+
+
+def load_ingester_config(path: Path) -> IngesterConfig:
+    return ingester_config(load_toml(path))

@@ -1,0 +1,240 @@
+"""The reading envelope, version 1: what a sensor sends and what a sink stores.
+
+Every data message (reading, event or alert) carries `(device, boot, seq)`, minted at the
+sensor. That triple is the message's identity all the way to the sink: it is the dedup key,
+the Elasticsearch `_id` and what `saltmarsh audit` checks for gaps.
+
+Parsing is pure: bytes and a topic in, an `Envelope` or a `ValidationError` naming the field out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from saltmarsh.errors import Reason, ValidationError
+from saltmarsh.topics import Channel, Topic, check_id
+
+VERSION = 1
+MAX_METRICS = 64
+MAX_TEXT = 256
+MAX_SEQ = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the ingester accepts; from config, so an operator can tighten it."""
+
+    max_payload_bytes: int = 16_384
+    max_future_skew_ms: int = 300_000
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    lat: float
+    lon: float
+    place: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"lat": self.lat, "lon": self.lon}
+        if self.place is not None:
+            out["place"] = self.place
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    kind: Channel
+    device: str
+    site: str
+    boot: str
+    seq: int
+    ts_ms: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    name: str | None = None  # events and alerts: what happened, e.g. "threshold"
+    detail: str | None = None
+    units: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None
+    firmware: str | None = None
+    location: Location | None = None
+
+    @property
+    def key(self) -> str:
+        """The message's identity end to end: dedup key and sink id."""
+        return f"{self.device}:{self.boot}:{self.seq}"
+
+    @property
+    def topic(self) -> Topic:
+        return Topic(self.site, self.device, self.kind)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": VERSION,
+            "kind": self.kind.value,
+            "device": self.device,
+            "site": self.site,
+            "boot": self.boot,
+            "seq": self.seq,
+            "ts": self.ts_ms,
+            "metrics": dict(self.metrics),
+        }
+        for name in ("name", "detail", "model", "firmware"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.units:
+            out["units"] = dict(self.units)
+        if self.location is not None:
+            out["location"] = self.location.to_json()
+        return out
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _reject_constant(name: str) -> float:
+    # json.loads would otherwise turn NaN/Infinity literals into floats silently.
+    raise ValueError(f"non-finite literal {name}")
+
+
+def decode_json(payload: bytes, limits: Limits) -> dict[str, Any]:
+    """Bytes to a JSON object, or a ValidationError naming why not."""
+    if len(payload) > limits.max_payload_bytes:
+        raise ValidationError(
+            Reason.OVERSIZED, "payload", f"{len(payload)} bytes exceeds limit {limits.max_payload_bytes}"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValidationError(Reason.NOT_UTF8, "payload", f"invalid UTF-8 at byte {err.start}") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as err:
+        if "non-finite" in str(err):
+            raise ValidationError(Reason.NON_FINITE, "payload", str(err)) from None
+        raise ValidationError(Reason.MALFORMED_JSON, "payload", str(err)[:200]) from None
+    if not isinstance(doc, dict):
+        raise ValidationError(Reason.WRONG_TYPE, "payload", f"expected JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _required(doc: Mapping[str, Any], name: str, path: str = "") -> Any:
+    if name not in doc:
+        raise ValidationError(Reason.MISSING_FIELD, path or name, "is required")
+    return doc[name]
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(Reason.WRONG_TYPE, name, f"expected integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValidationError(Reason.INVALID_VALUE, name, f"{value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(Reason.WRONG_TYPE, name, f"expected number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValidationError(Reason.NON_FINITE, name, f"{value!r} is not finite")
+    return number
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(Reason.WRONG_TYPE, name, f"expected string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT:
+        raise ValidationError(Reason.INVALID_VALUE, name, f"longer than {MAX_TEXT} characters")
+    return value
+
+
+def _optional_text(doc: Mapping[str, Any], name: str) -> str | None:
+    return None if doc.get(name) is None else _text(name, doc[name])
+
+
+def _metrics(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValidationError(Reason.WRONG_TYPE, "metrics", f"expected object, got {type(value).__name__}")
+    if len(value) > MAX_METRICS:
+        raise ValidationError(Reason.INVALID_VALUE, "metrics", f"more than {MAX_METRICS} metrics")
+    out: dict[str, float] = {}
+    for metric, number in value.items():
+        check_id(f"metrics.{metric[:40]}", metric)
+        out[metric] = _number(f"metrics.{metric}", number)
+    return out
+
+
+def _units(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValidationError(Reason.WRONG_TYPE, "units", f"expected object, got {type(value).__name__}")
+    return {str(k): _text(f"units.{k}", v) for k, v in value.items()}
+
+
+def _location(value: Any) -> Location:
+    if not isinstance(value, dict):
+        raise ValidationError(Reason.WRONG_TYPE, "location", f"expected object, got {type(value).__name__}")
+    lat = _number("location.lat", _required(value, "lat", "location.lat"))
+    lon = _number("location.lon", _required(value, "lon", "location.lon"))
+    if not -90.0 <= lat <= 90.0:
+        raise ValidationError(Reason.INVALID_VALUE, "location.lat", f"{lat} is outside [-90, 90]")
+    if not -180.0 <= lon <= 180.0:
+        raise ValidationError(Reason.INVALID_VALUE, "location.lon", f"{lon} is outside [-180, 180]")
+    place = value.get("place")
+    return Location(lat, lon, None if place is None else _text("location.place", place))
+
+
+def from_json(doc: Mapping[str, Any], topic: Topic, now_ms: int, limits: Limits) -> Envelope:
+    """Validate a decoded document against the contract and the topic it arrived on."""
+    version = _required(doc, "v")
+    if version != VERSION:
+        raise ValidationError(Reason.UNSUPPORTED_VERSION, "v", f"{version!r} is not {VERSION}")
+    kind_text = doc.get("kind", Channel.READING.value)
+    if kind_text != topic.channel.value:
+        raise ValidationError(
+            Reason.TOPIC_MISMATCH, "kind", f"{str(kind_text)[:40]!r} arrived on channel {topic.channel.value!r}"
+        )
+    device = check_id("device", _required(doc, "device"))
+    site = check_id("site", _required(doc, "site"))
+    if device != topic.device:
+        raise ValidationError(Reason.TOPIC_MISMATCH, "device", f"{device!r} differs from topic {topic.device!r}")
+    if site != topic.site:
+        raise ValidationError(Reason.TOPIC_MISMATCH, "site", f"{site!r} differs from topic {topic.site!r}")
+    boot = check_id("boot", _required(doc, "boot"))
+    seq = _int("seq", _required(doc, "seq"), 0, MAX_SEQ)
+    ts_ms = _int("ts", _required(doc, "ts"), 0, MAX_SEQ)
+    if ts_ms > now_ms + limits.max_future_skew_ms:
+        raise ValidationError(
+            Reason.FUTURE_TIMESTAMP, "ts", f"{ts_ms} is {(ts_ms - now_ms) // 1000} s ahead of the ingester clock"
+        )
+    is_reading = topic.channel is Channel.READING
+    metrics = _metrics(_required(doc, "metrics") if is_reading else doc.get("metrics", {}))
+    if is_reading and not metrics:
+        raise ValidationError(Reason.INVALID_VALUE, "metrics", "a reading needs at least one metric")
+    name = _text("name", _required(doc, "name")) if not is_reading else _optional_text(doc, "name")
+    return Envelope(
+        kind=topic.channel,
+        device=device,
+        site=site,
+        boot=boot,
+        seq=seq,
+        ts_ms=ts_ms,
+        metrics=metrics,
+        name=name,
+        detail=_optional_text(doc, "detail"),
+        units=_units(doc["units"]) if doc.get("units") is not None else {},
+        model=_optional_text(doc, "model"),
+        firmware=_optional_text(doc, "firmware"),
+        location=_location(doc["location"]) if doc.get("location") is not None else None,
+    )
+
+
+def parse(topic: str, payload: bytes, now_ms: int, limits: Limits = Limits()) -> Envelope:
+    """Topic string and raw payload to a validated Envelope: the one entry point for the ingester."""
+    parsed_topic = Topic.parse(topic)
+    if not parsed_topic.channel.carries_data:
+        raise ValidationError(Reason.UNKNOWN_TOPIC, "topic.channel", f"{parsed_topic.channel.value!r} carries no data")
+    return from_json(decode_json(payload, limits), parsed_topic, now_ms, limits)

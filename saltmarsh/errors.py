@@ -1,0 +1,55 @@
+"""Every exception saltmarsh raises on purpose, in one place.
+
+Each one names the field, key or path at fault, because an operator reading a log line at
+3 a.m. should not have to guess which of forty keys was wrong.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a message was rejected; stored with every dead letter and counted per reason."""
+
+    NOT_UTF8 = "not_utf8"
+    MALFORMED_JSON = "malformed_json"
+    OVERSIZED = "oversized"
+    UNKNOWN_TOPIC = "unknown_topic"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_VALUE = "invalid_value"
+    NON_FINITE = "non_finite"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    TOPIC_MISMATCH = "topic_mismatch"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    SINK_REJECTED = "sink_rejected"
+
+
+class SaltmarshError(Exception):
+    """Base of every deliberate saltmarsh error."""
+
+
+class ValidationError(SaltmarshError):
+    """A message broke the wire contract. `field` is a dotted path such as `metrics.temperature`."""
+
+    def __init__(self, reason: Reason, field: str, detail: str) -> None:
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+        super().__init__(f"{reason.value}: field {field!r}: {detail}")
+
+
+class ConfigError(SaltmarshError):
+    """A config file or pillar value is wrong. `key` is the dotted key at fault."""
+
+    def __init__(self, key: str, detail: str, source: str = "") -> None:
+        self.key = key
+        self.detail = detail
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"config key {key!r}{where}: {detail}")
+
+
+class SpoolError(SaltmarshError):
+    """The disk spool could not be opened or written."""

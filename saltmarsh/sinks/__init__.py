@@ -1,0 +1,1 @@
+"""Sinks: where the ingester commits messages. `open_sink` picks the backend from config."""

@@ -1,0 +1,296 @@
+"""A crash-safe disk spool on diskcache (SQLite, WAL, synchronous=FULL).
+
+Used by the sensor agent, the gateway forwarder and the Salt engine: one implementation.
+
+Messages are stored in *segments*: every group commit writes the batch that arrived since the
+last one as one diskcache value in one transaction, so the per-message cost of durability is a
+share of one fsync rather than one each. A segment is deleted only once every message in it is
+confirmed downstream; after a crash a half-confirmed segment is sent again whole, and the sink's
+`(device, boot, seq)` key makes the repeat harmless.
+
+Segment metadata (lane, order, message count, bytes, time spooled) lives in the diskcache key,
+so reopening a spool of a million messages reads only keys, never payloads.
+
+Two lanes: BULK (readings) may be evicted, oldest first, when the disk quota is reached;
+KEEP (events, alerts) never is. Every evicted message is counted, and the counters are written
+in the same transaction as the eviction, so they stay exact across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import diskcache
+
+from saltmarsh.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">HI")
+_COUNTERS_KEY = "meta/counters"
+_DB_FILE = "cache.db"
+
+Record = tuple[str, bytes]
+"""One spooled message: topic and payload, exactly as received."""
+
+
+class Lane(StrEnum):
+    KEEP = "keep"  # events and alerts: never evicted
+    BULK = "bulk"  # readings: evicted oldest first under the quota
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    lane: Lane
+    segno: int
+    count: int
+    nbytes: int
+    spooled_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"seg/{self.segno:016d}/{self.lane.value}/{self.count}/{self.nbytes}/{self.spooled_ms}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Segment:
+        _, segno, lane, count, nbytes, spooled_ms = key.split("/")
+        return cls(Lane(lane), int(segno), int(count), int(nbytes), int(spooled_ms))
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    depth_messages: int
+    depth_bytes: int
+    segments: int
+    oldest_spooled_ms: int | None
+    evicted_messages: int
+    evicted_segments: int
+    quota_bytes: int
+    over_quota_keep_bytes: int  # bytes of never-evicted messages above the quota
+    quarantined: int
+
+
+def encode_records(records: Iterable[Record]) -> bytes:
+    parts: list[bytes] = []
+    for topic, payload in records:
+        topic_bytes = topic.encode()
+        parts += (_HEADER.pack(len(topic_bytes), len(payload)), topic_bytes, payload)
+    return b"".join(parts)
+
+
+def decode_records(blob: bytes) -> list[Record]:
+    view = memoryview(blob)
+    out: list[Record] = []
+    pos = 0
+    size = _HEADER.size
+    while pos < len(view):
+        topic_len, payload_len = _HEADER.unpack_from(view, pos)
+        pos += size
+        topic = bytes(view[pos : pos + topic_len]).decode()
+        pos += topic_len
+        out.append((topic, bytes(view[pos : pos + payload_len])))
+        pos += payload_len
+    if pos != len(view):
+        raise SpoolError(f"segment truncated: {pos} of {len(view)} bytes decoded")
+    return out
+
+
+def _quick_check(directory: Path) -> str | None:
+    """None when the SQLite file is sound (or absent), else why not."""
+    db = directory / _DB_FILE
+    if not db.exists():
+        return None
+    try:
+        con = sqlite3.connect(db, timeout=30)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        return str(err)
+    return None if row and row[0] == "ok" else str(row)
+
+
+class Spool:
+    """Segments in spool order, with a quota and leases that keep in-flight segments from eviction."""
+
+    def __init__(self, directory: Path, quota_bytes: int = 0, quarantined: int = 0) -> None:
+        self.directory = directory
+        self.quota_bytes = quota_bytes
+        self._quarantined = quarantined
+        self._cache = diskcache.Cache(
+            str(directory),
+            # FULL: a commit that returned survives power loss, not just a process crash.
+            sqlite_synchronous=2,
+            sqlite_journal_mode="wal",
+            # diskcache writes large values to side files without fsync; keep all in SQLite.
+            disk_min_file_size=2**31 - 1,
+            eviction_policy="none",
+            size_limit=2**62,
+            cull_limit=0,
+            statistics=0,
+        )
+        self._lock = threading.Lock()
+        self._segments: dict[int, Segment] = {}
+        self._leased: set[int] = set()
+        self._depth_messages = 0
+        self._depth_bytes = 0
+        counters = self._cache.get(_COUNTERS_KEY, default=None)
+        parsed = json.loads(counters) if isinstance(counters, str) else {}
+        self._evicted_messages = int(parsed.get("evicted_messages", 0))
+        self._evicted_segments = int(parsed.get("evicted_segments", 0))
+        for key in self._cache.iterkeys():
+            if isinstance(key, str) and key.startswith("seg/"):
+                self._track(Segment.from_key(key))
+        self._next_segno = max(self._segments, default=0) + 1
+
+    @classmethod
+    def open(cls, directory: Path, quota_bytes: int = 0) -> Spool:
+        """Open, or quarantine an unreadable spool and start a fresh one; never refuse to run."""
+        directory.mkdir(parents=True, exist_ok=True)
+        problem = _quick_check(directory)
+        if problem is None:
+            try:
+                return cls(directory, quota_bytes)
+            except (sqlite3.DatabaseError, ValueError, OSError) as err:
+                problem = f"{type(err).__name__}: {err}"
+        moved = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
+        shutil.move(str(directory), str(moved))
+        log.error(
+            "spool quarantined",
+            extra={"event": "spool_quarantined", "spool": str(directory), "moved_to": str(moved), "why": problem},
+        )
+        directory.mkdir(parents=True)
+        return cls(directory, quota_bytes, quarantined=1)
+
+    def _track(self, seg: Segment) -> None:
+        self._segments[seg.segno] = seg
+        self._depth_messages += seg.count
+        self._depth_bytes += seg.nbytes
+
+    def _untrack(self, seg: Segment) -> None:
+        del self._segments[seg.segno]
+        self._leased.discard(seg.segno)
+        self._depth_messages -= seg.count
+        self._depth_bytes -= seg.nbytes
+
+    def append(self, batches: Sequence[tuple[Lane, Sequence[Record]]], now_ms: int | None = None) -> list[Segment]:
+        """Write one segment per non-empty lane batch in a single durable transaction."""
+        spooled_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        with self._lock:
+            written: list[Segment] = []
+            evicted: list[Segment] = []
+            with self._cache.transact():
+                for lane, records in batches:
+                    if not records:
+                        continue
+                    blob = encode_records(records)
+                    seg = Segment(lane, self._next_segno, len(records), len(blob), spooled_ms)
+                    self._next_segno += 1
+                    self._cache.set(seg.key, blob)
+                    self._track(seg)
+                    written.append(seg)
+                evicted = self._evict_over_quota()
+                if evicted:
+                    self._cache.set(_COUNTERS_KEY, self._counters_json())
+            if evicted:
+                log.warning(
+                    "spool quota reached: evicted oldest readings",
+                    extra={
+                        "event": "spool_evicted",
+                        "evicted_messages": sum(s.count for s in evicted),
+                        "evicted_total": self._evicted_messages,
+                        "quota_bytes": self.quota_bytes,
+                    },
+                )
+            return [s for s in written if s.segno in self._segments]
+
+    def _evict_over_quota(self) -> list[Segment]:
+        if self.quota_bytes <= 0 or self._depth_bytes <= self.quota_bytes:
+            return []
+        evicted: list[Segment] = []
+        for segno in sorted(self._segments):
+            if self._depth_bytes <= self.quota_bytes:
+                break
+            seg = self._segments[segno]
+            if seg.lane is not Lane.BULK or segno in self._leased:
+                continue
+            self._cache.delete(seg.key)
+            self._untrack(seg)
+            self._evicted_messages += seg.count
+            self._evicted_segments += 1
+            evicted.append(seg)
+        return evicted
+
+    def _counters_json(self) -> str:
+        return json.dumps({"evicted_messages": self._evicted_messages, "evicted_segments": self._evicted_segments})
+
+    def pending(self) -> list[Segment]:
+        """Segments not leased, oldest first."""
+        with self._lock:
+            return [self._segments[n] for n in sorted(self._segments) if n not in self._leased]
+
+    def lease(self, seg: Segment) -> list[Record] | None:
+        """Read a segment and protect it from eviction until `remove` or `release`.
+
+        None when the segment is gone (evicted) or unreadable; an unreadable one is dropped and
+        logged, since keeping it would block the spool forever.
+        """
+        with self._lock:
+            if seg.segno not in self._segments:
+                return None
+            self._leased.add(seg.segno)
+        blob = self._cache.get(seg.key, default=None)
+        try:
+            if not isinstance(blob, bytes):
+                raise SpoolError(f"segment {seg.key} has no bytes value")
+            return decode_records(blob)
+        except (SpoolError, struct.error, UnicodeDecodeError) as err:
+            log.error(
+                "unreadable spool segment dropped",
+                extra={"event": "spool_segment_corrupt", "segment": seg.key, "messages": seg.count, "why": str(err)},
+            )
+            self.remove(seg)
+            return None
+
+    def release(self, seg: Segment) -> None:
+        """Give a leased segment back, unsent (the uplink dropped)."""
+        with self._lock:
+            self._leased.discard(seg.segno)
+
+    def remove(self, seg: Segment) -> None:
+        """Delete a segment once every message in it is confirmed downstream."""
+        with self._lock:
+            if seg.segno not in self._segments:
+                return
+            self._cache.delete(seg.key)
+            self._untrack(seg)
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            oldest = min((s.spooled_ms for s in self._segments.values()), default=None)
+            keep_bytes = sum(s.nbytes for s in self._segments.values() if s.lane is Lane.KEEP)
+            return SpoolStats(
+                depth_messages=self._depth_messages,
+                depth_bytes=self._depth_bytes,
+                segments=len(self._segments),
+                oldest_spooled_ms=oldest,
+                evicted_messages=self._evicted_messages,
+                evicted_segments=self._evicted_segments,
+                quota_bytes=self.quota_bytes,
+                over_quota_keep_bytes=max(0, keep_bytes - self.quota_bytes) if self.quota_bytes else 0,
+                quarantined=self._quarantined,
+            )
+
+    def close(self) -> None:
+        self._cache.close()

@@ -1,0 +1,129 @@
+"""Service counters, exposed as one JSON file per running service in a shared status directory.
+
+A file needs no port, survives the uplink being down, and is what `saltmarsh status` and the
+Salt spool beacon read. Each write is atomic (write, fsync-free rename), so readers never see a
+torn document. `updated_ms` lets a reader tell a live service from a stale file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STALE_AFTER_MS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    service: str  # "sensor", "forwarder", "ingester", ...
+    instance: str  # device id, gateway id, ingester client id
+    pid: int
+    updated_ms: int
+    counters: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.instance}"
+
+    def is_stale(self, now_ms: int) -> bool:
+        return now_ms - self.updated_ms > STALE_AFTER_MS
+
+
+def write_status(directory: Path, service: str, instance: str, counters: Mapping[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "service": service,
+        "instance": instance,
+        "pid": os.getpid(),
+        "updated_ms": int(time.time() * 1000),
+        "counters": dict(counters),
+    }
+    target = directory / f"{service}-{instance}.json"
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, sort_keys=True, default=str))
+    os.replace(tmp, target)
+
+
+def read_statuses(directory: Path) -> list[ServiceStatus]:
+    out: list[ServiceStatus] = []
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            out.append(
+                ServiceStatus(
+                    service=str(doc["service"]),
+                    instance=str(doc["instance"]),
+                    pid=int(doc["pid"]),
+                    updated_ms=int(doc["updated_ms"]),
+                    counters=dict(doc["counters"]),
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a file being replaced or not ours; the next read gets it
+    return out
+
+
+class StatusPublisher:
+    """Writes a service's counters every `interval_s` from a daemon thread, and once at stop."""
+
+    def __init__(
+        self,
+        directory: Path,
+        service: str,
+        instance: str,
+        snapshot: Callable[[], Mapping[str, Any]],
+        interval_s: float = 1.0,
+    ) -> None:
+        self.directory = directory
+        self.service = service
+        self.instance = instance
+        self.snapshot = snapshot
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"status-{service}", daemon=True)
+
+    def start(self) -> None:
+        self.write()
+        self._thread.start()
+
+    def write(self) -> None:
+        write_status(self.directory, self.service, self.instance, self.snapshot())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.write()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.write()
+
+
+class RateMeter:
+    """Messages per second over a sliding window of one-second buckets; cheap to call per batch."""
+
+    def __init__(self, window_s: int = 10) -> None:
+        self.window_s = window_s
+        self._buckets: dict[int, int] = {}
+
+    def add(self, count: int, now_s: float | None = None) -> None:
+        second = int(time.monotonic() if now_s is None else now_s)
+        self._buckets[second] = self._buckets.get(second, 0) + count
+        if len(self._buckets) > self.window_s + 2:
+            for old in [s for s in self._buckets if s < second - self.window_s]:
+                del self._buckets[old]
+
+    def rate(self, now_s: float | None = None) -> float:
+        now = int(time.monotonic() if now_s is None else now_s)
+        # The current second is still filling; average the complete ones before it.
+        total = sum(c for s, c in self._buckets.items() if now - self.window_s <= s < now)
+        return total / self.window_s

@@ -1,0 +1,89 @@
+"""The MQTT topic layout, shared by every hop.
+
+    saltmarsh/v1/{site}/{device}/{channel}
+
+The site and the device are in the topic so that broker ACLs can confine a device to its own
+topics, and so that an operator can subscribe to one site or one device with a plain wildcard.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from saltmarsh.errors import Reason, ValidationError
+
+ROOT = "saltmarsh/v1"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Channel(StrEnum):
+    READING = "reading"
+    EVENT = "event"
+    ALERT = "alert"
+    STATUS = "status"  # retained; the agent's last will lands here too
+    COMMAND = "cmd"
+
+    @property
+    def carries_data(self) -> bool:
+        """Data channels carry sequenced envelopes that must reach the sink."""
+        return self in (Channel.READING, Channel.EVENT, Channel.ALERT)
+
+    @property
+    def evictable(self) -> bool:
+        """Only plain readings may be evicted under a disk quota; events and alerts never are."""
+        return self is Channel.READING
+
+
+DATA_CHANNELS = tuple(c for c in Channel if c.carries_data)
+
+
+def check_id(field: str, value: object) -> str:
+    """Validate a site, device or boot id: safe in topics, file names and Elasticsearch ids."""
+    if not isinstance(value, str):
+        raise ValidationError(Reason.WRONG_TYPE, field, f"expected string, got {type(value).__name__}")
+    if not ID_PATTERN.match(value):
+        raise ValidationError(Reason.INVALID_VALUE, field, f"{value[:80]!r} must match {ID_PATTERN.pattern}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    site: str
+    device: str
+    channel: Channel
+
+    def __post_init__(self) -> None:
+        check_id("topic.site", self.site)
+        check_id("topic.device", self.device)
+
+    def __str__(self) -> str:
+        return f"{ROOT}/{self.site}/{self.device}/{self.channel.value}"
+
+    @classmethod
+    def parse(cls, topic: str) -> Topic:
+        parts = topic.split("/")
+        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != ROOT:
+            raise ValidationError(
+                Reason.UNKNOWN_TOPIC, "topic", f"{topic[:200]!r} is not {ROOT}/<site>/<device>/<channel>"
+            )
+        try:
+            channel = Channel(parts[4])
+        except ValueError:
+            raise ValidationError(Reason.UNKNOWN_TOPIC, "topic.channel", f"unknown channel {parts[4][:40]!r}") from None
+        try:
+            return cls(parts[2], parts[3], channel)
+        except ValidationError as err:
+            raise ValidationError(Reason.UNKNOWN_TOPIC, err.field, err.detail) from None
+
+
+def site_filter(site: str = "+", channel: Channel | str = "+") -> str:
+    """A subscription filter for one site (or all, with '+') and one channel."""
+    ch = channel.value if isinstance(channel, Channel) else channel
+    return f"{ROOT}/{site}/+/{ch}"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """An MQTT 5 shared subscription, so that several ingesters split one stream."""
+    return f"$share/{group}/{topic_filter}"
