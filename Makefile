@@ -6,6 +6,7 @@ VENV ?= .venv
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 EXTRAS ?= sensor,test
+DEMO_ARGS ?=
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: system-deps venv
-	$(VENV)/bin/saltmarsh demo
+	$(VENV)/bin/saltmarsh demo $(DEMO_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,154 @@
+"""The `saltmarsh` command: demo, audit, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from saltmarsh.audit import AuditReport, format_report, run_audit
+from saltmarsh.errors import SaltmarshError
+from saltmarsh.fleet import FleetPlan, LocalFleet
+from saltmarsh.progress import fleet_progress_line
+from saltmarsh.sinks import open_audit_source
+from saltmarsh.status import read_statuses
+
+DEFAULT_STATUS_DIR = Path("/run/saltmarsh/status")
+
+
+def _audit(db: Path, expectations: dict[str, tuple[str, int]] | None) -> AuditReport:
+    source = open_audit_source(db)
+    try:
+        return run_audit(source.stored_keys(), expectations, source.dead_letter_counts())
+    finally:
+        source.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    plan = FleetPlan(
+        base_dir=Path(args.dir),
+        sensors=args.sensors,
+        rate_hz=args.rate,
+        readings_per_sensor=max(1, int(args.rate * args.duration)),
+        drain_rate_limit=args.drain_rate,
+    )
+    fleet = LocalFleet.fresh(plan)
+    total = plan.sensors * plan.readings_per_sensor
+    print(
+        f"demo: {plan.sensors} sensors x {plan.readings_per_sensor} readings at {plan.rate_hz:g} Hz "
+        f"-> gateway mosquitto :{fleet.gateway_broker.port} -> forwarder -> cloud mosquitto "
+        f":{fleet.cloud_broker.port} -> ingester -> sqlite {plan.sink_path}",
+        flush=True,
+    )
+    outage_at = args.duration / 3 if args.outage > 0 else None
+    started = time.monotonic()
+    cloud_down_since: float | None = None
+    report: AuditReport | None = None
+    try:
+        fleet.start()
+        deadline = started + args.duration + args.outage + args.drain_timeout
+        while time.monotonic() < deadline:
+            elapsed = time.monotonic() - started
+            if outage_at is not None and cloud_down_since is None and elapsed >= outage_at:
+                print(f"demo: t={elapsed:.0f}s stopping the cloud broker for {args.outage:g}s", flush=True)
+                fleet.stop_cloud()
+                cloud_down_since = elapsed
+                outage_at = None
+            if cloud_down_since is not None and elapsed - cloud_down_since >= args.outage:
+                print(f"demo: t={elapsed:.0f}s cloud broker back; the gateway drains its spool", flush=True)
+                fleet.start_cloud()
+                cloud_down_since = None
+            dead = [p for p in fleet.processes() if p.returncode() not in (None, 0)]
+            if dead:
+                for process in dead:
+                    print(f"demo: {process.name} exited {process.returncode()}:\n{process.log_tail()}", file=sys.stderr)
+                return 3
+            print(fleet_progress_line(elapsed, fleet.statuses(), total), flush=True)
+            if cloud_down_since is None and fleet.sensors_done():
+                report = _audit(plan.sink_path, fleet.expectations())
+                if report.ok:
+                    break
+            time.sleep(1.0)
+        report = _audit(plan.sink_path, fleet.expectations())
+    finally:
+        fleet.stop()
+    print(format_report(report))
+    print(f"demo: files, logs and the database are under {plan.base_dir}; counters: saltmarsh status --status-dir {plan.status_dir}")
+    return 0 if report.ok else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    expectations = None
+    if args.status_dir:
+        expectations = {
+            s.instance: (str(s.counters["boot"]), int(s.counters["last_seq"]))
+            for s in read_statuses(Path(args.status_dir))
+            if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters
+        }
+    report = _audit(Path(args.db), expectations)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    statuses = read_statuses(Path(args.status_dir))
+    if args.json:
+        print(json.dumps([{"name": s.name, "pid": s.pid, "updated_ms": s.updated_ms, **s.counters} for s in statuses]))
+        return 0
+    if not statuses:
+        print(f"no services have written status to {args.status_dir}")
+        return 1
+    now_ms = int(time.time() * 1000)
+    for s in statuses:
+        state = "stale" if s.is_stale(now_ms) else "live"
+        age = (now_ms - s.updated_ms) / 1000
+        print(f"{s.name}  pid {s.pid}  {state} (updated {age:.0f}s ago)")
+        for key in sorted(s.counters):
+            value = s.counters[key]
+            shown = f"{value:.2f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
+            print(f"    {key:<28} {shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saltmarsh", description="IoT fleet store-and-forward, end to end.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    demo = verbs.add_parser("demo", help="run a local fleet through a cut uplink and audit the sink")
+    demo.add_argument("--sensors", type=int, default=5, help="simulated sensor agents (default 5)")
+    demo.add_argument("--rate", type=float, default=2.0, help="readings per second per sensor (default 2)")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds each sensor produces (default 30)")
+    demo.add_argument("--outage", type=float, default=10.0, help="seconds the cloud broker is down (0: none)")
+    demo.add_argument("--drain-rate", type=float, default=2000.0, help="backlog drain limit, msg/s")
+    demo.add_argument("--drain-timeout", type=float, default=120.0, help="seconds allowed to drain at the end")
+    demo.add_argument("--dir", default="var/demo", help="where configs, spools, logs and the database go")
+    demo.set_defaults(func=cmd_demo)
+
+    audit = verbs.add_parser("audit", help="count, gaps and duplicates per device, from the sink")
+    audit.add_argument("--db", required=True, help="the SQLite sink's database file")
+    audit.add_argument("--status-dir", help="read each sensor's last seq from here, to catch tail loss")
+    audit.set_defaults(func=cmd_audit)
+
+    status = verbs.add_parser("status", help="every running service's counters")
+    status.add_argument("--status-dir", default=str(DEFAULT_STATUS_DIR))
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SaltmarshError as err:
+        print(f"saltmarsh {args.verb}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Driving a LocalFleet in the reliability tests: run, disturb, wait, audit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from saltmarsh.audit import AuditReport, run_audit
+from saltmarsh.fleet import FleetPlan, LocalFleet
+from saltmarsh.sinks import open_audit_source
+
+
+def audit(fleet: LocalFleet) -> AuditReport:
+    source = open_audit_source(fleet.plan.sink_path)
+    try:
+        return run_audit(source.stored_keys(), fleet.expectations(), source.dead_letter_counts())
+    finally:
+        source.close()
+
+
+def wait_until_audited(fleet: LocalFleet, timeout_s: float) -> AuditReport:
+    """Wait for every sensor to finish and the sink to hold everything, then audit."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        crashed = [p for p in fleet.processes() if p.returncode() not in (None, 0)]
+        assert not crashed, "\n".join(f"{p.name} exited {p.returncode()}:\n{p.log_tail()}" for p in crashed)
+        if fleet.sensors_done() and fleet.plan.sink_path.exists():
+            report = audit(fleet)
+            if report.ok:
+                return report
+        time.sleep(0.5)
+    return audit(fleet)
+
+
+@contextmanager
+def running_fleet(base_dir: Path, **plan_args: object) -> Iterator[LocalFleet]:
+    fleet = LocalFleet.fresh(FleetPlan(base_dir=base_dir, **plan_args))  # type: ignore[arg-type]
+    try:
+        fleet.start()
+        yield fleet
+    finally:
+        fleet.stop()
