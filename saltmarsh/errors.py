@@ -53,3 +53,7 @@ class ConfigError(SaltmarshError):
 
 class SpoolError(SaltmarshError):
     """The disk spool could not be opened or written."""
+
+
+class DriverError(SaltmarshError):
+    """A sensor driver cannot start: hardware or library missing, or its input file is unusable."""

@@ -1,0 +1,28 @@
+"""sensor: the agent that runs on each Raspberry Pi.
+
+In: samples from one driver (a DHT11/DHT22 on a GPIO pin, a simulated room, or a replayed CSV
+file), once per interval.
+Out: one reading envelope per sample, `(device, boot, seq)`-keyed, written to a local disk spool
+first and then published at QoS 1 to the site's gateway broker, in order, removed from the spool
+only on PUBACK; plus a retained online/offline presence message on the device's status topic,
+and a status file of counters.
+"""
+
+from sensor.agent import Agent, mint, new_boot_id
+from sensor.drivers import Driver, DriverError, ReadCounters, Sample, open_driver
+from sensor.sender import SpoolSender
+from sensor.service import main, run
+
+__all__ = [
+    "Agent",
+    "Driver",
+    "DriverError",
+    "ReadCounters",
+    "Sample",
+    "SpoolSender",
+    "main",
+    "mint",
+    "new_boot_id",
+    "open_driver",
+    "run",
+]

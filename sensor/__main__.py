@@ -1,0 +1,5 @@
+import sys
+
+from sensor.service import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""`saltmarsh-sensor --config sensor.toml`: wires driver -> agent -> spool -> sender, and the status file.
+
+Stops on SIGTERM or SIGINT: no more readings, a few seconds to flush, "offline", a last status
+write (after the last spool append, so the audit's `last_seq` is final), exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from saltmarsh import logs
+from saltmarsh.config import SensorConfig, load_sensor_config
+from saltmarsh.errors import ConfigError
+from saltmarsh.spool import Spool
+from saltmarsh.status import StatusPublisher
+from sensor.agent import Agent, new_boot_id
+from sensor.drivers import Driver, DriverError, open_driver
+from sensor.sender import SpoolSender
+
+log = logging.getLogger("sensor")
+
+SERVICE = "sensor"
+FLUSH_TIMEOUT_S = 3.0
+DRAIN_POLL_S = 0.1
+EXIT_OK = 0
+EXIT_CANNOT_START = 2
+
+
+def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
+    stats = spool.stats()
+    now_ms = int(time.time() * 1000)
+    oldest_age_s = 0.0 if stats.oldest_spooled_ms is None else max(0.0, (now_ms - stats.oldest_spooled_ms) / 1000)
+    return {
+        "device": agent.cfg.device,
+        "site": agent.cfg.site,
+        "driver": agent.cfg.driver.type,
+        "boot": agent.boot,
+        "last_seq": agent.last_seq,
+        "readings_total": agent.last_seq,
+        "read_failures": agent.driver.counters.failures,
+        "read_retries": agent.driver.counters.retries,
+        "spool_errors": agent.spool_errors,
+        "spool_depth": stats.depth_messages,
+        "spool_bytes": stats.depth_bytes,
+        "spool_evicted": stats.evicted_messages,
+        "oldest_unsent_age_s": round(oldest_age_s, 3),
+        "acked_total": sender.acked_total,
+        "rejected_total": sender.rejected_total,
+        "in_flight": sender.in_flight,
+        "connected": sender.connected,
+        "connects": sender.connects,
+        "publish_rate": sender.publish_rate(),
+    }
+
+
+def _spool_empty(spool: Spool) -> bool:
+    return spool.stats().depth_messages == 0
+
+
+def run(cfg: SensorConfig, stop: threading.Event | None = None, driver: Driver | None = None) -> int:
+    """Run until stopped, or until `max_readings` are produced and delivered. Returns the exit code."""
+    stop = stop or threading.Event()
+    boot = new_boot_id()
+    driver = driver or open_driver(cfg.driver, wait=stop.wait)
+    spool = Spool.open(cfg.spool_dir, cfg.spool_quota_bytes)
+    sender = SpoolSender(cfg, spool, boot)
+    agent = Agent(cfg, driver, spool, boot, on_spooled=sender.notify)
+    status = StatusPublisher(cfg.status_dir, SERVICE, cfg.device, lambda: counters(agent, sender, spool))
+    backlog = spool.stats()
+    log.info(
+        "sensor starting",
+        extra={
+            "event": "started",
+            "device": cfg.device,
+            "site": cfg.site,
+            "boot": boot,
+            "driver": cfg.driver.type,
+            "interval_s": cfg.interval_s,
+            "backlog": backlog.depth_messages,
+        },
+    )
+    try:
+        status.start()
+        sender.start()
+        agent.produce(stop)
+        # Done producing on our own: keep delivering until the spool is empty or we are told to stop.
+        while not stop.is_set() and not _spool_empty(spool):
+            stop.wait(DRAIN_POLL_S)
+        if sender.connected:
+            deadline = time.monotonic() + FLUSH_TIMEOUT_S
+            while time.monotonic() < deadline and not _spool_empty(spool):
+                time.sleep(DRAIN_POLL_S)
+    finally:
+        sender.close()
+        driver.close()
+        status.stop()
+        final = counters(agent, sender, spool)
+        spool.close()
+    log.info(
+        "sensor stopped",
+        extra={"event": "stopped", **{k: final[k] for k in ("boot", "last_seq", "acked_total", "spool_depth")}},
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="saltmarsh-sensor", description="Read a sensor and send to the gateway.")
+    parser.add_argument("--config", required=True, type=Path, help="the sensor's TOML config")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    logs.setup(SERVICE, args.log_level)
+    try:
+        cfg = load_sensor_config(args.config)
+    except ConfigError as err:
+        print(f"saltmarsh-sensor: {err}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return run(cfg, stop)
+    except (ConfigError, DriverError) as err:
+        print(f"saltmarsh-sensor: {err}", file=sys.stderr)
+        return EXIT_CANNOT_START
