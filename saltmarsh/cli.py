@@ -76,7 +76,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         fleet.stop()
     print(format_report(report))
-    print(f"demo: files, logs and the database are under {plan.base_dir}; counters: saltmarsh status --status-dir {plan.status_dir}")
+    print(
+        f"demo: files, logs and the database are under {plan.base_dir}; counters: saltmarsh status --status-dir {plan.status_dir}"
+    )
     return 0 if report.ok else 1
 
 
@@ -108,7 +110,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{s.name}  pid {s.pid}  {state} (updated {age:.0f}s ago)")
         for key in sorted(s.counters):
             value = s.counters[key]
-            shown = f"{value:.2f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
+            shown = (
+                f"{value:.2f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
+            )
             print(f"    {key:<28} {shown}")
     return 0
 

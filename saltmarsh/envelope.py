@@ -112,6 +112,9 @@ def decode_json(payload: bytes, limits: Limits) -> dict[str, Any]:
         raise ValidationError(Reason.NOT_UTF8, "payload", f"invalid UTF-8 at byte {err.start}") from None
     try:
         doc = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        # Deeply nested arrays exhaust the C scanner's stack guard well inside the size limit.
+        raise ValidationError(Reason.MALFORMED_JSON, "payload", "nested too deeply") from None
     except ValueError as err:
         if "non-finite" in str(err):
             raise ValidationError(Reason.NON_FINITE, "payload", str(err)) from None
@@ -138,7 +141,11 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(Reason.WRONG_TYPE, name, f"expected number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        # An integer literal beyond float range is as unusable as Infinity.
+        raise ValidationError(Reason.NON_FINITE, name, "integer too large for a float") from None
     if not math.isfinite(number):
         raise ValidationError(Reason.NON_FINITE, name, f"{value!r} is not finite")
     return number
@@ -190,7 +197,7 @@ def _location(value: Any) -> Location:
 def from_json(doc: Mapping[str, Any], topic: Topic, now_ms: int, limits: Limits) -> Envelope:
     """Validate a decoded document against the contract and the topic it arrived on."""
     version = _required(doc, "v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # true == 1 and 1.0 == 1 in Python
         raise ValidationError(Reason.UNSUPPORTED_VERSION, "v", f"{version!r} is not {VERSION}")
     kind_text = doc.get("kind", Channel.READING.value)
     if kind_text != topic.channel.value:

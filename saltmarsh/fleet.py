@@ -8,6 +8,7 @@ reliability tests, which kill its processes and cut its uplink.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +143,23 @@ class LocalFleet:
     def start(self) -> None:
         self.cloud_broker.start()
         self.gateway_broker.start()
-        # The ingester subscribes first: its persistent session must exist on the cloud broker
-        # before anything is forwarded, or the broker would accept readings nobody is owed.
+        # Subscribers first, so that their persistent sessions exist before anything is
+        # published to them. The senders would cope anyway (a "no matching subscribers" PUBACK
+        # is retried, never taken as delivered), but only after a retry delay.
         self.ingester.start()
+        self.wait_for_counter("ingester", "subscribed")
         self.forwarder.start()
+        self.wait_for_counter("forwarder", "local_connected")
         for sensor in self.sensors:
             sensor.start()
+
+    def wait_for_counter(self, service: str, key: str, timeout_s: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(bool(s.counters.get(key)) for s in self.status_of(service)):
+                return True
+            time.sleep(0.05)
+        return False
 
     def stop_cloud(self) -> None:
         self.cloud_broker.stop()

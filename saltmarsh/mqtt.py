@@ -8,6 +8,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.broker import BrokerConfig
 
@@ -56,3 +57,17 @@ def connect_client(
         clean_start=clean_start,
         properties=connect_properties(cfg, receive_maximum),
     )
+
+
+NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+def delivered(reason: ReasonCode) -> bool:
+    """Whether a QoS 1 PUBACK means the message is now someone else's responsibility.
+
+    MQTT 5 brokers answer "No matching subscribers" (0x10) with a success-class code, but the
+    message was thrown away: on a fresh site before the forwarder first subscribes, or a fresh
+    cloud before the first ingester does. Treating it as delivered would lose the reading, so
+    the sender keeps it and tries again.
+    """
+    return not reason.is_failure and reason.value != NO_MATCHING_SUBSCRIBERS

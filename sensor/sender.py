@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.sensor import SensorConfig
-from saltmarsh.mqtt import QOS_AT_LEAST_ONCE, connect_client, make_client
+from saltmarsh.mqtt import QOS_AT_LEAST_ONCE, connect_client, delivered, make_client
 from saltmarsh.spool import Segment, Spool
 from saltmarsh.status import RateMeter
 from sensor.presence import OFFLINE, ONLINE, presence, status_topic
@@ -88,7 +88,7 @@ class SpoolSender:
             log.warning("lost gateway broker", extra={"event": "disconnected", "reason": str(reason)})
 
     def on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any) -> None:
-        self._acks.append((mid, not reason.is_failure))
+        self._acks.append((mid, delivered(reason)))
         self._wake.set()
 
     # the sender's thread
@@ -136,7 +136,7 @@ class SpoolSender:
         self._queue.clear()  # the released segment is the oldest again
         self._retry_at = time.monotonic() + IDLE_WAKE_S
         log.warning(
-            "gateway broker rejected a reading; will resend",
+            "gateway broker did not take a reading (rejected, or no subscriber yet); will resend",
             extra={"event": "publish_rejected", "segment": seg.key, "rejected_total": self.rejected_total},
         )
 

@@ -1,0 +1,169 @@
+"""The audit as a table: stored keys (and what each sensor says it sent) in, losses and duplicates out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from saltmarsh.audit import AuditReport, Expectations, Gap, format_report, run_audit
+from saltmarsh.sinks.base import StoredKey
+
+T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+
+
+def keys(device: str, boot: str, *seqs: int) -> list[StoredKey]:
+    return [StoredKey(device, boot, seq, T0 + seq * 1000) for seq in seqs]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    stored: list[StoredKey]
+    expectations: Expectations | None
+    # device -> (count, gaps, duplicates)
+    devices: dict[str, tuple[int, tuple[Gap, ...], int]]
+    lost: int
+    duplicated: int
+    boots: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+CASES = [
+    Case("nothing stored, nothing expected", [], None, {}, 0, 0),
+    Case("no gaps", keys("a", "b1", 1, 2, 3), None, {"a": (3, (), 0)}, 0, 0),
+    Case("gap in the middle", keys("a", "b1", 1, 2, 5, 6), None, {"a": (4, (Gap("b1", 3, 4),), 0)}, 2, 0),
+    Case(
+        "several gaps",
+        keys("a", "b1", 2, 4, 7),
+        None,
+        {"a": (3, (Gap("b1", 1, 1), Gap("b1", 3, 3), Gap("b1", 5, 6)), 0)},
+        4,
+        0,
+    ),
+    Case("lost head: seqs start at 1", keys("a", "b1", 4, 5), None, {"a": (2, (Gap("b1", 1, 3),), 0)}, 3, 0),
+    Case("tail unknown without expectations", keys("a", "b1", 1, 2), None, {"a": (2, (), 0)}, 0, 0),
+    Case(
+        "tail loss with expectation",
+        keys("a", "b1", 1, 2, 3),
+        {"a": ("b1", 10)},
+        {"a": (3, (Gap("b1", 4, 10),), 0)},
+        7,
+        0,
+    ),
+    Case("expectation met exactly", keys("a", "b1", 1, 2, 3), {"a": ("b1", 3)}, {"a": (3, (), 0)}, 0, 0),
+    Case("expectation behind what is stored", keys("a", "b1", 1, 2, 3), {"a": ("b1", 2)}, {"a": (3, (), 0)}, 0, 0),
+    Case("duplicates", keys("a", "b1", 1, 2, 2, 3, 3, 3), None, {"a": (3, (), 3)}, 0, 3),
+    Case("duplicate next to a gap", keys("a", "b1", 1, 1, 4), None, {"a": (2, (Gap("b1", 2, 3),), 1)}, 2, 1),
+    Case(
+        "several boots each from 1",
+        keys("a", "b1", 1, 2, 3) + keys("a", "b2", 1, 2),
+        {"a": ("b2", 2)},
+        {"a": (5, (), 0)},
+        0,
+        0,
+        boots={"a": ("b1", "b2")},
+    ),
+    Case(
+        "gap in the second boot and tail of the expected one",
+        keys("a", "b1", 1, 2) + keys("a", "b2", 1, 3),
+        {"a": ("b2", 5)},
+        {"a": (4, (Gap("b2", 2, 2), Gap("b2", 4, 5)), 0)},
+        3,
+        0,
+    ),
+    Case(
+        "expected boot that stored nothing",
+        keys("a", "b1", 1, 2),
+        {"a": ("b3", 4)},
+        {"a": (2, (Gap("b3", 1, 4),), 0)},
+        4,
+        0,
+        boots={"a": ("b1", "b3")},
+    ),
+    Case(
+        "missing device",
+        keys("a", "b1", 1, 2),
+        {"a": ("b1", 2), "z": ("b7", 5)},
+        {"a": (2, (), 0), "z": (0, (Gap("b7", 1, 5),), 0)},
+        5,
+        0,
+        boots={"z": ("b7",)},
+    ),
+    Case("device expected at seq 0 sent nothing", [], {"z": ("b1", 0)}, {"z": (0, (), 0)}, 0, 0),
+    Case(
+        "several devices",
+        keys("a", "b1", 1, 2) + keys("b", "b1", 1, 3) + keys("c", "x", 1),
+        None,
+        {"a": (2, (), 0), "b": (2, (Gap("b1", 2, 2),), 0), "c": (1, (), 0)},
+        1,
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_audit(case: Case) -> None:
+    report = run_audit(case.stored, case.expectations)
+    got = {d.device: (d.count, d.gaps, d.duplicates) for d in report.devices}
+    assert got == case.devices
+    assert (report.lost, report.duplicated) == (case.lost, case.duplicated)
+    assert report.ok == (case.lost == 0 and case.duplicated == 0)
+    assert report.readings == sum(count for count, _, _ in case.devices.values())
+    for device, boots in case.boots.items():
+        assert report.device(device).boots == boots
+
+
+def test_first_and_last_ts_span_all_boots() -> None:
+    stored = [StoredKey("a", "b1", 1, T0 + 500), StoredKey("a", "b1", 2, T0 + 100), StoredKey("a", "b2", 1, T0 + 900)]
+    entry = run_audit(stored).device("a")
+    assert (entry.first_ts_ms, entry.last_ts_ms) == (T0 + 100, T0 + 900)
+    assert run_audit([], {"z": ("b1", 3)}).device("z").first_ts_ms is None
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        keys("a", "b1", 3, 2),
+        keys("a", "b1", 1) + keys("b", "b1", 1) + keys("a", "b1", 2),
+        keys("a", "b1", 1) + keys("a", "b2", 1) + keys("a", "b1", 2),
+    ],
+    ids=["seq goes back", "device comes back", "boot comes back"],
+)
+def test_unordered_keys_are_refused(stored: list[StoredKey]) -> None:
+    with pytest.raises(ValueError, match="out of order"):
+        run_audit(stored)
+
+
+def test_audit_streams_a_generator() -> None:
+    stream = (StoredKey(f"d{d}", "b1", seq, T0) for d in range(3) for seq in range(1, 1001))
+    report = run_audit(stream)
+    assert (len(report.devices), report.readings, report.ok) == (3, 3000, True)
+
+
+def test_format_report_table_and_summary() -> None:
+    stored = keys("probe-1", "b1", 1, 2, 3) + keys("probe-2", "b1", 1, 2, 2, 5)
+    report = run_audit(stored, {"probe-1": ("b1", 3), "probe-3": ("b9", 2)}, {"malformed_json": 2, "not_utf8": 1})
+    lines = format_report(report).splitlines()
+    assert lines[0].split() == ["device", "boots", "count", "lost", "dup", "first", "ts", "last", "ts"]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["probe-1", "1", "3", "0", "0", "2023-11-14T22:13:21.000Z", "2023-11-14T22:13:23.000Z"]
+    assert lines[3].split() == ["probe-2", "1", "3", "2", "1", "2023-11-14T22:13:21.000Z", "2023-11-14T22:13:25.000Z"]
+    assert lines[4].split() == ["probe-3", "1", "0", "2", "0", "-", "-"]
+    assert "gap: probe-2 boot b1 seq 3..4 (2 lost)" in lines
+    assert "gap: probe-3 boot b9 seq 1..2 (2 lost)" in lines
+    assert "dead letters: 3 (malformed_json 2, not_utf8 1)" in lines
+    assert lines[-1] == "audit: 3 devices, 6 readings, 4 lost, 1 duplicated"
+
+
+def test_format_report_all_good_and_empty() -> None:
+    good = format_report(run_audit(keys("a", "b1", 1, 2)))
+    assert good.splitlines()[-1] == "audit: 1 device, 2 readings, 0 lost, 0 duplicated"
+    assert "gap:" not in good and "dead letters" not in good
+    assert format_report(AuditReport(())) == "audit: 0 devices, 0 readings, 0 lost, 0 duplicated"
+
+
+def test_format_report_caps_the_gap_list() -> None:
+    stored = keys("a", "b1", *range(1, 200, 2))
+    text = format_report(run_audit(stored), max_gaps=5)
+    assert sum(line.startswith("gap: a ") for line in text.splitlines()) == 5
+    assert "gap: ... and 94 more" in text

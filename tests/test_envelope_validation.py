@@ -1,0 +1,317 @@
+"""The wire contract as a table: one raw message in, the exact Envelope or Reason and field out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from saltmarsh.envelope import MAX_METRICS, MAX_SEQ, Envelope, Limits, Location, parse
+from saltmarsh.errors import Reason, ValidationError
+from saltmarsh.topics import Channel
+
+NOW_MS = 1_700_000_000_000
+LIMITS = Limits(max_payload_bytes=4096, max_future_skew_ms=300_000)
+READING_TOPIC = "saltmarsh/v1/marsh-1/probe-7/reading"
+EVENT_TOPIC = "saltmarsh/v1/marsh-1/probe-7/event"
+ALERT_TOPIC = "saltmarsh/v1/marsh-1/probe-7/alert"
+_DROP = object()
+
+
+def doc(**changes: Any) -> bytes:
+    """A valid reading document with `changes` applied; a value of _DROP removes the field."""
+    base: dict[str, Any] = {
+        "v": 1,
+        "kind": "reading",
+        "device": "probe-7",
+        "site": "marsh-1",
+        "boot": "b-20240101",
+        "seq": 42,
+        "ts": NOW_MS - 1000,
+        "metrics": {"temperature": 21.5, "humidity": 50},
+    }
+    for key, value in changes.items():
+        if value is _DROP:
+            base.pop(key, None)
+        else:
+            base[key] = value
+    return json.dumps(base).encode()
+
+
+def raw(text: str) -> bytes:
+    """A valid reading with one metric's value replaced by literal JSON text."""
+    return doc(metrics={"temperature": "@@"}).replace(b'"@@"', text.encode())
+
+
+@dataclass(frozen=True)
+class Rejected:
+    name: str
+    topic: str
+    payload: bytes
+    reason: Reason
+    field: str
+
+
+REJECTED = [
+    # bytes and JSON
+    Rejected("malformed json", READING_TOPIC, b'{"v": 1, "device": ', Reason.MALFORMED_JSON, "payload"),
+    Rejected("empty payload", READING_TOPIC, b"", Reason.MALFORMED_JSON, "payload"),
+    Rejected("not utf-8", READING_TOPIC, b'{"v": 1, "device": "\xff\xfe"}', Reason.NOT_UTF8, "payload"),
+    Rejected("json array", READING_TOPIC, b"[1, 2]", Reason.WRONG_TYPE, "payload"),
+    Rejected("json string", READING_TOPIC, b'"reading"', Reason.WRONG_TYPE, "payload"),
+    Rejected("nested too deep", READING_TOPIC, b"[" * 3000, Reason.MALFORMED_JSON, "payload"),
+    Rejected("oversized", READING_TOPIC, doc(detail="x" * 5000), Reason.OVERSIZED, "payload"),
+    # missing required fields
+    Rejected("missing v", READING_TOPIC, doc(v=_DROP), Reason.MISSING_FIELD, "v"),
+    Rejected("missing device", READING_TOPIC, doc(device=_DROP), Reason.MISSING_FIELD, "device"),
+    Rejected("missing site", READING_TOPIC, doc(site=_DROP), Reason.MISSING_FIELD, "site"),
+    Rejected("missing boot", READING_TOPIC, doc(boot=_DROP), Reason.MISSING_FIELD, "boot"),
+    Rejected("missing seq", READING_TOPIC, doc(seq=_DROP), Reason.MISSING_FIELD, "seq"),
+    Rejected("missing ts", READING_TOPIC, doc(ts=_DROP), Reason.MISSING_FIELD, "ts"),
+    Rejected("missing metrics", READING_TOPIC, doc(metrics=_DROP), Reason.MISSING_FIELD, "metrics"),
+    Rejected("event without name", EVENT_TOPIC, doc(kind="event"), Reason.MISSING_FIELD, "name"),
+    Rejected("alert without name", ALERT_TOPIC, doc(kind="alert"), Reason.MISSING_FIELD, "name"),
+    Rejected("location without lon", READING_TOPIC, doc(location={"lat": 1.0}), Reason.MISSING_FIELD, "location.lon"),
+    # wrong types, one per field
+    Rejected("v as string", READING_TOPIC, doc(v="1"), Reason.UNSUPPORTED_VERSION, "v"),
+    Rejected("v as float", READING_TOPIC, doc(v=1.0), Reason.UNSUPPORTED_VERSION, "v"),
+    Rejected("device as int", READING_TOPIC, doc(device=7), Reason.WRONG_TYPE, "device"),
+    Rejected("site as list", READING_TOPIC, doc(site=["marsh-1"]), Reason.WRONG_TYPE, "site"),
+    Rejected("boot as int", READING_TOPIC, doc(boot=20240101), Reason.WRONG_TYPE, "boot"),
+    Rejected("seq as string", READING_TOPIC, doc(seq="42"), Reason.WRONG_TYPE, "seq"),
+    Rejected("seq as float", READING_TOPIC, doc(seq=42.0), Reason.WRONG_TYPE, "seq"),
+    Rejected("ts as string", READING_TOPIC, doc(ts="2024-01-01T00:00:00Z"), Reason.WRONG_TYPE, "ts"),
+    Rejected("ts as null", READING_TOPIC, doc(ts=None), Reason.WRONG_TYPE, "ts"),
+    Rejected("metrics as list", READING_TOPIC, doc(metrics=[21.5]), Reason.WRONG_TYPE, "metrics"),
+    Rejected("metric as string", READING_TOPIC, doc(metrics={"light": "on"}), Reason.WRONG_TYPE, "metrics.light"),
+    Rejected("metric as null", READING_TOPIC, doc(metrics={"t": None}), Reason.WRONG_TYPE, "metrics.t"),
+    Rejected("name as int", EVENT_TOPIC, doc(kind="event", name=3), Reason.WRONG_TYPE, "name"),
+    Rejected("detail as object", READING_TOPIC, doc(detail={"a": 1}), Reason.WRONG_TYPE, "detail"),
+    Rejected("model as int", READING_TOPIC, doc(model=202), Reason.WRONG_TYPE, "model"),
+    Rejected("firmware as float", READING_TOPIC, doc(firmware=1.0), Reason.WRONG_TYPE, "firmware"),
+    Rejected("units as list", READING_TOPIC, doc(units=["C"]), Reason.WRONG_TYPE, "units"),
+    Rejected("unit as int", READING_TOPIC, doc(units={"temperature": 1}), Reason.WRONG_TYPE, "units.temperature"),
+    Rejected("location as string", READING_TOPIC, doc(location="garden"), Reason.WRONG_TYPE, "location"),
+    Rejected("lat as string", READING_TOPIC, doc(location={"lat": "1", "lon": 2}), Reason.WRONG_TYPE, "location.lat"),
+    Rejected(
+        "place as int",
+        READING_TOPIC,
+        doc(location={"lat": 1, "lon": 2, "place": 3}),
+        Reason.WRONG_TYPE,
+        "location.place",
+    ),
+    # booleans are ints in Python and must not pass as numbers
+    Rejected("v as true", READING_TOPIC, doc(v=True), Reason.UNSUPPORTED_VERSION, "v"),
+    Rejected("seq as true", READING_TOPIC, doc(seq=True), Reason.WRONG_TYPE, "seq"),
+    Rejected("ts as false", READING_TOPIC, doc(ts=False), Reason.WRONG_TYPE, "ts"),
+    Rejected("metric as true", READING_TOPIC, doc(metrics={"on": True}), Reason.WRONG_TYPE, "metrics.on"),
+    Rejected("lat as true", READING_TOPIC, doc(location={"lat": True, "lon": 2}), Reason.WRONG_TYPE, "location.lat"),
+    # non-finite numbers: literals, and values that overflow a float
+    Rejected("NaN literal", READING_TOPIC, raw("NaN"), Reason.NON_FINITE, "payload"),
+    Rejected("Infinity literal", READING_TOPIC, raw("Infinity"), Reason.NON_FINITE, "payload"),
+    Rejected("-Infinity literal", READING_TOPIC, raw("-Infinity"), Reason.NON_FINITE, "payload"),
+    Rejected("huge float", READING_TOPIC, raw("1e999"), Reason.NON_FINITE, "metrics.temperature"),
+    Rejected("huge negative float", READING_TOPIC, raw("-1e400"), Reason.NON_FINITE, "metrics.temperature"),
+    Rejected("huge integer", READING_TOPIC, raw("1" + "0" * 400), Reason.NON_FINITE, "metrics.temperature"),
+    Rejected(
+        "huge lat",
+        READING_TOPIC,
+        doc(location={"lat": 1, "lon": 2}).replace(b'"lat": 1', b'"lat": 1e999'),
+        Reason.NON_FINITE,
+        "location.lat",
+    ),
+    # values out of range
+    Rejected("version 2", READING_TOPIC, doc(v=2), Reason.UNSUPPORTED_VERSION, "v"),
+    Rejected("negative seq", READING_TOPIC, doc(seq=-1), Reason.INVALID_VALUE, "seq"),
+    Rejected("seq beyond int64", READING_TOPIC, doc(seq=MAX_SEQ + 1), Reason.INVALID_VALUE, "seq"),
+    Rejected("negative ts", READING_TOPIC, doc(ts=-5), Reason.INVALID_VALUE, "ts"),
+    Rejected("reading without metrics", READING_TOPIC, doc(metrics={}), Reason.INVALID_VALUE, "metrics"),
+    Rejected(
+        "too many metrics",
+        READING_TOPIC,
+        doc(metrics={f"m{i}": i for i in range(MAX_METRICS + 1)}),
+        Reason.INVALID_VALUE,
+        "metrics",
+    ),
+    Rejected("metric name with space", READING_TOPIC, doc(metrics={"a b": 1}), Reason.INVALID_VALUE, "metrics.a b"),
+    Rejected("device id with space", READING_TOPIC, doc(device="probe 7"), Reason.INVALID_VALUE, "device"),
+    Rejected("empty boot", READING_TOPIC, doc(boot=""), Reason.INVALID_VALUE, "boot"),
+    Rejected("name too long", EVENT_TOPIC, doc(kind="event", name="x" * 300), Reason.INVALID_VALUE, "name"),
+    Rejected("lat beyond 90", READING_TOPIC, doc(location={"lat": 91, "lon": 0}), Reason.INVALID_VALUE, "location.lat"),
+    Rejected(
+        "lon beyond 180",
+        READING_TOPIC,
+        doc(location={"lat": 0, "lon": -181}),
+        Reason.INVALID_VALUE,
+        "location.lon",
+    ),
+    # time
+    Rejected("ts beyond skew", READING_TOPIC, doc(ts=NOW_MS + 300_001), Reason.FUTURE_TIMESTAMP, "ts"),
+    Rejected("ts a year ahead", READING_TOPIC, doc(ts=NOW_MS + 365 * 86_400_000), Reason.FUTURE_TIMESTAMP, "ts"),
+    # payload disagrees with its topic
+    Rejected("device differs", "saltmarsh/v1/marsh-1/probe-8/reading", doc(), Reason.TOPIC_MISMATCH, "device"),
+    Rejected("site differs", "saltmarsh/v1/marsh-2/probe-7/reading", doc(), Reason.TOPIC_MISMATCH, "site"),
+    Rejected("event kind on reading", READING_TOPIC, doc(kind="event", name="x"), Reason.TOPIC_MISMATCH, "kind"),
+    Rejected("reading kind on alert", ALERT_TOPIC, doc(name="x"), Reason.TOPIC_MISMATCH, "kind"),
+    Rejected("no kind on event", EVENT_TOPIC, doc(kind=_DROP, name="x"), Reason.TOPIC_MISMATCH, "kind"),
+    Rejected("unknown kind", READING_TOPIC, doc(kind="telemetry"), Reason.TOPIC_MISMATCH, "kind"),
+    # topics and channels
+    Rejected("status channel", "saltmarsh/v1/marsh-1/probe-7/status", doc(), Reason.UNKNOWN_TOPIC, "topic.channel"),
+    Rejected("command channel", "saltmarsh/v1/marsh-1/probe-7/cmd", doc(), Reason.UNKNOWN_TOPIC, "topic.channel"),
+    Rejected("unknown channel", "saltmarsh/v1/marsh-1/probe-7/telemetry", doc(), Reason.UNKNOWN_TOPIC, "topic.channel"),
+    Rejected("too few levels", "saltmarsh/v1/marsh-1/probe-7", doc(), Reason.UNKNOWN_TOPIC, "topic"),
+    Rejected("too many levels", READING_TOPIC + "/x", doc(), Reason.UNKNOWN_TOPIC, "topic"),
+    Rejected("other root", "sensors/v1/marsh-1/probe-7/reading", doc(), Reason.UNKNOWN_TOPIC, "topic"),
+    Rejected("other version", "saltmarsh/v2/marsh-1/probe-7/reading", doc(), Reason.UNKNOWN_TOPIC, "topic"),
+    Rejected("empty topic", "", doc(), Reason.UNKNOWN_TOPIC, "topic"),
+    Rejected("empty site level", "saltmarsh/v1//probe-7/reading", doc(), Reason.UNKNOWN_TOPIC, "topic.site"),
+    Rejected("bad device level", "saltmarsh/v1/marsh-1/+/reading", doc(), Reason.UNKNOWN_TOPIC, "topic.device"),
+    # the order of checks: a bad topic wins over a bad payload
+    Rejected(
+        "bad topic and payload", "saltmarsh/v1/marsh-1/probe-7/status", b"\xff", Reason.UNKNOWN_TOPIC, "topic.channel"
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REJECTED, ids=[c.name for c in REJECTED])
+def test_rejected(case: Rejected) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse(case.topic, case.payload, NOW_MS, LIMITS)
+    assert (caught.value.reason, caught.value.field) == (case.reason, case.field)
+
+
+def test_case_names_are_unique() -> None:
+    assert len({c.name for c in REJECTED}) == len(REJECTED)
+
+
+BASE = Envelope(
+    kind=Channel.READING,
+    device="probe-7",
+    site="marsh-1",
+    boot="b-20240101",
+    seq=42,
+    ts_ms=NOW_MS - 1000,
+    metrics={"temperature": 21.5, "humidity": 50.0},
+)
+
+ACCEPTED: list[tuple[str, str, bytes, Envelope]] = [
+    ("minimal reading", READING_TOPIC, doc(), BASE),
+    ("kind defaults to reading", READING_TOPIC, doc(kind=_DROP), BASE),
+    ("nulls mean absent", READING_TOPIC, doc(name=None, detail=None, units=None, location=None), BASE),
+    ("ts exactly at the skew limit", READING_TOPIC, doc(ts=NOW_MS + 300_000), replace(BASE, ts_ms=NOW_MS + 300_000)),
+    ("seq zero", READING_TOPIC, doc(seq=0), replace(BASE, seq=0)),
+    (
+        "negative and integer metrics",
+        READING_TOPIC,
+        doc(metrics={"t": -3, "p": 1e300}),
+        replace(BASE, metrics={"t": -3.0, "p": 1e300}),
+    ),
+    ("unknown fields are ignored", READING_TOPIC, doc(extra={"x": [1, 2]}), BASE),
+    (
+        "reading with every optional field",
+        READING_TOPIC,
+        doc(
+            name="periodic",
+            detail="ok",
+            units={"temperature": "C", "humidity": "%"},
+            model="HW-MD202",
+            firmware="1.0.0",
+            location={"lat": 36.72, "lon": -4.42, "place": "garden"},
+        ),
+        replace(
+            BASE,
+            name="periodic",
+            detail="ok",
+            units={"temperature": "C", "humidity": "%"},
+            model="HW-MD202",
+            firmware="1.0.0",
+            location=Location(36.72, -4.42, "garden"),
+        ),
+    ),
+    (
+        "event without metrics",
+        EVENT_TOPIC,
+        doc(kind="event", name="door_open", metrics=_DROP, detail="north gate"),
+        replace(BASE, kind=Channel.EVENT, name="door_open", metrics={}, detail="north gate"),
+    ),
+    (
+        "alert with metrics and location",
+        ALERT_TOPIC,
+        doc(kind="alert", name="threshold", metrics={"temperature": 45.0}, location={"lat": -90, "lon": 180}),
+        replace(
+            BASE, kind=Channel.ALERT, name="threshold", metrics={"temperature": 45.0}, location=Location(-90.0, 180.0)
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("topic", "payload", "expected"), [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_accepted(topic: str, payload: bytes, expected: Envelope) -> None:
+    assert parse(topic, payload, NOW_MS, LIMITS) == expected
+
+
+@pytest.mark.parametrize("expected", [c[3] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_encode_parses_back_to_the_same_envelope(expected: Envelope) -> None:
+    assert parse(str(expected.topic), expected.encode(), NOW_MS, LIMITS) == expected
+
+
+def test_payload_exactly_at_the_size_limit_is_accepted() -> None:
+    payload = doc(detail="x" * 200)
+    exact = Limits(max_payload_bytes=len(payload))
+    assert parse(READING_TOPIC, payload, NOW_MS, exact).detail == "x" * 200
+    with pytest.raises(ValidationError) as caught:
+        parse(READING_TOPIC, payload, NOW_MS, Limits(max_payload_bytes=len(payload) - 1))
+    assert (caught.value.reason, caught.value.field) == (Reason.OVERSIZED, "payload")
+
+
+# Fuzzing: whatever arrives, parse answers with an Envelope or a ValidationError, nothing else.
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+field_names = st.sampled_from(
+    ["v", "kind", "device", "site", "boot", "seq", "ts", "metrics", "name", "detail", "units", "model", "location"]
+)
+
+
+def _parses_or_rejects(topic: str, payload: bytes) -> None:
+    try:
+        result = parse(topic, payload, NOW_MS, LIMITS)
+    except ValidationError as err:
+        assert isinstance(err.reason, Reason)
+        assert err.field
+    else:
+        assert isinstance(result, Envelope)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzz_arbitrary_bytes(payload: bytes) -> None:
+    _parses_or_rejects(READING_TOPIC, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=8))
+def test_fuzz_arbitrary_json_objects(obj: dict[str, Any]) -> None:
+    # json.dumps writes NaN/Infinity literals for non-finite floats: the parser must refuse those too.
+    _parses_or_rejects(READING_TOPIC, json.dumps(obj).encode())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(field_names, json_values, max_size=4), st.sampled_from([READING_TOPIC, EVENT_TOPIC]))
+def test_fuzz_valid_documents_with_fields_replaced(changes: dict[str, Any], topic: str) -> None:
+    # Starting from a valid document reaches the checks deep inside the contract.
+    _parses_or_rejects(topic, doc(**changes))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80) | st.builds("saltmarsh/v1/{}/{}/{}".format, st.text(), st.text(), st.text()))
+def test_fuzz_arbitrary_topics(topic: str) -> None:
+    _parses_or_rejects(topic, doc())
