@@ -77,7 +77,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fleet.stop()
     print(format_report(report))
     print(
-        f"demo: files, logs and the database are under {plan.base_dir}; counters: saltmarsh status --status-dir {plan.status_dir}"
+        f"demo: configs, spools, logs and the database are under {plan.base_dir}\n"
+        f"demo: counters: saltmarsh status --status-dir {plan.status_dir}"
     )
     return 0 if report.ok else 1
 

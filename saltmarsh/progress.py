@@ -24,7 +24,8 @@ def fleet_progress_line(elapsed_s: float, statuses: Sequence[ServiceStatus], exp
     eta = _first(forwarders, "drain_eta_s", None)
     eta_text = "-" if eta in (None, 0) else f"{float(eta):.0f}s"
     return (
-        f"t={elapsed_s:4.0f}s  sensors {_sum(sensors, 'publish_rate'):6.1f}/s made {_sum(sensors, 'readings_total'):.0f}"
+        f"t={elapsed_s:4.0f}s  sensors {_sum(sensors, 'publish_rate'):6.1f}/s"
+        f" made {_sum(sensors, 'readings_total'):.0f}"
         f"  | gateway spool {_sum(forwarders, 'spool_depth'):.0f} oldest {_sum(forwarders, 'oldest_unsent_age_s'):.1f}s"
         f" uplink {uplink} drain {_sum(forwarders, 'drain_rate'):.0f}/s eta {eta_text}"
         f" evicted {_sum(forwarders, 'evicted_total'):.0f}"
