@@ -1,0 +1,24 @@
+"""The gateway forwarder: the site's store-and-forward hop.
+
+In:  every message on the site Mosquitto under `saltmarsh/v1/{site}/#`, received at QoS 1 on a
+     persistent session and acknowledged only once it is durably in the spool. `status` and
+     `cmd` stay on the site; every other channel, known or not, is forwarded (the cloud
+     ingester dead-letters what it cannot read, so bad input stays visible).
+Out: the same topic and payload on the cloud broker at QoS 1, MQTT 5, tagged with the user
+     property `gw=<gateway_id>`; a segment leaves the spool only when all of its messages are
+     PUBACKed. After an outage live traffic goes first and the backlog drains at
+     `drain_rate_limit`, alerts and events before readings. Counters go to
+     `<status_dir>/forwarder-<gateway_id>.json`.
+
+Parts, each testable alone: `source` (site subscription) -> `committer` (group commit into
+`saltmarsh.spool`) -> `sender` (uplink), scheduled by `schedule` and `token_bucket`, wired by
+`service.run`. Later hops plug in beside them: a downlink relay for commands, a BLE collector
+feeding the committer.
+"""
+
+from gateway.schedule import Phase, SendQueue, batch_size
+from gateway.service import main, run
+from gateway.source import lane_for
+from gateway.token_bucket import TokenBucket
+
+__all__ = ["Phase", "SendQueue", "TokenBucket", "batch_size", "lane_for", "main", "run"]
