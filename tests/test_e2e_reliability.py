@@ -25,7 +25,7 @@ def _assert_clean(fleet: LocalFleet, timeout_s: float = 120.0) -> None:
     expected = SENSORS * fleet.plan.readings_per_sensor
     assert report.lost == 0, report
     assert report.duplicated == 0, report
-    assert report.total == expected, report
+    assert report.readings == expected, report
     assert set(fleet.expectations()) == {fleet.plan.device(i) for i in range(SENSORS)}
 
 
