@@ -2,8 +2,8 @@
 
 A segment is leased from the spool, its records are handed to paho (never more than the
 PUBACK window at once), and the segment is removed only when every one of its messages has a
-successful PUBACK. A refused message (a failure reason code, or "no matching subscribers") is not a delivery: its segment is
-released and sent again later, whole.
+successful PUBACK. A refused message (a failure reason code, or "no matching subscribers") is
+not a delivery: its segment is released and sent again later, whole.
 
 Threads: paho's network thread only appends `(mid, failed)` to `_acks` and flags connection
 changes; every other piece of state belongs to the sender thread, so there are no locks on the
