@@ -19,7 +19,7 @@ from sensor.sender import SpoolSender
 READING = "saltmarsh/v1/marsh/pi-1/reading"
 STATUS = "saltmarsh/v1/marsh/pi-1/status"
 SUCCESS = ReasonCode(PacketTypes.PUBACK, identifier=0)
-NO_SUBSCRIBERS = ReasonCode(PacketTypes.PUBACK, identifier=0x10)  # still delivered to the broker
+NO_SUBSCRIBERS = ReasonCode(PacketTypes.PUBACK, identifier=0x10)  # accepted, then thrown away
 NOT_AUTHORIZED = ReasonCode(PacketTypes.PUBACK, identifier=0x87)
 
 
@@ -106,21 +106,22 @@ def test_window_bounds_in_flight_and_each_ack_frees_one_slot_in_order(
     assert h.paho.sent[0][1] == STATUS  # online, before any reading
     assert h.step() == [b"r1", b"r2", b"r3"]
     h.ack(h.mids()[0])
-    h.ack(h.mids()[1], NO_SUBSCRIBERS)
+    h.ack(h.mids()[1])
     h.ack(h.paho.sent[0][0])  # the presence message's ack is not a reading's
     assert h.step() == [b"r1", b"r2", b"r3", b"r4", b"r5"]
     assert (h.sender.acked_total, h.sender.in_flight, spool.stats().depth_messages) == (2, 3, 8)
 
 
+@pytest.mark.parametrize("refusal", [NOT_AUTHORIZED, NO_SUBSCRIBERS], ids=["not-authorized", "no-subscribers"])
 def test_a_rejected_reading_stays_spooled_and_is_sent_again(
-    make: Callable[[int], Harness], spool: Spool, monkeypatch: pytest.MonkeyPatch
+    make: Callable[[int], Harness], spool: Spool, monkeypatch: pytest.MonkeyPatch, refusal: ReasonCode
 ) -> None:
     monkeypatch.setattr(sender_module, "IDLE_WAKE_S", 0.0)  # retry at once
     h = make(2)
     h.connect()
     assert h.step() == [b"r1", b"r2"]
     first, second = h.mids()
-    h.ack(first, NOT_AUTHORIZED)
+    h.ack(first, refusal)
     h.ack(second)
     assert h.step()[2:] == [b"r1", b"r3"]  # oldest first, again
     assert (h.sender.rejected_total, h.sender.acked_total, spool.stats().depth_messages) == (1, 1, 9)
