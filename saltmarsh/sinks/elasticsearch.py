@@ -1,0 +1,384 @@
+"""The Elasticsearch sink: every data message once, in a monthly index chosen by its own time.
+
+In: validated `Delivery`s and `DeadLetter`s, one batch per `write`.
+Out: one document per message in `{prefix}-readings-YYYY.MM` with `_id` = `device:boot:seq`,
+created with the `create` op so a redelivery is a 409 and counted as a duplicate; dead letters
+in `{prefix}-deadletter-YYYY.MM`. `write` returns once Elasticsearch has acknowledged every
+document of the batch (the bulk response is its durability acknowledgement: the translog is
+fsynced before it answers; `refresh` only affects visibility), else it raises `SinkUnavailable`
+and the ingester keeps the batch unacked.
+
+A document Elasticsearch refuses for what it is (a 400: a metric whose name clashes with
+another's mapping, say) cannot be fixed by retrying; it becomes a `sink_rejected` dead letter
+carrying the error and the envelope, so the batch still completes and nothing is silently lost.
+
+Also an `AuditSource`, so `saltmarsh audit` reads the keys back in (device, boot, seq) order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from elastic_transport import BaseNode
+from elasticsearch import ApiError, Elasticsearch, TransportError
+
+from saltmarsh.config.elasticsearch import ElasticsearchConfig
+from saltmarsh.errors import Reason, ValidationError
+from saltmarsh.sinks.base import DeadLetter, Delivery, SinkUnavailable, StoredKey, WriteResult
+from saltmarsh.sinks.es_bulk import BulkBuffer, BulkDoc, BulkPolicy, BulkResult, BulkWriter, Refusal
+from saltmarsh.sinks.es_templates import DEAD_LETTERS, READINGS, index_pattern, install_templates, monthly_index
+from saltmarsh.topics import Channel, Topic
+
+log = logging.getLogger(__name__)
+
+# ECS event.kind: a reading is a metric, an event an event, an alert an alert.
+EVENT_KINDS = {Channel.READING: "metric", Channel.EVENT: "event", Channel.ALERT: "alert"}
+AUDIT_PAGE_SIZE = 5000
+# The (device, boot, seq) order the audit needs; _index breaks ties so that the same key stored
+# twice (only possible with two different timestamps) is reported rather than skipped by
+# search_after.
+AUDIT_SORT = [{"device.id": "asc"}, {"saltmarsh.boot": "asc"}, {"saltmarsh.seq": "asc"}, {"_index": "asc"}]
+_FIELD_IN_REASON = re.compile(r"field \[([^\]]+)\]")
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with milliseconds, the form Kibana shows."""
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+def parse_ms(value: Any) -> int:
+    """`@timestamp` back to epoch milliseconds: our ISO form, or a number if someone wrote one."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    when = datetime.fromisoformat(str(value))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def message_document(delivery: Delivery) -> dict[str, Any]:
+    """The stored form of one reading, event or alert: ECS names where ECS has them."""
+    env = delivery.envelope
+    event: dict[str, Any] = {
+        "kind": EVENT_KINDS.get(env.kind, "event"),
+        "dataset": f"saltmarsh.{env.kind.value}",
+        "ingested": iso_ms(delivery.received_ms),
+    }
+    device: dict[str, Any] = {"id": env.device}
+    saltmarsh: dict[str, Any] = {
+        "key": env.key,
+        "boot": env.boot,
+        "seq": env.seq,
+        "kind": env.kind.value,
+        # Precomputed so a Kibana histogram of delivery delay needs no runtime field.
+        "delivery_delay_ms": delivery.received_ms - env.ts_ms,
+    }
+    doc: dict[str, Any] = {
+        "@timestamp": iso_ms(env.ts_ms),
+        "event": event,
+        "device": device,
+        "site": {"id": env.site},
+        "metrics": dict(env.metrics),
+        "saltmarsh": saltmarsh,
+    }
+    if env.name is not None:
+        event["action"] = env.name
+    if env.detail is not None:
+        doc["message"] = env.detail
+    if env.model is not None:
+        device["model"] = {"identifier": env.model}
+    if env.firmware is not None:
+        saltmarsh["firmware"] = env.firmware
+    if env.units:
+        saltmarsh["units"] = dict(env.units)
+    if delivery.gateway is not None:
+        saltmarsh["gateway"] = delivery.gateway
+    if env.location is not None:
+        doc["location"] = {"lat": env.location.lat, "lon": env.location.lon}
+        if env.location.place is not None:
+            doc["location_name"] = env.location.place
+    return doc
+
+
+def dead_letter_source(letter: DeadLetter) -> dict[str, Any]:
+    """The stored form of a dead letter: why, where it came from, and the payload as received."""
+    encoding, text = letter.payload_text()
+    doc: dict[str, Any] = {
+        "@timestamp": iso_ms(letter.received_ms),
+        "reason": letter.reason.value,
+        "field": letter.field,
+        "detail": letter.detail,
+        "topic": letter.topic,
+        "payload_encoding": encoding,
+        "payload": text,
+        "event": {"kind": "pipeline_error", "ingested": iso_ms(letter.received_ms)},
+    }
+    try:
+        parsed = Topic.parse(letter.topic)
+    except ValidationError:
+        return doc
+    doc["device"] = {"id": parsed.device}
+    doc["site"] = {"id": parsed.site}
+    return doc
+
+
+def dead_letter_doc(prefix: str, letter: DeadLetter) -> BulkDoc:
+    """A contract violation from the ingester. Its id is a digest of everything it carries, so the
+    same batch written again after a failure stores it once; a fresh redelivery (another
+    received_ms) is a new dead letter, as in the SQLite sink."""
+    digest = hashlib.sha256()
+    for part in (str(letter.received_ms), letter.topic, letter.reason.value, letter.field):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(letter.payload)
+    index = monthly_index(prefix, DEAD_LETTERS, letter.received_ms)
+    return BulkDoc(index, digest.hexdigest()[:40], dead_letter_source(letter))
+
+
+def rejected_doc(prefix: str, delivery: Delivery, status: int, error_type: str, reason: str) -> BulkDoc:
+    """A valid envelope that Elasticsearch refused. Keyed and routed like the reading itself, so a
+    replay of the same envelope finds its dead letter already there."""
+    env = delivery.envelope
+    match = _FIELD_IN_REASON.search(reason)
+    letter = DeadLetter(
+        received_ms=delivery.received_ms,
+        topic=str(env.topic),
+        reason=Reason.SINK_REJECTED,
+        field=match.group(1) if match else "",
+        detail=f"{error_type}: {reason}"[:2000],
+        payload=env.encode(),
+    )
+    source = dead_letter_source(letter)
+    source["saltmarsh"] = {"key": env.key}
+    if delivery.gateway is not None:
+        source["saltmarsh"]["gateway"] = delivery.gateway
+    source["error"] = {"type": error_type, "status": status}
+    try:
+        index = monthly_index(prefix, DEAD_LETTERS, env.ts_ms)
+    except (OverflowError, OSError, ValueError):
+        index = monthly_index(prefix, DEAD_LETTERS, delivery.received_ms)
+    return BulkDoc(index, f"{Reason.SINK_REJECTED.value}:{env.key}", source)
+
+
+def open_client(cfg: ElasticsearchConfig, node_class: type[BaseNode] | None = None) -> Elasticsearch:
+    """The client for `cfg`. Production passes no `node_class`; tests pass one for the emulator."""
+    kwargs: dict[str, Any] = {
+        "request_timeout": cfg.request_timeout_s,
+        # One try per host, so a dead node fails over to the next; backoff and status retries
+        # are BulkWriter's, which knows which items are safe to resend.
+        "max_retries": len(cfg.hosts) - 1,
+        "retry_on_status": (),
+        "retry_on_timeout": False,
+    }
+    if cfg.api_key is not None:
+        kwargs["api_key"] = cfg.api_key.reveal()
+    elif cfg.password is not None and cfg.username is not None:
+        kwargs["basic_auth"] = (cfg.username, cfg.password.reveal())
+    if cfg.ca_file is not None:
+        kwargs["ca_certs"] = str(cfg.ca_file)
+    if not cfg.verify_certs:
+        kwargs["verify_certs"] = False
+        kwargs["ssl_show_warn"] = False
+        log.warning("TLS certificates of elasticsearch are not verified", extra={"event": "es_tls_unverified"})
+    if node_class is not None:
+        kwargs["node_class"] = node_class
+    return Elasticsearch(list(cfg.hosts), **kwargs)
+
+
+class ElasticsearchSink:
+    """Sink and AuditSource over an Elasticsearch (or OpenSearch-compatible) cluster."""
+
+    name = "elasticsearch"
+
+    def __init__(
+        self,
+        cfg: ElasticsearchConfig,
+        *,
+        client: Elasticsearch | None = None,
+        node_class: type[BaseNode] | None = None,
+        read_only: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        audit_page_size: int = AUDIT_PAGE_SIZE,
+    ) -> None:
+        self.cfg = cfg
+        self.prefix = cfg.index_prefix
+        self.read_only = read_only
+        self.client = client if client is not None else open_client(cfg, node_class)
+        self._owns_client = client is None
+        self.writer = BulkWriter(self.client, BulkPolicy.from_config(cfg), sleep=sleep, jitter=jitter)
+        self.audit_page_size = audit_page_size
+        self.last_error: str | None = None
+        self.last_ok_ms: int | None = None
+        # The ingester writes from one thread, but status and audit may call in from others.
+        self._lock = threading.Lock()
+        self._templates_ready = False
+        if not read_only:
+            # The ingester must start even while the cluster is down (it then holds its batch
+            # unacked), so a failure here is remembered and retried by the first write.
+            try:
+                self._ensure_templates()
+            except SinkUnavailable as err:
+                self._failed(err)
+
+    @property
+    def why(self) -> str:
+        """Empty while healthy; otherwise the last failure, for the status file."""
+        return self.last_error or ""
+
+    def _failed(self, err: SinkUnavailable) -> None:
+        self.last_error = str(err)
+        log.warning("elasticsearch sink unavailable", extra={"event": "es_unavailable", "why": self.last_error})
+
+    def _ensure_templates(self) -> None:
+        if self._templates_ready:
+            return
+        # Writing before the templates exist would auto-create this month's index with guessed
+        # mappings that could never be corrected; so no template, no write.
+        try:
+            install_templates(self.client, self.prefix, self.cfg.ilm_delete_after_days)
+        except (ApiError, TransportError) as err:
+            raise SinkUnavailable(f"elasticsearch: cannot install index templates: {err}"[:500]) from err
+        self._templates_ready = True
+
+    def write(self, deliveries: Sequence[Delivery], dead_letters: Sequence[DeadLetter]) -> WriteResult:
+        with self._lock:
+            try:
+                result = self._write(deliveries, dead_letters)
+            except SinkUnavailable as err:
+                self._failed(err)
+                raise
+            self.last_error = None
+            self.last_ok_ms = int(time.time() * 1000)
+            return result
+
+    def _write(self, deliveries: Sequence[Delivery], dead_letters: Sequence[DeadLetter]) -> WriteResult:
+        if self.read_only:
+            raise SinkUnavailable("elasticsearch sink was opened read-only")
+        self._ensure_templates()
+        letters = [dead_letter_doc(self.prefix, letter) for letter in dead_letters]
+        routed: list[BulkDoc] = []
+        routed_from: list[Delivery] = []
+        for delivery in deliveries:
+            env = delivery.envelope
+            try:
+                index = monthly_index(self.prefix, READINGS, env.ts_ms)
+            except (OverflowError, OSError, ValueError) as err:
+                # A timestamp no calendar month holds: refused here as Elasticsearch would.
+                letters.append(rejected_doc(self.prefix, delivery, 400, "timestamp_out_of_range", str(err)))
+                continue
+            routed.append(BulkDoc(index, env.key, message_document(delivery)))
+            routed_from.append(delivery)
+        messages = self.writer.index_documents(routed) if routed else BulkResult(0, 0)
+        for refusal in messages.refused:
+            letters.append(self._rejected(routed_from[refusal.position], refusal))
+        if letters:
+            stored = self.writer.index_documents(letters)
+            if stored.refused:
+                first = stored.refused[0]
+                # The dead-letter mapping takes any document, so this is a broken template or
+                # cluster; stalling the batch unacked is safer than dropping what it holds.
+                raise SinkUnavailable(
+                    f"elasticsearch refused {len(stored.refused)} dead letters, e.g. {first.status} "
+                    f"{first.error_type}: {first.reason}"[:500]
+                )
+        return WriteResult(written=messages.created, duplicates=messages.duplicates, dead_letters=len(letters))
+
+    def _rejected(self, delivery: Delivery, refusal: Refusal) -> BulkDoc:
+        log.warning(
+            "elasticsearch refused a message; storing it as a dead letter",
+            extra={
+                "event": "es_message_rejected",
+                "key": delivery.envelope.key,
+                "status": refusal.status,
+                "error_type": refusal.error_type,
+                "reason": refusal.reason[:300],
+            },
+        )
+        return rejected_doc(self.prefix, delivery, refusal.status, refusal.error_type, refusal.reason)
+
+    def index_documents(self, docs: Sequence[BulkDoc]) -> BulkResult:
+        """Create arbitrary documents (fleet events) through the same bulk, retry and health path."""
+        with self._lock:
+            try:
+                self._ensure_templates()
+                result = self.writer.index_documents(docs)
+            except SinkUnavailable as err:
+                self._failed(err)
+                raise
+            self.last_error = None
+            return result
+
+    def event_buffer(self) -> BulkBuffer:
+        """A buffer for a stream of documents that are not envelopes (the Salt engine's fleet
+        events), flushed at `batch_max_docs`, `batch_max_bytes` or `flush_interval_ms` through
+        this sink's writer. Raises `SinkUnavailable` until the templates are in place."""
+        with self._lock:
+            self._ensure_templates()
+        return BulkBuffer(self.writer, self.cfg.flush_interval_ms / 1000)
+
+    def _refresh(self, family: str) -> None:
+        # Writes use refresh=false; an audit must see everything acknowledged before it started.
+        self.client.indices.refresh(index=index_pattern(self.prefix, family), allow_no_indices=True)
+
+    def stored_keys(self) -> Iterator[StoredKey]:
+        """Every stored message key in (device, boot, seq) order, one page of search_after at a time."""
+        pattern = index_pattern(self.prefix, READINGS)
+        search_after: list[Any] | None = None
+        try:
+            self._refresh(READINGS)
+            while True:
+                response = self.client.search(
+                    index=pattern,
+                    size=self.audit_page_size,
+                    sort=AUDIT_SORT,
+                    search_after=search_after,
+                    source_includes=["device.id", "saltmarsh.boot", "saltmarsh.seq", "@timestamp"],
+                    track_total_hits=False,
+                    allow_no_indices=True,
+                )
+                hits = response["hits"]["hits"]
+                for hit in hits:
+                    yield _stored_key(hit["_source"])
+                if len(hits) < self.audit_page_size:
+                    return
+                search_after = hits[-1]["sort"]
+        except (ApiError, TransportError) as err:
+            raise SinkUnavailable(f"elasticsearch audit failed: {err}"[:500]) from err
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        try:
+            self._refresh(DEAD_LETTERS)
+            response = self.client.search(
+                index=index_pattern(self.prefix, DEAD_LETTERS),
+                size=0,
+                aggs={"by_reason": {"terms": {"field": "reason", "size": 1000}}},
+                allow_no_indices=True,
+            )
+        except (ApiError, TransportError) as err:
+            raise SinkUnavailable(f"elasticsearch audit failed: {err}"[:500]) from err
+        aggregations = response.body.get("aggregations") or {}
+        buckets = aggregations.get("by_reason", {}).get("buckets", [])
+        return {str(b["key"]): int(b["doc_count"]) for b in sorted(buckets, key=lambda b: str(b["key"]))}
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+
+def _stored_key(source: Mapping[str, Any]) -> StoredKey:
+    return StoredKey(
+        device=str(source["device"]["id"]),
+        boot=str(source["saltmarsh"]["boot"]),
+        seq=int(source["saltmarsh"]["seq"]),
+        ts_ms=parse_ms(source["@timestamp"]),
+    )
