@@ -6,16 +6,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.elasticsearch import ElasticsearchConfig, elasticsearch_config
+from saltmarsh.config.kinesis import KinesisConfig, kinesis_config
 from saltmarsh.config.table import Table, load_toml
 from saltmarsh.envelope import Limits
 
-SINK_TYPES = ("sqlite",)  # elasticsearch and kinesis slot in here
+SINK_TYPES = ("sqlite", "elasticsearch")  # the store of record; Kinesis forwards alongside it
 
 
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
     type: str = "sqlite"
     path: Path | None = None  # sqlite database file
+    elasticsearch: ElasticsearchConfig | None = None
+    kinesis: KinesisConfig | None = None  # selected messages are also forwarded here
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +37,17 @@ class IngesterConfig:
 
 def _sink(t: Table) -> SinkConfig:
     kind = t.text("type", "sqlite", choices=SINK_TYPES)
-    cfg = SinkConfig(type=kind, path=t.path("path", None))
+    es_table = t.table("elasticsearch", required=kind == "elasticsearch")
+    cfg = SinkConfig(
+        type=kind,
+        path=t.path("path", None),
+        elasticsearch=elasticsearch_config(es_table) if kind == "elasticsearch" else None,
+        kinesis=kinesis_config(t.table("kinesis")) if t.has("kinesis") else None,
+    )
     if kind == "sqlite" and cfg.path is None:
         raise t.error("path", "is required for sink type 'sqlite'")
+    if kind != "elasticsearch" and t.has("elasticsearch"):
+        raise t.error("elasticsearch", f"is set but sink type is {kind!r}")
     t.done()
     return cfg
 
