@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import queue
-import re
 import signal
 import socket
 import ssl
@@ -31,38 +30,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import osmem_server  # type: ignore[import-untyped]
 import pytest
-from elastic_transport import BaseNode, HttpHeaders, Urllib3HttpNode
-from elastic_transport._node import NodeApiResponse
-from elastic_transport.client_utils import DEFAULT, DefaultType
+from elastic_transport import BaseNode
 from elasticsearch import Elasticsearch, NotFoundError
 
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
+from saltmarsh.sinks.es_plain import PlainJsonNode
 from saltmarsh.sinks.es_templates import FAMILIES, policy_name, template_name
 
 ES_URL_ENV = "SALTMARSH_TEST_ES_URL"
 ES_API_KEY_ENV = "SALTMARSH_TEST_ES_API_KEY"
 ES_INSECURE_ENV = "SALTMARSH_TEST_ES_INSECURE"  # "1": skip TLS verification of a test cluster
-
-_VENDOR_MEDIA_TYPE = re.compile(r"application/vnd\.elasticsearch\+([a-z-]+);\s*compatible-with=\d+")
-
-
-class PlainJsonNode(Urllib3HttpNode):
-    """Sends plain application/json and application/x-ndjson: osmem answers 406 to the
-    client's vendor media types. Test-only; production keeps the client's defaults."""
-
-    def perform_request(
-        self,
-        method: str,
-        target: str,
-        body: bytes | None = None,
-        headers: HttpHeaders | None = None,
-        request_timeout: DefaultType | float | None = DEFAULT,
-    ) -> NodeApiResponse:
-        plain = HttpHeaders(headers or {})
-        for name in ("accept", "content-type"):
-            if name in plain:
-                plain[name] = _VENDOR_MEDIA_TYPE.sub(r"application/\1", plain[name])
-        return super().perform_request(method, target, body, plain, request_timeout)
 
 
 @dataclass

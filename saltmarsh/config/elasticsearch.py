@@ -35,6 +35,7 @@ class ElasticsearchConfig:
     retry_backoff_cap_s: float = 10.0
     ilm_delete_after_days: int | None = None  # None: keep everything, install no policy
     request_timeout_s: float = 30.0
+    plain_json: bool = False  # OpenSearch-API servers that refuse the client's vendor media types
 
 
 def _host(t: Table, index: int, value: object) -> str:
@@ -95,6 +96,7 @@ def elasticsearch_config(t: Table) -> ElasticsearchConfig:
         retry_backoff_cap_s=cap_s,
         ilm_delete_after_days=delete_after_days or None,
         request_timeout_s=t.number("request_timeout_s", 30.0, lo=0.1, hi=3600.0),
+        plain_json=t.flag("plain_json", False),
     )
     t.done()
     return cfg

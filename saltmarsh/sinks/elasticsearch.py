@@ -34,6 +34,7 @@ from saltmarsh.config.elasticsearch import ElasticsearchConfig
 from saltmarsh.errors import Reason, ValidationError
 from saltmarsh.sinks.base import DeadLetter, Delivery, SinkUnavailable, StoredKey, WriteResult
 from saltmarsh.sinks.es_bulk import BulkBuffer, BulkDoc, BulkPolicy, BulkResult, BulkWriter, Refusal
+from saltmarsh.sinks.es_plain import PlainJsonNode
 from saltmarsh.sinks.es_templates import DEAD_LETTERS, READINGS, index_pattern, install_templates, monthly_index
 from saltmarsh.topics import Channel, Topic
 
@@ -191,6 +192,8 @@ def open_client(cfg: ElasticsearchConfig, node_class: type[BaseNode] | None = No
         log.warning("TLS certificates of elasticsearch are not verified", extra={"event": "es_tls_unverified"})
     if node_class is not None:
         kwargs["node_class"] = node_class
+    elif cfg.plain_json:
+        kwargs["node_class"] = PlainJsonNode
     return Elasticsearch(list(cfg.hosts), **kwargs)
 
 
