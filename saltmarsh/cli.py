@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from saltmarsh.audit import AuditReport, format_report, run_audit
+from saltmarsh.config.ingester import SinkConfig, load_ingester_config
 from saltmarsh.errors import SaltmarshError
 from saltmarsh.fleet import FleetPlan, LocalFleet
 from saltmarsh.progress import fleet_progress_line
@@ -19,8 +20,8 @@ from saltmarsh.status import read_statuses
 DEFAULT_STATUS_DIR = Path("/run/saltmarsh/status")
 
 
-def _audit(db: Path, expectations: dict[str, tuple[str, int]] | None) -> AuditReport:
-    source = open_audit_source(db)
+def _audit(source_spec: Path | SinkConfig, expectations: dict[str, tuple[str, int]] | None) -> AuditReport:
+    source = open_audit_source(source_spec)
     try:
         return run_audit(source.stored_keys(), expectations, source.dead_letter_counts())
     finally:
@@ -34,13 +35,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rate_hz=args.rate,
         readings_per_sensor=max(1, int(args.rate * args.duration)),
         drain_rate_limit=args.drain_rate,
+        es_url=args.es_url if args.sink == "elasticsearch" else None,
+        es_plain_json=args.es_plain_json,
     )
+    if args.sink == "elasticsearch" and not args.es_url:
+        print("saltmarsh demo: --sink elasticsearch needs --es-url", file=sys.stderr)
+        return 2
     fleet = LocalFleet.fresh(plan)
     total = plan.sensors * plan.readings_per_sensor
     print(
         f"demo: {plan.sensors} sensors x {plan.readings_per_sensor} readings at {plan.rate_hz:g} Hz "
         f"-> gateway mosquitto :{fleet.gateway_broker.port} -> forwarder -> cloud mosquitto "
-        f":{fleet.cloud_broker.port} -> ingester -> sqlite {plan.sink_path}",
+        f":{fleet.cloud_broker.port} -> ingester -> {_sink_text(plan)}",
         flush=True,
     )
     outage_at = args.duration / 3 if args.outage > 0 else None
@@ -68,11 +74,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 return 3
             print(fleet_progress_line(elapsed, fleet.statuses(), total), flush=True)
             if cloud_down_since is None and fleet.sensors_done():
-                report = _audit(plan.sink_path, fleet.expectations())
-                if report.ok:
+                report = fleet.audit_if_stored()
+                if report is not None and report.ok:
                     break
             time.sleep(1.0)
-        report = _audit(plan.sink_path, fleet.expectations())
+        report = fleet.audit()
     finally:
         fleet.stop()
     print(format_report(report))
@@ -83,6 +89,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _sink_text(plan: FleetPlan) -> str:
+    return f"elasticsearch {plan.es_url}" if plan.es_url else f"sqlite {plan.sink_path}"
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     expectations = None
     if args.status_dir:
@@ -91,7 +101,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
             for s in read_statuses(Path(args.status_dir))
             if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters
         }
-    report = _audit(Path(args.db), expectations)
+    if bool(args.db) == bool(args.config):
+        print("saltmarsh audit: give exactly one of --db and --config", file=sys.stderr)
+        return 2
+    spec = Path(args.db) if args.db else load_ingester_config(Path(args.config)).sink
+    report = _audit(spec, expectations)
     print(format_report(report))
     return 0 if report.ok else 1
 
@@ -118,6 +132,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_es_templates(args: argparse.Namespace) -> int:
+    sink = load_ingester_config(Path(args.config)).sink
+    if sink.elasticsearch is None:
+        print(f"saltmarsh es-templates: {args.config} has no [sink.elasticsearch]", file=sys.stderr)
+        return 2
+    from saltmarsh.sinks.elasticsearch import open_client
+    from saltmarsh.sinks.es_templates import FAMILIES, install_templates, template_name
+
+    es = sink.elasticsearch
+    try:
+        install_templates(open_client(es), es.index_prefix, es.ilm_delete_after_days)
+    except Exception as err:  # the client raises many transport types; all mean "not installed"
+        print(f"saltmarsh es-templates: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    for family in FAMILIES:
+        print(f"installed index template {template_name(es.index_prefix, family)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saltmarsh", description="IoT fleet store-and-forward, end to end.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -130,12 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--drain-rate", type=float, default=2000.0, help="backlog drain limit, msg/s")
     demo.add_argument("--drain-timeout", type=float, default=120.0, help="seconds allowed to drain at the end")
     demo.add_argument("--dir", default="var/demo", help="where configs, spools, logs and the database go")
+    demo.add_argument("--sink", choices=("sqlite", "elasticsearch"), default="sqlite", help="store of record")
+    demo.add_argument("--es-url", help="Elasticsearch URL for --sink elasticsearch")
+    demo.add_argument(
+        "--es-plain-json", action="store_true", help="plain JSON media types (OpenSearch-API servers, osmem-server)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     audit = verbs.add_parser("audit", help="count, gaps and duplicates per device, from the sink")
-    audit.add_argument("--db", required=True, help="the SQLite sink's database file")
+    audit.add_argument("--db", help="a SQLite sink's database file")
+    audit.add_argument("--config", help="an ingester config: audit whatever sink it writes to")
     audit.add_argument("--status-dir", help="read each sensor's last seq from here, to catch tail loss")
     audit.set_defaults(func=cmd_audit)
+
+    templates = verbs.add_parser("es-templates", help="install the Elasticsearch index templates and aliases")
+    templates.add_argument("--config", required=True, help="an ingester config with [sink.elasticsearch]")
+    templates.set_defaults(func=cmd_es_templates)
 
     status = verbs.add_parser("status", help="every running service's counters")
     status.add_argument("--status-dir", default=str(DEFAULT_STATUS_DIR))

@@ -16,8 +16,11 @@ from typing import Any
 
 import tomli_w
 
+from saltmarsh.audit import AuditReport, run_audit
+from saltmarsh.config.ingester import load_ingester_config
 from saltmarsh.mosquitto import Mosquitto
 from saltmarsh.processes import ServiceProcess
+from saltmarsh.sinks import SinkUnavailable, open_audit_source
 from saltmarsh.status import ServiceStatus, read_statuses
 
 SENSOR_PLACES = (
@@ -39,6 +42,8 @@ class FleetPlan:
     drain_rate_limit: float = 2000.0
     spool_quota_bytes: int = 1_000_000_000
     seed: int = 7
+    es_url: str | None = None  # the store of record: Elasticsearch when set, else embedded SQLite
+    es_plain_json: bool = False
 
     @property
     def status_dir(self) -> Path:
@@ -128,6 +133,20 @@ class LocalFleet:
             },
         )
 
+    def _sink_table(self) -> dict[str, Any]:
+        plan = self.plan
+        if plan.es_url is None:
+            return {"type": "sqlite", "path": str(plan.sink_path)}
+        return {
+            "type": "elasticsearch",
+            # A fresh prefix per run, so the audit sees only this run's readings.
+            "elasticsearch": {
+                "hosts": [plan.es_url],
+                "index_prefix": f"saltmarsh-demo-{int(time.time())}",
+                "plain_json": plan.es_plain_json,
+            },
+        }
+
     def _ingester_config(self) -> Path:
         plan = self.plan
         return _write_toml(
@@ -136,9 +155,28 @@ class LocalFleet:
                 "ingester_id": "ingester1",
                 "status_dir": str(plan.status_dir),
                 "broker": {"host": "127.0.0.1", "port": self.cloud_broker.port},
-                "sink": {"type": "sqlite", "path": str(plan.sink_path)},
+                "sink": self._sink_table(),
             },
         )
+
+    @property
+    def ingester_config_path(self) -> Path:
+        return self.etc / "ingester.toml"
+
+    def audit_if_stored(self) -> AuditReport | None:
+        """The audit, or None while the sink holds nothing yet."""
+        try:
+            return self.audit()
+        except SinkUnavailable:
+            return None
+
+    def audit(self) -> AuditReport:
+        """Audit the sink against each sensor's own record of what it produced."""
+        source = open_audit_source(load_ingester_config(self.ingester_config_path).sink)
+        try:
+            return run_audit(source.stored_keys(), self.expectations(), source.dead_letter_counts())
+        finally:
+            source.close()
 
     def start(self) -> None:
         self.cloud_broker.start()

@@ -7,17 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from saltmarsh.audit import AuditReport, run_audit
+from saltmarsh.audit import AuditReport
 from saltmarsh.fleet import FleetPlan, LocalFleet
-from saltmarsh.sinks import open_audit_source
-
-
-def audit(fleet: LocalFleet) -> AuditReport:
-    source = open_audit_source(fleet.plan.sink_path)
-    try:
-        return run_audit(source.stored_keys(), fleet.expectations(), source.dead_letter_counts())
-    finally:
-        source.close()
 
 
 def wait_until_audited(fleet: LocalFleet, timeout_s: float) -> AuditReport:
@@ -26,12 +17,12 @@ def wait_until_audited(fleet: LocalFleet, timeout_s: float) -> AuditReport:
     while time.monotonic() < deadline:
         crashed = [p for p in fleet.processes() if p.returncode() not in (None, 0)]
         assert not crashed, "\n".join(f"{p.name} exited {p.returncode()}:\n{p.log_tail()}" for p in crashed)
-        if fleet.sensors_done() and fleet.plan.sink_path.exists():
-            report = audit(fleet)
-            if report.ok:
+        if fleet.sensors_done():
+            report = fleet.audit_if_stored()
+            if report is not None and report.ok:
                 return report
         time.sleep(0.5)
-    return audit(fleet)
+    return fleet.audit()
 
 
 @contextmanager
