@@ -1,8 +1,12 @@
-"""Group commit: whatever arrived in the last few milliseconds goes to the spool in one transaction.
+"""Group commit: whatever arrived since the last commit goes to the spool in one transaction.
 
 One fsync covers a whole batch, so durability costs a share of an fsync per message, never one
-each. Acks go to the site broker only after the transaction returned, which is what makes
-"acked" mean "on disk".
+each; and the segments the uplink confirmed since the last commit are deleted in the same
+transaction, so deletes cost no fsync of their own. The fsync runs in this thread, where SQLite
+releases the GIL, so the loop thread keeps reading and publishing meanwhile.
+
+Acks go to the site broker only after the transaction returned, which is what makes "acked"
+mean "on disk": the loop thread sends them when it collects the `Committed` result.
 """
 
 from __future__ import annotations
@@ -10,101 +14,115 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence, Sized
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from gateway.source import Inbound, LocalSource
+from gateway.source import Inbound
 from saltmarsh.spool import Lane, Record, Segment, Spool
 
 log = logging.getLogger(__name__)
 
-_IDLE_WAIT_S = 0.2
-_GATHER_POLL_S = 0.001
 _RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 5.0)
 
 
-def split_lanes(batch: Sequence[Inbound]) -> list[tuple[Lane, list[Record]]]:
-    """One record list per lane, each in arrival order."""
-    bulk: list[Record] = []
-    keep: list[Record] = []
-    for _generation, _mid, lane, topic, payload in batch:
-        (bulk if lane is Lane.BULK else keep).append((topic, payload))
-    return [(Lane.BULK, bulk), (Lane.KEEP, keep)]
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A batch now durably in the spool, and its segments with their records (for the live path)."""
+
+    batch: Inbound
+    segments: list[tuple[Segment, list[Record]]]
 
 
 class GroupCommitter:
-    """Drains the source's inbox into the spool, acks, then tells the sender what was spooled."""
+    """Spools batches handed over by the loop thread; reports each back through `on_done`."""
 
-    def __init__(
-        self,
-        source: LocalSource,
-        spool: Spool,
-        on_spooled: Callable[[list[Segment]], None],
-        interval_ms: int,
-        max_messages: int,
-    ) -> None:
-        self._source = source
+    def __init__(self, spool: Spool, on_done: Callable[[], None], interval_ms: int) -> None:
         self._spool = spool
-        self._on_spooled = on_spooled
+        self._on_done = on_done
         self._interval_s = interval_ms / 1000.0
-        self._max_messages = max_messages
-        self._stopping = threading.Event()
+        self._cond = threading.Condition()
+        self._batches: deque[Inbound] = deque()
+        self._removals: list[Segment] = []
+        self._stopping = False
+        self._waiting = False  # in wait(): only then is a notify worth its cost
+        self.done: deque[Committed] = deque()  # appended here, popped by the loop thread
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
         self.spooled_total = 0
         self.commits_total = 0
         self.commit_failures_total = 0
+        self.removed_total = 0
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Spool everything already received, then return. Call after the source has stopped."""
-        self._stopping.set()
-        self._source.arrived.set()
+        """Spool everything already handed over and apply the removals, then return."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
         self._thread.join(timeout_s)
 
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def submit(self, batch: Inbound) -> None:
+        with self._cond:
+            self._batches.append(batch)
+            if self._waiting:
+                self._cond.notify()
+
+    def remove(self, segments: list[Segment]) -> None:
+        """Delivered segments: deleted with the next commit (or on their own when idle)."""
+        with self._cond:
+            self._removals += segments
+            if self._waiting:
+                self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        """Batches handed over and not yet committed."""
+        return len(self._batches)
+
     def _run(self) -> None:
-        inbox = self._source.inbox
-        arrived = self._source.arrived
         while True:
-            arrived.clear()
-            if not inbox:
-                if self._stopping.is_set():
+            with self._cond:
+                while not (self._batches or self._removals or self._stopping):
+                    self._waiting = True
+                    self._cond.wait()
+                    self._waiting = False
+                if self._stopping and not (self._batches or self._removals):
                     return
-                arrived.wait(_IDLE_WAIT_S)
-                continue
-            self._gather(inbox)
-            take = min(len(inbox), self._max_messages)
-            batch = [inbox.popleft() for _ in range(take)]
-            self._commit(batch)
+            if self._interval_s > 0 and not self._stopping:
+                # A short gather: one fsync then covers what arrives meanwhile, at a bounded
+                # cost in latency; under load the previous fsync already did the gathering.
+                time.sleep(self._interval_s)
+            with self._cond:
+                batches = list(self._batches)
+                self._batches.clear()
+                removals = self._removals
+                self._removals = []
+            self._commit(batches, removals)
 
-    def _gather(self, inbox: Sized) -> None:
-        # Polling beats a wakeup per message: the network thread then only appends.
-        if self._interval_s <= 0 or self._stopping.is_set():
-            return
-        deadline = time.monotonic() + self._interval_s
-        while len(inbox) < self._max_messages:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            time.sleep(min(remaining, _GATHER_POLL_S))
-
-    def _commit(self, batch: list[Inbound]) -> None:
+    def _commit(self, batches: list[Inbound], removals: list[Segment]) -> None:
+        bulk: list[Record] = []
+        keep: list[Record] = []
+        for batch in batches:
+            bulk += batch.bulk
+            keep += batch.keep
         attempt = 0
         while True:
             try:
-                segments = self._spool.append(split_lanes(batch))
+                segments = self._spool.append([(Lane.BULK, bulk), (Lane.KEEP, keep)], remove=removals)
                 break
             # The committer must outlive any storage hiccup (disk full, locked database): an
             # unspooled batch stays unacked with the broker, so retrying is always safe.
             except Exception as err:
                 self.commit_failures_total += 1
-                if self._stopping.is_set():
+                if self._stopping:
                     log.error(
                         "spool append failed at shutdown; the broker keeps the batch unacked",
-                        extra={"event": "spool_append_abandoned", "messages": len(batch), "why": repr(err)},
+                        extra={"event": "spool_append_abandoned", "messages": len(bulk) + len(keep), "why": repr(err)},
                     )
                     return
                 delay = _RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)]
@@ -112,15 +130,22 @@ class GroupCommitter:
                     "spool append failed; batch kept unacked and retried",
                     extra={
                         "event": "spool_append_failed",
-                        "messages": len(batch),
+                        "messages": len(bulk) + len(keep),
                         "retry_in_s": delay,
                         "why": repr(err),
                     },
                 )
                 attempt += 1
                 time.sleep(delay)
-        self.spooled_total += len(batch)
+        self.removed_total += len(removals)
+        if not batches:
+            return
+        self.spooled_total += len(bulk) + len(keep)
         self.commits_total += 1
-        self._source.ack(batch)
-        if segments:
-            self._on_spooled(segments)
+        # One segment per lane at most; a segment the quota evicted at once is simply absent.
+        with_records = [(seg, bulk if seg.lane is Lane.BULK else keep) for seg in segments]
+        # Acks are per batch (per connection generation); the segments travel with the last one.
+        for batch in batches[:-1]:
+            self.done.append(Committed(batch, []))
+        self.done.append(Committed(batches[-1], with_records))
+        self._on_done()

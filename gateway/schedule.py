@@ -32,15 +32,23 @@ class SendQueue:
         self.live_messages = 0
         self.backlog_messages = 0
 
-    def restart(self, pending: Iterable[Segment]) -> None:
-        """The uplink came (back) up: `pending` is what the spool holds now, all of it backlog.
+    def restart(self, pending: Iterable[Segment], live_since_ms: int | None = None) -> None:
+        """The uplink came (back) up: `pending` is what the spool holds now, backlog but for the newest.
 
-        Replaces whatever was queued, because `pending` is the spool's own up-to-date view.
+        Segments spooled at or after `live_since_ms` (the last moment the uplink was known to be
+        down) count as live: they arrived while the forwarder was reconnecting to a broker that
+        was already back, so they are the present, not history, and must not wait behind the
+        whole backlog. Replaces whatever was queued, because `pending` is the spool's own
+        up-to-date view.
         """
         self.clear()
         for seg in sorted(pending, key=lambda s: s.segno):
-            self._backlog[seg.lane].append(seg)
-            self.backlog_messages += seg.count
+            if live_since_ms is not None and seg.spooled_ms >= live_since_ms:
+                self._live.append(seg)
+                self.live_messages += seg.count
+            else:
+                self._backlog[seg.lane].append(seg)
+                self.backlog_messages += seg.count
             self.boundary = max(self.boundary, seg.segno)
 
     def mark_boundary(self, segno: int) -> None:

@@ -1,18 +1,18 @@
 """The cloud side: spooled segments up to the uplink broker at QoS 1, deleted only when PUBACKed.
 
-A segment is leased from the spool, its records are handed to paho (never more than the
-PUBACK window at once), and the segment is removed only when every one of its messages has a
-successful PUBACK. A refused message (a failure reason code, or "no matching subscribers") is
-not a delivery: its segment is released and sent again later, whole.
+A segment is leased from the spool, its records are published (never more than the PUBACK
+window at once), and it is deleted only when every one of its messages has a successful PUBACK.
+A refused message (a failure reason code, or "no matching subscribers") is not a delivery: its
+segment is released and sent again later, whole.
 
-Threads: paho's network thread only appends `(mid, failed)` to `_acks` and flags connection
-changes; every other piece of state belongs to the sender thread, so there are no locks on the
-per-message path and a PUBACK can never race the bookkeeping of its own publish.
+Segments that have just been committed come with their records still in memory, so live
+traffic is never read back from disk; the backlog is. Everything here runs on the forwarder's
+loop thread, which also owns the uplink connection, so a PUBACK can never race the bookkeeping
+of its own publish and there are no locks on the per-message path.
 
-Uplink outages: nothing new is handed to paho while it is disconnected, so memory stays
-bounded; what paho already holds it retransmits itself on reconnect, and those segments
-complete then. Queued, not yet leased segments are simply forgotten: they are still in the
-spool, and the reconnect takes a fresh look at it.
+Uplink outages: everything in flight is released back to the spool at once (the new
+connection gets new packet ids, so nothing the old one held is resumed); the reconnect takes
+a fresh look at the spool, all of it backlog.
 """
 
 from __future__ import annotations
@@ -22,19 +22,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.schedule import Phase, SendQueue, batch_size
 from gateway.token_bucket import TokenBucket
 from saltmarsh.config.gateway import GatewayConfig
-from saltmarsh.mqtt import QOS_AT_LEAST_ONCE, connect_client, delivered, make_client
 from saltmarsh.spool import Record, Segment, Spool
 from saltmarsh.status import RateMeter
+from saltmarsh.wire.broker import wire_client
+from saltmarsh.wire.client import ConnAck, WireClient
+from saltmarsh.wire.codec import RC_FIRST_FAILURE, RC_NO_MATCHING_SUBSCRIBERS, properties, user_property
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +38,17 @@ GATEWAY_PROPERTY = "gw"  # MQTT 5 user property: which gateway carried a message
 RETRY_AFTER_S = 1.0  # a refused segment waits this long before it is sent again
 _IDLE_WAIT_S = 0.5
 _MIN_WAIT_S = 0.001
-_HANDED_TO_PAHO = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: paho keeps it and resends
+
+
+def gateway_properties(gateway_id: str) -> bytes:
+    """The PUBLISH property block every forwarded message carries, encoded once."""
+    return properties(user_property(GATEWAY_PROPERTY, gateway_id))
+
+
+def connect_uplink(cfg: GatewayConfig) -> tuple[WireClient, ConnAck]:
+    """Connect (blocking; run by a connector thread, never the loop)."""
+    client = wire_client(cfg.uplink, clean_start=False)
+    return client, client.connect()
 
 
 class OpenSegment:
@@ -71,74 +77,43 @@ class Sender:
     """Publishes the spool to the uplink: live first, backlog under a token bucket."""
 
     def __init__(
-        self, cfg: GatewayConfig, spool: Spool, clock: Callable[[], float] = time.monotonic, grace_s: float = 2.0
+        self, cfg: GatewayConfig, spool: Spool, clock: Callable[[], float] = time.monotonic, hot_max_messages: int = 0
     ) -> None:
         self._cfg = cfg
         self._spool = spool
         self._clock = clock
-        self._grace_s = grace_s
+        self._props = gateway_properties(cfg.gateway_id)
         self._queue = SendQueue()
         self._bucket = TokenBucket(cfg.drain_rate_limit, cfg.drain_burst, clock())
         self._window = cfg.inflight_window
-        self._by_mid: dict[int, OpenSegment] = {}
+        self._by_id: dict[int, OpenSegment] = {}
         self._live_open: OpenSegment | None = None
         self._backlog_open: OpenSegment | None = None
         self._retry: deque[tuple[float, Segment]] = deque()
-        self._accepting = False  # connected, and the queue reflects the spool
+        self._delivered: list[Segment] = []
+        # Records of queued live segments, so that they go up without a read from disk. Capped,
+        # so that a slow uplink cannot grow memory: past the cap, segments are read back.
+        self._hot: dict[int, list[Record]] = {}
+        self._hot_messages = 0
+        self._hot_max = hot_max_messages or max(4 * cfg.commit_max_messages, 4 * cfg.inflight_window)
+        self.client: WireClient | None = None
+        self.stopping = False  # publish nothing new; PUBACKs for what is up are still counted
 
-        # Written by other threads; plain appends and assignments, atomic under the GIL.
-        self._acks: deque[tuple[int, bool]] = deque()
-        self._spooled: deque[Segment] = deque()
-        self._link_generation = 0
-        self._seen_generation = 0
-        self._server_receive_maximum = 65_535
-        self.connected = False
-
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
         self._meter_lock = threading.Lock()  # RateMeter is not safe to read while it is written
         self._live_meter = RateMeter()
         self._drain_meter = RateMeter()
         self.forwarded_total = 0
         self.refused_total = 0
 
-        self._props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        self._props.UserProperty = (GATEWAY_PROPERTY, cfg.gateway_id)
-        self._client = make_client(cfg.uplink)
-        # Unlimited in paho: our window already bounds what it holds, and with a limit set paho
-        # scans every message it holds on every PUBACK (measured: 2.3 of 6 s of CPU at 30k msgs).
-        self._client.max_inflight_messages_set(0)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
+    # -- read by the status thread ---------------------------------------------------------
 
-    # -- called from other threads -------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-        connect_client(self._client, self._cfg.uplink, clean_start=False)
-        self._client.loop_start()
-
-    def stop(self) -> None:
-        """Stop publishing, give in-flight messages a moment to be PUBACKed, then disconnect."""
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(self._grace_s + 10.0)
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def spooled(self, segments: list[Segment]) -> None:
-        """The committer wrote these segments (committer thread)."""
-        self._spooled.extend(segments)
-        self._wake.set()
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
 
     @property
     def inflight(self) -> int:
-        return len(self._by_mid)
+        return len(self._by_id)
 
     def rates(self) -> tuple[float, float]:
         """(live, drain) messages per second handed to the uplink."""
@@ -147,119 +122,93 @@ class Sender:
 
     def backlog_depth(self, spool_depth: int) -> int:
         """Messages that will go up under the drain limit; while the uplink is down, all of the spool."""
-        if not self._accepting:
+        if self.client is None:
             return spool_depth
         open_backlog = self._backlog_open
         depth = self._queue.backlog_messages + (open_backlog.remaining if open_backlog is not None else 0)
         # The queue may still list segments the quota has since evicted.
         return min(depth, spool_depth)
 
-    # -- paho network thread ---------------------------------------------------------------
+    # -- the loop thread -------------------------------------------------------------------
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Properties | None
-    ) -> None:
-        if reason.is_failure:
-            log.error("uplink refused connection", extra={"event": "uplink_refused", "reason": str(reason)})
+    def attach(self, client: WireClient, connack: ConnAck, live_since_ms: int | None = None) -> None:
+        """The uplink is (back) up: what the spool holds now is backlog, but for what was spooled
+        after `live_since_ms`, the last moment the uplink was known to be down."""
+        self.client = client
+        now = self._clock()
+        self._queue.restart(self._spool.pending(), live_since_ms)
+        self._retry.clear()  # released segments are back in `pending`
+        self._drop_hot()
+        self._bucket = TokenBucket(self._cfg.drain_rate_limit, self._cfg.drain_burst, now)
+        self._window = max(1, min(self._cfg.inflight_window, connack.receive_maximum))
+        log.info(
+            "uplink connected; draining backlog behind live traffic",
+            extra={
+                "event": "uplink_connected",
+                "backlog_messages": self._queue.backlog_messages,
+                "recent_messages_as_live": self._queue.live_messages,
+                "window": self._window,
+                "session_present": connack.session_present,
+            },
+        )
+
+    def detach(self, why: str) -> None:
+        """The uplink is gone: what was in flight goes back to the spool, to be sent again."""
+        client = self.client
+        if client is None:
             return
-        receive_maximum = getattr(props, "ReceiveMaximum", None)
-        self._server_receive_maximum = int(receive_maximum) if receive_maximum else 65_535
-        self.connected = True
-        self._link_generation += 1
-        self._wake.set()
+        self.client = None
+        client.close()
+        released = {id(o): o for o in self._by_id.values()}
+        for open_seg in (self._live_open, self._backlog_open):
+            if open_seg is not None:
+                released[id(open_seg)] = open_seg
+        for open_seg in released.values():
+            self._spool.release(open_seg.seg)
+        self._by_id.clear()
+        self._live_open = self._backlog_open = None
+        self._queue.clear()
+        self._drop_hot()
+        log.warning(
+            "uplink disconnected; spooling until it is back",
+            extra={"event": "uplink_disconnected", "released_segments": len(released), "why": why},
+        )
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        self.connected = False
-        self._link_generation += 1
-        self._wake.set()
+    def offer(self, segments: list[tuple[Segment, list[Record]]]) -> None:
+        """Freshly committed segments, with their records."""
+        if self.client is None:
+            return  # in the spool; the reconnect will find them
+        for seg, records in segments:
+            if self._queue.offer(seg) and self._hot_messages + len(records) <= self._hot_max:
+                self._hot[seg.segno] = records
+                self._hot_messages += len(records)
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties) -> None:
-        self._acks.append((mid, not delivered(reason)))
-        if not self._wake.is_set():
-            self._wake.set()
+    def take_delivered(self) -> list[Segment]:
+        """Segments every message of which was PUBACKed since the last call: to delete."""
+        delivered = self._delivered
+        if delivered:
+            self._delivered = []
+        return delivered
 
-    # -- sender thread ---------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            now = self._clock()
-            self._settle_acks(now)
-            self._follow_link()
-            self._take_spooled()
-            self._requeue_due(now)
-            if not (self._accepting and self._send(now)):
-                self._wake.wait(self._idle_wait(now))
-        self._wind_down()
-
-    def _follow_link(self) -> None:
-        generation = self._link_generation
-        if generation == self._seen_generation:
-            return
-        self._seen_generation = generation
-        if self.connected:
-            # Everything spooled until now is backlog; segments in flight are not in `pending`.
-            pending = self._spool.pending()
-            self._queue.restart(pending)
-            for open_seg in (self._live_open, self._backlog_open):
-                if open_seg is not None:
-                    self._queue.mark_boundary(open_seg.seg.segno)
-            self._retry.clear()  # released segments are back in `pending`
-            self._bucket = TokenBucket(self._cfg.drain_rate_limit, self._cfg.drain_burst, self._clock())
-            self._window = max(1, min(self._cfg.inflight_window, self._server_receive_maximum))
-            self._accepting = True
-            log.info(
-                "uplink connected; draining backlog behind live traffic",
-                extra={
-                    "event": "uplink_connected",
-                    "backlog_messages": self._queue.backlog_messages,
-                    "backlog_segments": len(pending),
-                    "held_by_client": len(self._by_mid),
-                    "window": self._window,
-                },
-            )
-        else:
-            was_accepting = self._accepting
-            self._accepting = False
-            self._queue.clear()
-            if was_accepting:
-                log.warning(
-                    "uplink disconnected; spooling until it is back",
-                    extra={"event": "uplink_disconnected", "held_by_client": len(self._by_mid)},
-                )
-
-    def _take_spooled(self) -> None:
-        spooled = self._spooled
-        while spooled:
-            seg = spooled.popleft()
-            if self._accepting:
-                self._queue.offer(seg)
-
-    def _requeue_due(self, now: float) -> None:
-        while self._retry and self._retry[0][0] <= now:
-            _, seg = self._retry.popleft()
-            if self._accepting:
-                self._queue.retry(seg)
-
-    def _idle_wait(self, now: float) -> float:
+    def idle_wait(self, now: float) -> float:
+        """How long the loop may sleep before the bucket or a retry wants attention."""
         wait = _IDLE_WAIT_S
-        room = self._window - len(self._by_mid)
-        if self._accepting and room > 0 and (self._backlog_open is not None or self._queue.has_backlog()):
-            wait = min(wait, self._bucket.seconds_until(1, now))
+        if self.client is not None:
+            room = self._window - len(self._by_id)
+            if room > 0 and (self._live_open is not None or self._queue.has_live()):
+                return 0.0
+            if room > 0 and (self._backlog_open is not None or self._queue.has_backlog()):
+                wait = min(wait, self._bucket.seconds_until(1, now))
         if self._retry:
             wait = min(wait, self._retry[0][0] - now)
-        return max(_MIN_WAIT_S, wait)
+        return max(_MIN_WAIT_S, wait) if wait > 0 else 0.0
 
-    def _send(self, now: float) -> bool:
-        """Hand what the window and the bucket allow to paho; True if anything went."""
-        room = self._window - len(self._by_mid)
+    def pump(self, now: float) -> int:
+        """Publish what the window and the bucket allow; returns how many messages went."""
+        self._requeue_due(now)
+        if self.client is None or self.stopping:
+            return 0
+        room = self._window - len(self._by_id)
         live_sent = 0
         while room > 0:
             open_seg = self._live_open or self._open_next(Phase.LIVE)
@@ -283,16 +232,58 @@ class Sender:
             with self._meter_lock:
                 self._live_meter.add(live_sent, now)
                 self._drain_meter.add(drain_sent, now)
-        return bool(live_sent or drain_sent)
+        return live_sent + drain_sent
+
+    def settle(self, pubacks: list[tuple[int, int]], now: float) -> None:
+        """Count PUBACKs against their segments; a segment with all of them in is finished."""
+        by_id = self._by_id
+        forwarded = 0
+        for packet_id, reason in pubacks:
+            open_seg = by_id.pop(packet_id, None)
+            if open_seg is None:
+                continue
+            open_seg.unacked -= 1
+            # Mirrors saltmarsh.mqtt.delivered: "no matching subscribers" means thrown away.
+            if reason >= RC_FIRST_FAILURE or reason == RC_NO_MATCHING_SUBSCRIBERS:
+                open_seg.failed = True
+                self.refused_total += 1
+            else:
+                forwarded += 1
+            if not open_seg.unacked and open_seg.sent == len(open_seg.records):
+                self._finish(open_seg, now)
+        self.forwarded_total += forwarded
+
+    def release_all(self) -> None:
+        """At shutdown: give back what is still leased, so nothing stays marked in flight."""
+        if self.client is not None:
+            self.detach("stopping")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _drop_hot(self) -> None:
+        self._hot.clear()
+        self._hot_messages = 0
+
+    def _requeue_due(self, now: float) -> None:
+        while self._retry and self._retry[0][0] <= now:
+            _, seg = self._retry.popleft()
+            if self.client is not None:
+                self._queue.retry(seg)
 
     def _open_next(self, phase: Phase) -> OpenSegment | None:
         while True:
             seg = self._queue.next_live() if phase is Phase.LIVE else self._queue.next_backlog()
             if seg is None:
                 return None
-            records = self._spool.lease(seg)
-            if not records:
-                continue  # evicted by the quota since it was queued, or unreadable and dropped
+            records = self._hot.pop(seg.segno, None)
+            if records is not None:
+                self._hot_messages -= len(records)
+                if not self._spool.hold(seg):
+                    continue  # evicted by the quota since it was committed
+            else:
+                records = self._spool.lease(seg)
+                if not records:
+                    continue  # evicted by the quota since it was queued, or unreadable and dropped
             open_seg = OpenSegment(seg, records, phase)
             if phase is Phase.LIVE:
                 self._live_open = open_seg
@@ -301,50 +292,22 @@ class Sender:
             return open_seg
 
     def _publish(self, open_seg: OpenSegment, count: int) -> int:
-        publish = self._client.publish
+        client = self.client
+        assert client is not None
+        publish = client.publish
         props = self._props
-        by_mid = self._by_mid
+        by_id = self._by_id
         start = open_seg.sent
-        # `sent` moves only after the loop, so that acks settled mid-loop (below) cannot see
-        # the segment as complete while part of it is still unpublished.
         for topic, payload in open_seg.records[start : start + count]:
-            info = publish(topic, payload, QOS_AT_LEAST_ONCE, False, props)
-            if info.rc in _HANDED_TO_PAHO:
-                if info.mid in by_mid:
-                    # paho reused a packet id whose PUBACK is queued but not yet counted here.
-                    self._settle_acks(self._clock())
-                by_mid[info.mid] = open_seg
-                open_seg.unacked += 1
-            else:
-                open_seg.failed = True
+            by_id[publish(topic.encode(), payload, 1, props)] = open_seg
+        open_seg.unacked += count
         open_seg.sent = start + count
         if open_seg.remaining == 0:
             if open_seg is self._live_open:
                 self._live_open = None
             elif open_seg is self._backlog_open:
                 self._backlog_open = None
-            if open_seg.settled:
-                self._finish(open_seg, self._clock())
         return count
-
-    def _settle_acks(self, now: float) -> None:
-        acks = self._acks
-        by_mid = self._by_mid
-        forwarded = 0
-        while acks:
-            mid, failed = acks.popleft()
-            open_seg = by_mid.pop(mid, None)
-            if open_seg is None:
-                continue
-            open_seg.unacked -= 1
-            if failed:
-                open_seg.failed = True
-                self.refused_total += 1
-            else:
-                forwarded += 1
-            if open_seg.settled:
-                self._finish(open_seg, now)
-        self.forwarded_total += forwarded
 
     def _finish(self, open_seg: OpenSegment, now: float) -> None:
         seg = open_seg.seg
@@ -356,22 +319,6 @@ class Sender:
                 extra={"event": "uplink_refused_messages", "segment": seg.segno, "retry_in_s": RETRY_AFTER_S},
             )
             return
-        try:
-            self._spool.remove(seg)
-        # A segment that cannot be deleted is merely sent again after a restart: a duplicate
-        # the sink absorbs, never a loss, so the sender carries on.
-        except Exception as err:
-            self._spool.release(seg)
-            log.error(
-                "could not delete a delivered segment",
-                extra={"event": "spool_remove_failed", "segment": seg.segno, "why": repr(err)},
-            )
-
-    def _wind_down(self) -> None:
-        """Collect PUBACKs for what is already up, briefly; what misses the grace is resent next run."""
-        deadline = self._clock() + self._grace_s
-        while self._by_mid and self.connected and self._clock() < deadline:
-            self._wake.clear()
-            self._settle_acks(self._clock())
-            self._wake.wait(0.05)
-        self._settle_acks(self._clock())
+        # Deleted by the committer with its next transaction; until then it stays leased, so
+        # a reconnect meanwhile does not send it again.
+        self._delivered.append(seg)

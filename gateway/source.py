@@ -1,36 +1,29 @@
 """The site side: a persistent QoS 1 subscription to the local Mosquitto, acked only once spooled.
 
-paho's network thread does as little as possible: it classifies the topic and appends
-`(generation, mid, lane, topic, payload)` to an inbox. The committer spools a batch and then
-calls `ack`, so the broker keeps every message until it is on disk; a crash before that gets
-it redelivered from the persistent session.
+The forwarder's loop thread reads the local connection and hands each PUBLISH to `take`, which
+classifies the topic and adds it to the batch being gathered for the next group commit. The
+committer spools that batch; only then does `ack` send the PUBACKs, so the broker keeps every
+message until it is on disk and a crash before that gets it redelivered from the session.
 
-A message's *generation* is the local connection it arrived on. An ack is only sent on that
-same connection: after a reconnect the broker redelivers what was unacked and may reuse the
-old packet ids for new messages, so a late ack for an old id could confirm a message that was
-never spooled.
+A batch remembers the *generation* it arrived on: the local connection. An ack is only sent on
+that same connection: after a reconnect the broker redelivers what was unacked and may reuse
+the old packet ids for new messages, so a late ack for an old id could confirm a message that
+was never spooled.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
-from collections.abc import Iterable
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from collections.abc import Sequence
 
 from saltmarsh.config.gateway import GatewayConfig
-from saltmarsh.mqtt import QOS_AT_LEAST_ONCE, connect_client, make_client
-from saltmarsh.spool import Lane
+from saltmarsh.spool import Lane, Record
 from saltmarsh.topics import ROOT, Channel
+from saltmarsh.wire.broker import wire_client
+from saltmarsh.wire.client import WireClient
+from saltmarsh.wire.codec import RETAIN_SEND_IF_NEW_SUB, Publish
 
-Inbound = tuple[int, int, Lane, str, bytes]
-"""(generation, mid, lane, topic, payload): one message received and not yet spooled."""
+QOS_AT_LEAST_ONCE = 1
 
 # Channels not in this table (typos, future ones) go to BULK and on to the cloud, whose ingester
 # dead-letters them: bad input stays visible instead of vanishing at the gateway.
@@ -41,6 +34,8 @@ _LANE_BY_CHANNEL: dict[str, Lane | None] = {
     Channel.STATUS.value: None,  # device state, retained on the site broker
     Channel.COMMAND.value: None,  # downlink: relayed towards devices, never up
 }
+
+_LANE_CACHE_MAX = 100_000
 
 log = logging.getLogger(__name__)
 
@@ -54,102 +49,144 @@ def subscription_filter(site: str) -> str:
     return f"{ROOT}/{site}/#"
 
 
+class Inbound:
+    """Messages received on one local connection and not yet spooled: one group commit's worth."""
+
+    __slots__ = ("bulk", "first_at", "generation", "keep", "packet_ids")
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.first_at = 0.0  # monotonic: when its first message arrived
+        self.bulk: list[Record] = []
+        self.keep: list[Record] = []
+        self.packet_ids: list[int] = []  # to PUBACK once spooled, in arrival order
+
+    def __len__(self) -> int:
+        return len(self.bulk) + len(self.keep)
+
+    def lanes(self) -> list[tuple[Lane, Sequence[Record]]]:
+        return [(Lane.BULK, self.bulk), (Lane.KEEP, self.keep)]
+
+
+def local_client(cfg: GatewayConfig) -> WireClient:
+    """The site-broker connection: a persistent session whose unacked messages survive us."""
+    # The broker may send this many unacked messages at once (capped by its own
+    # max_inflight_messages): two group commits' worth, so one fills while one is written.
+    return wire_client(cfg.local, clean_start=False, receive_maximum=min(65_535, 2 * cfg.commit_max_messages))
+
+
+def connect_local(cfg: GatewayConfig) -> WireClient:
+    """Connect and subscribe (blocking; run by a connector thread, never the loop)."""
+    client = local_client(cfg)
+    client.connect()
+    topic_filter = subscription_filter(cfg.site)
+    try:
+        # Retained messages only on a new subscription, not on every reconnect.
+        granted = client.subscribe([(topic_filter, QOS_AT_LEAST_ONCE | RETAIN_SEND_IF_NEW_SUB)])
+        if any(code >= 0x80 for code in granted):
+            raise ConnectionRefusedError(f"local broker refused the subscription to {topic_filter}: {granted}")
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 class LocalSource:
-    """Receives from the site broker into `inbox`; `arrived` is set when the inbox gains work."""
+    """Turns PUBLISHes from the site broker into group-commit batches, and acks them once spooled.
+
+    Owned by the forwarder's loop thread, like the connection it reads; the status thread only
+    reads the counters.
+    """
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self._cfg = cfg
-        self.inbox: deque[Inbound] = deque()
-        self.arrived = threading.Event()
+        self.client: WireClient | None = None
+        self.generation = 0
+        self.gathering = Inbound(0)
         self.received_total = 0  # forwarded channels only
         self.skipped_total = 0  # status and cmd
-        self.connected = False  # connected and subscribed
-        self._generation = 0
-        self._ack_lock = threading.Lock()
-        self._filter = subscription_filter(cfg.site)
-        self._client = make_client(cfg.local, manual_ack=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        # A site has a bounded set of topics (devices x channels), each seen over and over.
+        self._lane_by_topic: dict[str, Lane | None] = {}
 
-    def start(self) -> None:
-        # The broker may send this many unacked messages at once (capped by its own
-        # max_inflight_messages): two group commits' worth, so one fills while one is written.
-        receive_maximum = min(65_535, 2 * self._cfg.commit_max_messages)
-        connect_client(self._client, self._cfg.local, clean_start=False, receive_maximum=receive_maximum)
-        self._client.loop_start()
+    @property
+    def connected(self) -> bool:
+        return self.client is not None
 
-    def stop(self) -> None:
-        """Disconnect: nothing more is received or acked; what is unacked stays with the broker."""
-        with self._ack_lock:
-            self._generation += 1
-        self._client.disconnect()
-        self._client.loop_stop()
-        self.connected = False
-
-    def ack(self, batch: Iterable[Inbound]) -> int:
-        """Confirm spooled messages to the broker; returns how many acks were sent."""
-        sent = 0
-        ack = self._client.ack
-        with self._ack_lock:
-            current = self._generation
-            for generation, mid, _lane, _topic, _payload in batch:
-                if generation == current and mid:
-                    ack(mid, QOS_AT_LEAST_ONCE)
-                    sent += 1
-        return sent
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Properties | None
-    ) -> None:
-        if reason.is_failure:
-            log.error("local broker refused connection", extra={"event": "local_refused", "reason": str(reason)})
-            return
-        with self._ack_lock:
-            self._generation += 1
-        options = SubscribeOptions(
-            qos=QOS_AT_LEAST_ONCE,
-            # Retained messages only on a new subscription, not on every reconnect.
-            retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB,
-        )
-        client.subscribe(self._filter, options=options)
+    def attach(self, client: WireClient) -> None:
+        """A new connection: earlier batches can no longer be acked."""
+        self.generation += 1
+        self.client = client
+        if self.gathering.packet_ids:
+            self.gathering.packet_ids = []
+        self.gathering.generation = self.generation
         log.info(
             "local broker connected",
-            extra={"event": "local_connected", "session_present": flags.session_present, "filter": self._filter},
+            extra={"event": "local_connected", "filter": subscription_filter(self._cfg.site)},
         )
 
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Properties
-    ) -> None:
-        if any(r.is_failure for r in reasons):
-            log.error("local subscription refused", extra={"event": "local_subscribe_refused", "reasons": str(reasons)})
+    def detach(self, why: str) -> None:
+        """The connection is gone (or we are stopping): nothing more is acked on it."""
+        if self.client is None:
             return
-        self.connected = True
+        self.client.close()
+        self.client = None
+        self.generation += 1
+        self.gathering.packet_ids = []
+        self.gathering.generation = self.generation
+        log.warning("local broker disconnected", extra={"event": "local_disconnected", "why": why})
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        with self._ack_lock:
-            self._generation += 1
-        if self.connected:
-            log.warning("local broker disconnected", extra={"event": "local_disconnected", "reason": str(reason)})
-        self.connected = False
+    def take(self, publishes: list[Publish], now: float) -> None:
+        """File received messages into the batch being gathered (loop thread, per message)."""
+        gathering = self.gathering
+        if not len(gathering):
+            gathering.first_at = now
+        bulk = gathering.bulk.append
+        keep = gathering.keep.append
+        packet_ids = gathering.packet_ids.append
+        lanes = self._lane_by_topic
+        if len(lanes) > _LANE_CACHE_MAX:
+            lanes.clear()
+        skipped: list[int] = []
+        received = 0
+        for msg in publishes:
+            topic = msg.topic
+            try:
+                lane = lanes[topic]
+            except KeyError:
+                lane = lanes[topic] = lane_for(topic)
+            if lane is Lane.BULK:
+                bulk((topic, msg.payload))
+            elif lane is Lane.KEEP:
+                keep((topic, msg.payload))
+            else:
+                if msg.packet_id:
+                    skipped.append(msg.packet_id)
+                continue
+            received += 1
+            if msg.packet_id:
+                packet_ids(msg.packet_id)
+        self.received_total += received
+        if skipped:
+            self.skipped_total += len(skipped)
+            client = self.client
+            if client is not None:
+                for packet_id in skipped:
+                    client.ack(packet_id)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        topic = msg.topic
-        lane = _LANE_BY_CHANNEL.get(topic[topic.rfind("/") + 1 :], Lane.BULK)
-        if lane is None:
-            self.skipped_total += 1
-            if msg.mid:
-                client.ack(msg.mid, QOS_AT_LEAST_ONCE)
-            return
-        self.received_total += 1
-        self.inbox.append((self._generation, msg.mid, lane, topic, bytes(msg.payload)))
-        if not self.arrived.is_set():
-            self.arrived.set()
+    def cut(self) -> Inbound | None:
+        """Hand the gathered batch to the committer and start a new one; None when it is empty."""
+        batch = self.gathering
+        if not len(batch):
+            return None
+        self.gathering = Inbound(self.generation)
+        return batch
+
+    def ack(self, batch: Inbound) -> int:
+        """Confirm a spooled batch to the broker, if it is still the connection it came on."""
+        client = self.client
+        if client is None or batch.generation != self.generation:
+            return 0
+        ack = client.ack
+        for packet_id in batch.packet_ids:
+            ack(packet_id)
+        return len(batch.packet_ids)

@@ -25,6 +25,7 @@ import sqlite3
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -89,19 +90,20 @@ def encode_records(records: Iterable[Record]) -> bytes:
 
 
 def decode_records(blob: bytes) -> list[Record]:
-    view = memoryview(blob)
     out: list[Record] = []
+    append = out.append
+    unpack = _HEADER.unpack_from
     pos = 0
+    end = len(blob)
     size = _HEADER.size
-    while pos < len(view):
-        topic_len, payload_len = _HEADER.unpack_from(view, pos)
+    while pos < end:
+        topic_len, payload_len = unpack(blob, pos)
         pos += size
-        topic = bytes(view[pos : pos + topic_len]).decode()
-        pos += topic_len
-        out.append((topic, bytes(view[pos : pos + payload_len])))
-        pos += payload_len
-    if pos != len(view):
-        raise SpoolError(f"segment truncated: {pos} of {len(view)} bytes decoded")
+        topic_end = pos + topic_len
+        append((blob[pos:topic_end].decode(), blob[topic_end : topic_end + payload_len]))
+        pos = topic_end + payload_len
+    if pos != end:
+        raise SpoolError(f"segment truncated: {pos} of {end} bytes decoded")
     return out
 
 
@@ -139,19 +141,27 @@ class Spool:
             size_limit=2**62,
             cull_limit=0,
             statistics=0,
+            # Memory stays flat however deep the spool: no memory-mapped reads (mapped pages
+            # count as resident) and a small page cache, since every segment is read once.
+            sqlite_mmap_size=0,
+            sqlite_cache_size=2**10,
         )
         self._lock = threading.Lock()
+        # In segno order, which is spool order: appends only ever add a higher segno.
         self._segments: dict[int, Segment] = {}
+        # The same segnos in order, pruned lazily from the left: the oldest segment in O(1).
+        self._order: deque[int] = deque()
         self._leased: set[int] = set()
         self._depth_messages = 0
         self._depth_bytes = 0
+        self._keep_bytes = 0
         counters = self._cache.get(_COUNTERS_KEY, default=None)
         parsed = json.loads(counters) if isinstance(counters, str) else {}
         self._evicted_messages = int(parsed.get("evicted_messages", 0))
         self._evicted_segments = int(parsed.get("evicted_segments", 0))
-        for key in self._cache.iterkeys():
-            if isinstance(key, str) and key.startswith("seg/"):
-                self._track(Segment.from_key(key))
+        found = [Segment.from_key(k) for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("seg/")]
+        for seg in sorted(found, key=lambda s: s.segno):
+            self._track(seg)
         self._next_segno = max(self._segments, default=0) + 1
 
     @classmethod
@@ -175,22 +185,38 @@ class Spool:
 
     def _track(self, seg: Segment) -> None:
         self._segments[seg.segno] = seg
+        self._order.append(seg.segno)
         self._depth_messages += seg.count
         self._depth_bytes += seg.nbytes
+        if seg.lane is Lane.KEEP:
+            self._keep_bytes += seg.nbytes
 
     def _untrack(self, seg: Segment) -> None:
         del self._segments[seg.segno]
         self._leased.discard(seg.segno)
         self._depth_messages -= seg.count
         self._depth_bytes -= seg.nbytes
+        if seg.lane is Lane.KEEP:
+            self._keep_bytes -= seg.nbytes
 
-    def append(self, batches: Sequence[tuple[Lane, Sequence[Record]]], now_ms: int | None = None) -> list[Segment]:
-        """Write one segment per non-empty lane batch in a single durable transaction."""
+    def append(
+        self,
+        batches: Sequence[tuple[Lane, Sequence[Record]]],
+        now_ms: int | None = None,
+        *,
+        remove: Sequence[Segment] = (),
+    ) -> list[Segment]:
+        """Write one segment per non-empty lane batch in a single durable transaction.
+
+        `remove` deletes delivered segments in the same transaction, so that a busy forwarder
+        pays one fsync per cycle, not one for its appends and another for its deletes.
+        """
         spooled_ms = int(time.time() * 1000) if now_ms is None else now_ms
         with self._lock:
             written: list[Segment] = []
             evicted: list[Segment] = []
             with self._cache.transact():
+                self._delete(remove)
                 for lane, records in batches:
                     if not records:
                         continue
@@ -219,11 +245,12 @@ class Spool:
         if self.quota_bytes <= 0 or self._depth_bytes <= self.quota_bytes:
             return []
         evicted: list[Segment] = []
-        for segno in sorted(self._segments):
+        self._prune_order()
+        for segno in list(self._order):
             if self._depth_bytes <= self.quota_bytes:
                 break
-            seg = self._segments[segno]
-            if seg.lane is not Lane.BULK or segno in self._leased:
+            seg = self._segments.get(segno)
+            if seg is None or seg.lane is not Lane.BULK or segno in self._leased:
                 continue
             self._cache.delete(seg.key)
             self._untrack(seg)
@@ -232,13 +259,31 @@ class Spool:
             evicted.append(seg)
         return evicted
 
+    def _prune_order(self) -> None:
+        order = self._order
+        segments = self._segments
+        while order and order[0] not in segments:
+            order.popleft()
+
     def _counters_json(self) -> str:
         return json.dumps({"evicted_messages": self._evicted_messages, "evicted_segments": self._evicted_segments})
 
     def pending(self) -> list[Segment]:
         """Segments not leased, oldest first."""
         with self._lock:
-            return [self._segments[n] for n in sorted(self._segments) if n not in self._leased]
+            leased = self._leased
+            return [seg for segno, seg in self._segments.items() if segno not in leased]
+
+    def hold(self, seg: Segment) -> bool:
+        """Lease a segment without reading it, for a caller that still has its records in memory.
+
+        False when the segment is gone (evicted by the quota since it was written).
+        """
+        with self._lock:
+            if seg.segno not in self._segments:
+                return False
+            self._leased.add(seg.segno)
+            return True
 
     def lease(self, seg: Segment) -> list[Record] | None:
         """Read a segment and protect it from eviction until `remove` or `release`.
@@ -270,16 +315,27 @@ class Spool:
 
     def remove(self, seg: Segment) -> None:
         """Delete a segment once every message in it is confirmed downstream."""
-        with self._lock:
-            if seg.segno not in self._segments:
-                return
-            self._cache.delete(seg.key)
-            self._untrack(seg)
+        self.remove_many([seg])
+
+    def remove_many(self, segments: Sequence[Segment]) -> None:
+        """Delete confirmed segments in one transaction; ones already gone are skipped."""
+        if not segments:
+            return
+        with self._lock, self._cache.transact():
+            self._delete(segments)
+
+    def _delete(self, segments: Sequence[Segment]) -> None:
+        """Within a transaction, under the lock."""
+        for seg in segments:
+            if seg.segno in self._segments:
+                self._cache.delete(seg.key)
+                self._untrack(seg)
 
     def stats(self) -> SpoolStats:
+        """O(1): running totals, so a status poll never walks a deep spool."""
         with self._lock:
-            oldest = min((s.spooled_ms for s in self._segments.values()), default=None)
-            keep_bytes = sum(s.nbytes for s in self._segments.values() if s.lane is Lane.KEEP)
+            self._prune_order()
+            oldest = self._segments[self._order[0]].spooled_ms if self._order else None
             return SpoolStats(
                 depth_messages=self._depth_messages,
                 depth_bytes=self._depth_bytes,
@@ -288,7 +344,7 @@ class Spool:
                 evicted_messages=self._evicted_messages,
                 evicted_segments=self._evicted_segments,
                 quota_bytes=self.quota_bytes,
-                over_quota_keep_bytes=max(0, keep_bytes - self.quota_bytes) if self.quota_bytes else 0,
+                over_quota_keep_bytes=max(0, self._keep_bytes - self.quota_bytes) if self.quota_bytes else 0,
                 quarantined=self._quarantined,
             )
 

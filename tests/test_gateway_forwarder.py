@@ -351,6 +351,9 @@ def test_live_messages_overtake_a_rate_limited_backlog(gateway: Gateway) -> None
     backlog = envelopes("old", 2000)
     publish_all(gateway.local.port, backlog)
     assert gateway.wait_status(lambda c, _: c.get("spool_depth") == len(backlog), 10)
+    # Backlog is what was spooled before the forwarder last found the cloud down: outlast one
+    # reconnect attempt (at most a second apart) so that all of it is.
+    time.sleep(1.5)
 
     gateway.restart_cloud()
     assert gateway.wait_status(lambda c, _: c.get("uplink_connected") is True, 15), proc.log_tail()

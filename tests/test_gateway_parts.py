@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.committer import split_lanes
 from gateway.service import drain_eta_s, main
-from gateway.source import Inbound, lane_for, subscription_filter
+from gateway.source import LocalSource, lane_for, subscription_filter
+from saltmarsh.config.gateway import gateway_config
+from saltmarsh.config.table import Table
 from saltmarsh.spool import Lane
+from saltmarsh.wire.codec import Publish
 
 
 @pytest.mark.parametrize(
@@ -34,17 +36,34 @@ def test_subscription_filter(site: str, topic_filter: str) -> None:
     assert subscription_filter(site) == topic_filter
 
 
-def test_split_lanes_keeps_arrival_order_per_lane() -> None:
-    batch: list[Inbound] = [
-        (1, 1, Lane.BULK, "r1", b"1"),
-        (1, 2, Lane.KEEP, "a1", b"2"),
-        (1, 3, Lane.BULK, "r2", b"3"),
-        (2, 4, Lane.KEEP, "a2", b"4"),
+def test_batches_keep_arrival_order_per_lane_and_skip_local_channels(tmp_path: Path) -> None:
+    cfg = gateway_config(
+        Table(
+            {"gateway_id": "g", "state_dir": str(tmp_path), "status_dir": str(tmp_path), "local": {}, "uplink": {}},
+            "test",
+        )
+    )
+    source = LocalSource(cfg)
+    source.take(
+        [
+            Publish("s/d/reading", b"1", 1, 11, False, False, ()),
+            Publish("s/d/alert", b"2", 1, 12, False, False, ()),
+            Publish("s/d/status", b"3", 1, 13, False, False, ()),
+            Publish("s/d/reading", b"4", 0, 0, False, False, ()),
+            Publish("s/d/event", b"5", 1, 14, False, False, ()),
+        ],
+        now=1.0,
+    )
+    batch = source.cut()
+    assert batch is not None
+    assert batch.lanes() == [
+        (Lane.BULK, [("s/d/reading", b"1"), ("s/d/reading", b"4")]),
+        (Lane.KEEP, [("s/d/alert", b"2"), ("s/d/event", b"5")]),
     ]
-    assert split_lanes(batch) == [
-        (Lane.BULK, [("r1", b"1"), ("r2", b"3")]),
-        (Lane.KEEP, [("a1", b"2"), ("a2", b"4")]),
-    ]
+    assert batch.packet_ids == [11, 12, 14]
+    assert (source.received_total, source.skipped_total) == (4, 1)
+    assert source.cut() is None
+    assert source.ack(batch) == 0, "not connected: nothing to ack on"
 
 
 @pytest.mark.parametrize(

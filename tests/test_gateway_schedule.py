@@ -124,3 +124,15 @@ def test_message_counts_follow_the_queue() -> None:
 )
 def test_batch_size(phase: Phase, room: int, remaining: int, tokens: int, size: int) -> None:
     assert batch_size(phase, room, remaining, tokens) == size
+
+
+def test_recently_spooled_segments_count_as_live_at_restart() -> None:
+    """What arrived while the uplink was reconnecting is the present: it goes before the backlog."""
+    queue = SendQueue()
+    old_keep, old_bulk = Segment(K, 1, 10, 1000, 1_000), Segment(B, 2, 10, 1000, 2_000)
+    recent, newest = Segment(B, 3, 10, 1000, 9_000), Segment(K, 4, 10, 1000, 9_500)
+    queue.restart([newest, old_bulk, recent, old_keep], live_since_ms=8_000)
+    assert (queue.live_messages, queue.backlog_messages, queue.boundary) == (20, 20, 4)
+    assert not queue.offer(newest)
+    assert queue.offer(seg(5))
+    assert drain(queue) == [(L, 3), (L, 4), (L, 5), (G, 1), (G, 2)]

@@ -20,6 +20,9 @@ class GatewayConfig:
     spool_quota_bytes: int = 1_000_000_000
     commit_interval_ms: int = 5  # group commit: at most this long between fsyncs while busy
     commit_max_messages: int = 2000
+    # While the uplink is down, batches (and so spool segments) grow for up to this long: far
+    # fewer segments to track in memory during a long outage, at no cost to anyone waiting.
+    offline_commit_interval_ms: int = 500
     inflight_window: int = 1000  # uplink QoS 1 messages awaiting PUBACK
     drain_rate_limit: float = 5000.0  # backlog messages per second; live traffic is not limited
     drain_burst: int = 1000
@@ -44,6 +47,7 @@ def gateway_config(t: Table) -> GatewayConfig:
         spool_quota_bytes=t.integer("spool_quota_bytes", 1_000_000_000, lo=0),
         commit_interval_ms=t.integer("commit_interval_ms", 5, lo=0, hi=10_000),
         commit_max_messages=t.integer("commit_max_messages", 2000, lo=1, hi=100_000),
+        offline_commit_interval_ms=t.integer("offline_commit_interval_ms", 500, lo=0, hi=60_000),
         inflight_window=t.integer("inflight_window", 1000, lo=1, hi=65535),
         drain_rate_limit=t.number("drain_rate_limit", 5000.0, lo=1),
         drain_burst=t.integer("drain_burst", 1000, lo=1),

@@ -166,7 +166,11 @@ class WireClient:
         sock.close()
 
     def fileno(self) -> int:
-        return self._require_socket().fileno()
+        # Not _require_socket: after an EOF the socket stays open (and readable) until the
+        # next poll reports the loss, so a caller's select still includes it.
+        if self._sock is None:
+            raise ConnectionError(f"{self.host}:{self.port}: not connected")
+        return self._sock.fileno()
 
     @property
     def inflight(self) -> int:

@@ -233,6 +233,10 @@ def encode_subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
     return _packet((SUBSCRIBE << 4) | 0x02, body)
 
 
+_PUBLISH_HEAD_1 = struct.Struct(">BBH")  # first byte, one-byte remaining length, topic length
+_PUBLISH_HEAD_2 = struct.Struct(">BBBH")  # first byte, two-byte remaining length, topic length
+
+
 def encode_publish(
     topic: bytes,
     payload: bytes,
@@ -245,11 +249,18 @@ def encode_publish(
 ) -> bytes:
     """`props` is the encoded property block (length included), built once by the caller."""
     first = (PUBLISH << 4) | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
-    head = _U16.pack(len(topic)) + topic
+    topic_len = len(topic)
+    length = topic_len + len(props) + len(payload) + (4 if qos else 2)
+    # Readings are a few hundred bytes: a two-byte remaining length, packed in one call.
+    if length < 0x80:
+        head = _PUBLISH_HEAD_1.pack(first, length, topic_len)
+    elif length < 0x4000:
+        head = _PUBLISH_HEAD_2.pack(first, (length & 0x7F) | 0x80, length >> 7, topic_len)
+    else:
+        head = bytes((first,)) + varint(length) + _U16.pack(topic_len)
     if qos:
-        head += _U16.pack(packet_id)
-    length = len(head) + len(props) + len(payload)
-    return b"".join((bytes((first,)), varint(length), head, props, payload))
+        return b"".join((head, topic, _U16.pack(packet_id), props, payload))
+    return b"".join((head, topic, props, payload))
 
 
 def encode_puback(packet_id: int) -> bytes:
@@ -282,69 +293,92 @@ class Packet(NamedTuple):
     body: bytes
 
 
+_new_tuple = tuple.__new__
+
+
 def parse_stream(data: bytes) -> tuple[list[Publish], list[tuple[int, int]], list[Packet], int]:
     """Every complete packet at the front of `data`, sorted by what the hot loop does with it.
 
     Returns (PUBLISHes, PUBACKs as (packet id, reason code), other packets, bytes consumed); the
     caller keeps `data[consumed:]`, the start of a packet still arriving.
     """
+    # One loop with the common cases inline: this runs once per message on both hot paths,
+    # where a function call or a NamedTuple's Python-level __new__ per packet shows up.
     publishes: list[Publish] = []
     pubacks: list[tuple[int, int]] = []
     others: list[Packet] = []
+    add_publish = publishes.append
     pos = 0
     end = len(data)
-    while end - pos >= 2:
-        first = data[pos]
-        length = data[pos + 1]
-        if length < 0x80:
-            start = pos + 2
-        else:
-            try:
-                length, start = read_varint(data, pos + 1)
-            except IndexError:
+    try:
+        while end - pos >= 2:
+            first = data[pos]
+            length = data[pos + 1]
+            if length < 0x80:
+                start = pos + 2
+            elif end - pos >= 3 and data[pos + 2] < 0x80:
+                length = (length & 0x7F) | (data[pos + 2] << 7)
+                start = pos + 3
+            else:
+                try:
+                    length, start = read_varint(data, pos + 1)
+                except IndexError:
+                    break
+            stop = start + length
+            if stop > end:
                 break
-        stop = start + length
-        if stop > end:
-            break
-        kind = first >> 4
-        if kind == PUBLISH:
-            publishes.append(_decode_publish(first, data, start, stop))
-        elif kind == PUBACK:
-            if length < 2:
-                raise ProtocolError(f"PUBACK of {length} bytes")
-            pubacks.append(((data[start] << 8) | data[start + 1], data[start + 2] if length > 2 else RC_SUCCESS))
-        else:
-            others.append(Packet(kind, first & 0x0F, data[start:stop]))
-        pos = stop
+            kind = first >> 4
+            if kind == PUBLISH:
+                topic_end = start + 2 + ((data[start] << 8) | data[start + 1])
+                if topic_end > stop:
+                    raise ProtocolError("PUBLISH topic runs past the packet")
+                qos = (first >> 1) & 0x03
+                if qos:
+                    packet_id = (data[topic_end] << 8) | data[topic_end + 1]
+                    at = topic_end + 2
+                else:
+                    packet_id = 0
+                    at = topic_end
+                if at >= stop or qos > 2:
+                    raise ProtocolError("malformed PUBLISH header")
+                if data[at]:
+                    user_props, at = _publish_properties(data, at, stop)
+                else:
+                    user_props = ()
+                    at += 1
+                add_publish(
+                    _new_tuple(
+                        Publish,
+                        (
+                            data[start + 2 : topic_end].decode(),
+                            data[at:stop],
+                            qos,
+                            packet_id,
+                            first & 0x08 != 0,
+                            first & 0x01 != 0,
+                            user_props,
+                        ),
+                    )
+                )
+            elif kind == PUBACK:
+                if length < 2:
+                    raise ProtocolError(f"PUBACK of {length} bytes")
+                pubacks.append(((data[start] << 8) | data[start + 1], data[start + 2] if length > 2 else RC_SUCCESS))
+            else:
+                others.append(Packet(kind, first & 0x0F, data[start:stop]))
+            pos = stop
+    except UnicodeDecodeError as err:
+        raise ProtocolError(f"PUBLISH topic is not UTF-8: {err}") from err
+    except IndexError as err:
+        raise ProtocolError(f"packet shorter than its own fields: {err}") from err
     return publishes, pubacks, others, pos
 
 
-def _decode_publish(first: int, data: bytes, start: int, stop: int) -> Publish:
-    qos = (first >> 1) & 0x03
-    pos = start + 2 + ((data[start] << 8) | data[start + 1])
-    if pos > stop:
-        raise ProtocolError("PUBLISH topic runs past the packet")
-    try:
-        topic = data[start + 2 : pos].decode()
-    except UnicodeDecodeError as err:
-        raise ProtocolError(f"PUBLISH topic is not UTF-8: {err}") from err
-    packet_id = 0
-    if qos:
-        packet_id = (data[pos] << 8) | data[pos + 1]
-        pos += 2
-    if qos > 2 or pos >= stop:
-        raise ProtocolError("malformed PUBLISH header")
-    user_props: tuple[tuple[str, str], ...] = ()
-    props_len = data[pos]
-    if props_len:
-        props_len, pos = read_varint(data, pos)
-        if pos + props_len > stop:
-            raise ProtocolError("PUBLISH properties run past the packet")
-        user_props = read_properties(data, pos, pos + props_len)[1]
-        pos += props_len
-    else:
-        pos += 1
-    return Publish(topic, data[pos:stop], qos, packet_id, bool(first & 0x08), bool(first & 0x01), user_props)
+def _publish_properties(data: bytes, at: int, stop: int) -> tuple[tuple[tuple[str, str], ...], int]:
+    props_len, at = read_varint(data, at)
+    if at + props_len > stop:
+        raise ProtocolError("PUBLISH properties run past the packet")
+    return read_properties(data, at, at + props_len)[1], at + props_len
 
 
 def decode_publish(packet: bytes) -> Publish:
