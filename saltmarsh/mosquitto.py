@@ -66,6 +66,15 @@ class BrokerSpec:
         return "\n".join(lines) + "\n"
 
 
+def bridge_lines(name: str, remote_port: int, topic: str, remote_host: str = "127.0.0.1") -> tuple[str, ...]:
+    """A Mosquitto native bridge to another broker, QoS 1 outbound, every other option its default.
+
+    For the benches, which compare the forwarder with the bridge; pass as `extra_lines` (last,
+    because every line after `connection` configures that bridge).
+    """
+    return (f"connection {name}", f"address {remote_host}:{remote_port}", f"topic {topic} out 1")
+
+
 class Mosquitto:
     """Start, stop, kill -9 and restart one broker on the same port and data dir."""
 

@@ -1,0 +1,69 @@
+"""`python -m bench [--quick] [--only ceiling,forwarder,...]`: run benches, print ratios and targets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+from bench.options import BenchOptions
+from bench.results import RESULTS_MD, BenchReport, load_reports, render_markdown, render_report, save_reports
+from bench.scenarios import ceiling, drain, forwarder, ingester, sensor
+from bench.targets import print_targets, render_targets, verdicts
+
+BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
+    ceiling.NAME: ceiling.run,
+    forwarder.NAME: forwarder.run,
+    drain.NAME: drain.run,
+    ingester.NAME: ingester.run,
+    sensor.NAME: sensor.run,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="reduced sizes and one run each (development only)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHES)}")
+    parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, or 1 with --quick)")
+    parser.add_argument("--keep-files", action="store_true", help="keep each run's temporary directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(BENCHES)
+    unknown = [name for name in chosen if name not in BENCHES]
+    if unknown:
+        print(f"unknown bench {unknown[0]!r}; choose from {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
+    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    options = BenchOptions(quick=args.quick, runs=max(1, runs), keep_files=args.keep_files)
+    reports = load_reports()
+    failed = []
+    for name in chosen:
+        started = time.monotonic()
+        print(f"== {name} ({'quick' if options.quick else 'full'}, {options.runs} run(s))", flush=True)
+        try:
+            report = BENCHES[name](options)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        reports[name] = report
+        print(render_report(report))
+        print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
+        save_reports(reports)
+    items = verdicts(reports)
+    print_targets(items)
+    RESULTS_MD.write_text(render_markdown(reports, render_targets(items), list(BENCHES)))
+    print(f"\nwrote {RESULTS_MD}")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Figures, the environment they were measured in, and RESULTS.md.
+
+Every bench returns a `BenchReport`. Reports are kept in `bench/results.json`, keyed by bench,
+so `--only forwarder` replaces the forwarder's figures and keeps the others, each with its own
+machine, versions and date. `RESULTS.md` is rendered from that file, targets table first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sqlite3
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.stats import median
+from saltmarsh.mosquitto import mosquitto_binary
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_JSON = BENCH_DIR / "results.json"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    cores: int
+    cpu_model: str
+    python: str
+    mosquitto: str
+    paho_mqtt: str
+    diskcache: str
+    sqlite3: str
+    date: str
+    mode: str  # "full" or "quick"
+
+    def line(self) -> str:
+        return (
+            f"{self.date}, {self.mode}; {self.cores} cores, {self.cpu_model}; python {self.python}, "
+            f"mosquitto {self.mosquitto}, paho-mqtt {self.paho_mqtt}, diskcache {self.diskcache}, "
+            f"sqlite3 {self.sqlite3}"
+        )
+
+
+def cpu_model(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _mosquitto_version() -> str:
+    try:
+        out = subprocess.run([mosquitto_binary(), "-h"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    first = (out.stdout or out.stderr).splitlines()[:1]
+    return first[0].rsplit(" ", 1)[-1] if first else "unknown"
+
+
+def environment(quick: bool) -> Environment:
+    try:
+        model = cpu_model(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        model = "unknown"
+    return Environment(
+        cores=os.cpu_count() or 0,
+        cpu_model=model,
+        python=platform.python_version(),
+        mosquitto=_mosquitto_version(),
+        paho_mqtt=_version("paho-mqtt"),
+        diskcache=_version("diskcache"),
+        sqlite3=sqlite3.sqlite_version,
+        date=time.strftime("%Y-%m-%d %H:%M %Z"),
+        mode="quick" if quick else "full",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured quantity: the value of every run, reported as their median."""
+
+    name: str
+    unit: str
+    runs: tuple[float, ...]
+    note: str = ""
+
+    @property
+    def value(self) -> float:
+        return median(self.runs)
+
+
+@dataclass(slots=True)
+class BenchReport:
+    bench: str
+    title: str
+    env: Environment
+    figures: list[Figure] = field(default_factory=list)
+    ratios: list[Figure] = field(default_factory=list)  # ratios of medians, unit "x"
+    notes: list[str] = field(default_factory=list)
+
+    def figure(self, name: str) -> Figure | None:
+        return next((f for f in [*self.figures, *self.ratios] if f.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> BenchReport:
+        def figures(items: list[dict[str, Any]]) -> list[Figure]:
+            return [Figure(f["name"], f["unit"], tuple(f["runs"]), f.get("note", "")) for f in items]
+
+        return cls(
+            bench=doc["bench"],
+            title=doc["title"],
+            env=Environment(**doc["env"]),
+            figures=figures(doc["figures"]),
+            ratios=figures(doc["ratios"]),
+            notes=list(doc["notes"]),
+        )
+
+
+def figures_from_runs(runs: list[dict[str, float]], units: dict[str, str], notes: dict[str, str]) -> list[Figure]:
+    """Per-run {name: value} dicts to Figures, in the order of `units`; NaN runs are dropped."""
+    out = []
+    for name, unit in units.items():
+        values = tuple(r[name] for r in runs if name in r and not math.isnan(r[name]))
+        out.append(Figure(name, unit, values, notes.get(name, "")))
+    return out
+
+
+def ratio(name: str, numerator: float, denominator: float, note: str) -> Figure:
+    value = numerator / denominator if denominator and not math.isnan(denominator) else math.nan
+    return Figure(name, "x", (value,), note)
+
+
+def fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def load_reports(path: Path = RESULTS_JSON) -> dict[str, BenchReport]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: BenchReport.from_json(item) for name, item in doc.items()}
+
+
+def save_reports(reports: dict[str, BenchReport], path: Path = RESULTS_JSON) -> None:
+    path.write_text(json.dumps({name: r.to_json() for name, r in reports.items()}, indent=1) + "\n")
+
+
+def render_report(report: BenchReport) -> str:
+    lines = [
+        f"## {report.bench}: {report.title}",
+        "",
+        f"Measured {report.env.line()}.",
+        "",
+        "| figure | median | unit | runs | note |",
+        "|---|---:|---|---|---|",
+    ]
+    for fig in report.figures:
+        runs = ", ".join(fmt(v) for v in fig.runs)
+        lines.append(f"| {fig.name} | {fmt(fig.value)} | {fig.unit} | {runs} | {fig.note} |")
+    if report.ratios:
+        lines += ["", "| ratio | value | what |", "|---|---:|---|"]
+        lines += [
+            f"| {r.name} | {fmt(r.value)}{'' if math.isnan(r.value) else 'x'} | {r.note} |" for r in report.ratios
+        ]
+    if report.notes:
+        lines += ["", *[f"- {note}" for note in report.notes]]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(reports: dict[str, BenchReport], targets_table: str, order: list[str]) -> str:
+    parts = [
+        "# saltmarsh benchmarks",
+        "",
+        "Generated by `make bench` (`python -m bench`); do not edit by hand. Every figure is the median of",
+        "the runs listed beside it; each section names the machine, versions, date and mode it was measured",
+        "with. A `quick` section comes from `--quick` (reduced sizes, one run) and is not a result.",
+        "",
+        targets_table,
+    ]
+    parts += [render_report(reports[name]) for name in order if name in reports]
+    return "\n".join(parts)

@@ -1,0 +1,1 @@
+"""One module per bench. Each has `NAME`, `TITLE` and `run(options) -> BenchReport`."""

@@ -1,0 +1,81 @@
+"""The issue's targets, each checked against one figure or ratio: pass, miss, or not measured."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.results import BenchReport, fmt
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    what: str
+    bench: str
+    figure: str
+    op: str  # ">=" or "<="
+    threshold: float
+    unit: str
+
+    def check(self, value: float) -> bool:
+        compare: Callable[[float, float], bool] = operator.ge if self.op == ">=" else operator.le
+        return compare(value, self.threshold)
+
+
+TARGETS = (
+    Target(
+        "load generator + counter not the bottleneck (2x forwarder target)", "ceiling", "msg/s", ">=", 40_000, "msg/s"
+    ),
+    Target("forwarder crash-safe throughput", "forwarder", "ours msg/s", ">=", 20_000, "msg/s"),
+    Target("forwarder vs bridge (a) default", "forwarder", "ours/(a) msg/s", ">=", 1.0, "x"),
+    Target("forwarder vs bridge (b) crash-safe", "forwarder", "ours/(b) msg/s", ">=", 20.0, "x"),
+    Target("forwarder CPU per message", "forwarder", "ours CPU/msg", "<=", 30.0, "us/msg"),
+    Target("forwarder peak RSS, 0..1M buffered", "drain", "forwarder peak RSS (VmHWM)", "<=", 60.0, "MB"),
+    Target("forwarder RSS at 1M buffered", "drain", "forwarder RSS at 1M buffered", "<=", 60.0, "MB"),
+    Target("drain 1M backlog", "drain", "ours drain time", "<=", 60.0, "s"),
+    Target("live p99 during the drain", "drain", "live latency p99", "<=", 1000.0, "ms"),
+    Target("ingester throughput into SQLite", "ingester", "sqlite readings/s", ">=", 30_000, "readings/s"),
+    Target("ingester CPU per reading", "ingester", "sqlite CPU/reading", "<=", 30.0, "us/reading"),
+    Target("sensor agent RSS at 1 Hz", "sensor", "ours peak RSS (VmHWM)", "<=", 40.0, "MB"),
+    Target("sensor agent CPU at 1 Hz", "sensor", "ours CPU", "<=", 1.0, "%"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    target: Target
+    value: float
+    mode: str  # the mode of the run the figure came from
+
+    @property
+    def status(self) -> str:
+        if math.isnan(self.value):
+            return "not measured"
+        return "pass" if self.target.check(self.value) else "MISS"
+
+
+def verdicts(reports: dict[str, BenchReport]) -> list[Verdict]:
+    out = []
+    for target in TARGETS:
+        report = reports.get(target.bench)
+        fig = report.figure(target.figure) if report else None
+        value = fig.value if fig is not None else math.nan
+        out.append(Verdict(target, value, report.env.mode if report else "-"))
+    return out
+
+
+def render_targets(items: list[Verdict]) -> str:
+    lines = ["## Targets", "", "| target | goal | measured | result | mode |", "|---|---|---:|---|---|"]
+    for v in items:
+        t = v.target
+        lines.append(f"| {t.what} | {t.op} {fmt(t.threshold)} {t.unit} | {fmt(v.value)} | {v.status} | {v.mode} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_targets(items: list[Verdict]) -> None:
+    print("\nTargets")
+    for v in items:
+        t = v.target
+        print(f"  {v.status:>12}  {t.what}: {fmt(v.value)} {t.unit} (goal {t.op} {fmt(t.threshold)}) [{v.mode}]")
