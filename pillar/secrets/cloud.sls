@@ -1,0 +1,16 @@
+# PLACEHOLDER secrets for the example cloud: never use these outside the test fleet.
+# Matched by minion id (fleet.yaml cloud.minions).
+saltmarsh:
+  cloud:
+    broker:
+      tls_key: |
+        -----BEGIN PRIVATE KEY-----
+        PLACEHOLDER-EXAMPLE-cloud-broker-key
+        -----END PRIVATE KEY-----
+    ingester:
+      password: example-ingester-placeholder-password
+    elasticsearch:
+      api_key: example-elasticsearch-placeholder-api-key
+    kinesis:
+      access_key_id: EXAMPLEPLACEHOLDERKEYID
+      secret_access_key: example-aws-placeholder-secret-access-key

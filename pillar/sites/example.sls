@@ -1,0 +1,42 @@
+# Site "example": the Vagrant test fleet (gw1 at 192.168.56.11, the cloud on master at .10).
+# Non-secret: devices, where they are, thresholds, Kinesis rules and the uplink.
+# Secrets live in secrets/example/<minion id>.sls.
+saltmarsh:
+  sites:
+    example:
+      name: Example marsh
+      # Where this site's sensors find the gateway broker.
+      broker:
+        host: 192.168.56.11
+        port: 1883
+      # The cloud broker, and the fleet CA pinned for it (public, not secret).
+      uplink:
+        host: 192.168.56.10
+        port: 8883
+        tls: true
+        ca_cert: |
+          -----BEGIN CERTIFICATE-----
+          PLACEHOLDER-EXAMPLE-FLEET-CA-replace-with-your-fleet-CA-certificate
+          -----END CERTIFICATE-----
+      gateways:
+        gw1: {}
+      devices:
+        sensor1:
+          model: HW-MD202
+          driver: {type: simulated, pin: D4, seed: 1}
+          location: {lat: -27.4698, lon: 153.0251, place: garden}
+        sensor2:
+          model: HW-MD202
+          driver: {type: simulated, pin: D17, seed: 2, base_temperature_c: 18.0}
+          location: {lat: -27.4701, lon: 153.0262, place: greenhouse}
+      # Rendered into the ingesters' Kinesis selection as the rule "example-thresholds".
+      thresholds:
+        temperature: {above: 35, below: -5}
+        humidity: {above: 95}
+      kinesis:
+        select:
+          - name: alerts
+            kinds: [alert]
+          - name: door-events
+            kinds: [event]
+            names: ['door_*', tamper]

@@ -1,0 +1,5 @@
+include:
+  - .beacons.clean
+  - .service.clean
+  - .config.clean
+  - .package.clean

@@ -1,0 +1,175 @@
+{#- Mosquitto's config, hashed password file and ACL; the forwarder's TOML, credentials and TLS. #}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import saltmarsh, paths, site_id, site with context %}
+{%- from tplroot ~ '/gateway/_gateway.jinja' import gateway_id, gw, mosquitto, forwarder, uplink, uplink_tls,
+      forwarder_user, mosquitto_conf, mosquitto_passwd, mosquitto_acl, forwarder_conf, tls, passwd_command with context %}
+{%- set group = saltmarsh.user.group %}
+{%- set pillar_site = 'saltmarsh:sites:' ~ site_id %}
+{%- set secrets = {
+      'local': paths.secrets_dir ~ '/forwarder-local-password',
+      'uplink': paths.secrets_dir ~ '/forwarder-uplink-password',
+    } %}
+
+include:
+  - {{ tplroot }}.common.config
+  - {{ tplroot }}.gateway.package
+
+saltmarsh-gateway-config-mosquitto-dir-file-directory:
+  file.directory:
+    - name: {{ paths.mosquitto_dir }}
+    - user: root
+    - group: {{ mosquitto.group }}
+    - mode: '0750'
+    - makedirs: true
+
+saltmarsh-gateway-config-mosquitto-data-dir-file-directory:
+  file.directory:
+    - name: {{ paths.mosquitto_data_dir }}
+    - user: {{ mosquitto.user }}
+    - group: {{ mosquitto.group }}
+    - mode: '0750'
+    - makedirs: true
+
+{#- Plain text, root only, kept so that Salt can tell when to rehash: mosquitto_passwd salts every
+    hash afresh, so hashing on each run would never be idempotent. #}
+saltmarsh-gateway-config-passwd-source-file-managed:
+  file.managed:
+    - name: {{ mosquitto_passwd }}.src
+    - source: salt://{{ tplroot }}/files/gateway.passwd.src.jinja
+    - template: jinja
+    - user: root
+    - group: root
+    - mode: '0600'
+    - show_changes: false
+    - context:
+        site_id: {{ site_id | json }}
+        gateway_id: {{ gateway_id | json }}
+        forwarder_user: {{ forwarder_user | json }}
+    - require:
+      - file: saltmarsh-gateway-config-mosquitto-dir-file-directory
+
+saltmarsh-gateway-config-passwd-cmd-run:
+  cmd.run:
+    - name: >-
+        cp {{ mosquitto_passwd }}.src {{ mosquitto_passwd }}.tmp
+        && {{ passwd_command }} -U {{ mosquitto_passwd }}.tmp
+        && chgrp {{ mosquitto.group }} {{ mosquitto_passwd }}.tmp
+        && chmod 0640 {{ mosquitto_passwd }}.tmp
+        && mv {{ mosquitto_passwd }}.tmp {{ mosquitto_passwd }}
+    - unless: test {{ mosquitto_passwd }} -nt {{ mosquitto_passwd }}.src
+    - require:
+      - file: saltmarsh-gateway-config-passwd-source-file-managed
+      - sls: {{ tplroot }}.gateway.package
+
+saltmarsh-gateway-config-acl-file-managed:
+  file.managed:
+    - name: {{ mosquitto_acl }}
+    - source: salt://{{ tplroot }}/files/gateway.acl.jinja
+    - template: jinja
+    - user: root
+    - group: {{ mosquitto.group }}
+    - mode: '0640'
+    - context:
+        site_id: {{ site_id | json }}
+        forwarder_user: {{ forwarder_user | json }}
+        devices: {{ site.get('devices', {}).keys() | list | json }}
+    - require:
+      - file: saltmarsh-gateway-config-mosquitto-dir-file-directory
+
+saltmarsh-gateway-config-mosquitto-file-managed:
+  file.managed:
+    - name: {{ mosquitto_conf }}
+    - source: salt://{{ tplroot }}/files/mosquitto.conf.jinja
+    - template: jinja
+    - user: root
+    - group: {{ mosquitto.group }}
+    - mode: '0640'
+    - context:
+        role: gateway
+        settings: {{ mosquitto | json }}
+        listeners:
+          - port: {{ mosquitto.port }}
+            bind: {{ mosquitto.bind }}
+        password_file: {{ mosquitto_passwd }}
+        acl_file: {{ mosquitto_acl }}
+        data_dir: {{ paths.mosquitto_data_dir }}
+        user: {{ mosquitto.user }}
+    - require:
+      - file: saltmarsh-gateway-config-mosquitto-dir-file-directory
+
+{%- for name, path in secrets | dictsort %}
+
+saltmarsh-gateway-config-{{ name }}-password-file-managed:
+  file.managed:
+    - name: {{ path }}
+    - contents_pillar: {{ pillar_site }}:gateways:{{ gateway_id }}:{{ 'forwarder_password' if name == 'local' else 'uplink_password' }}
+    - user: root
+    - group: {{ group }}
+    - mode: '0640'
+    - show_changes: false
+    - require:
+      - file: saltmarsh-common-config-secrets-dir-file-directory
+{%- endfor %}
+{%- if uplink_tls %}
+
+saltmarsh-gateway-config-uplink-ca-file-managed:
+  file.managed:
+    - name: {{ tls.ca_file }}
+    - contents_pillar: {{ pillar_site }}:uplink:ca_cert
+    - mode: '0644'
+    - require:
+      - file: saltmarsh-common-config-tls-dir-file-directory
+
+saltmarsh-gateway-config-uplink-cert-file-managed:
+  file.managed:
+    - name: {{ tls.cert_file }}
+    - contents_pillar: {{ pillar_site }}:gateways:{{ gateway_id }}:tls_cert
+    - mode: '0644'
+    - require:
+      - file: saltmarsh-common-config-tls-dir-file-directory
+
+saltmarsh-gateway-config-uplink-key-file-managed:
+  file.managed:
+    - name: {{ tls.key_file }}
+    - contents_pillar: {{ pillar_site }}:gateways:{{ gateway_id }}:tls_key
+    - user: root
+    - group: {{ group }}
+    - mode: '0640'
+    - show_changes: false
+    - require:
+      - file: saltmarsh-common-config-tls-dir-file-directory
+{%- endif %}
+
+saltmarsh-gateway-config-forwarder-state-dir-file-directory:
+  file.directory:
+    - name: {{ paths.state_dir }}/forwarder
+    - user: {{ saltmarsh.user.name }}
+    - group: {{ group }}
+    - mode: '0750'
+    - require:
+      - file: saltmarsh-common-config-state-dir-file-directory
+
+saltmarsh-gateway-config-forwarder-file-managed:
+  file.managed:
+    - name: {{ forwarder_conf }}
+    - source: salt://{{ tplroot }}/files/forwarder.toml.jinja
+    - template: jinja
+    - user: root
+    - group: {{ group }}
+    - mode: '0640'
+    - context:
+        gateway_id: {{ gateway_id | json }}
+        site_id: {{ site_id | json }}
+        settings: {{ forwarder | json }}
+        state_dir: {{ (paths.state_dir ~ '/forwarder') | json }}
+        status_dir: {{ paths.status_dir | json }}
+        local_port: {{ mosquitto.port }}
+        local_user: {{ forwarder_user | json }}
+        local_password_file: {{ secrets.local | json }}
+        uplink: {{ uplink | json }}
+        uplink_user: {{ ('gateway-' ~ gateway_id) | json }}
+        uplink_password_file: {{ secrets.uplink | json }}
+        uplink_tls: {{ uplink_tls }}
+        tls: {{ tls | json }}
+    - require:
+      - file: saltmarsh-common-config-config-dir-file-directory

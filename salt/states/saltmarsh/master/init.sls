@@ -1,0 +1,4 @@
+{#- The salt-master: the saltmarsh relay engine, the forwarder-restart reactor, nodegroups. #}
+include:
+  - .config
+  - .service

@@ -1,0 +1,64 @@
+"""The formula's custom Salt modules as plain functions: unit parsing and the spool beacon."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from saltmarsh.status import write_status
+from tests.salt_support import STATES
+
+
+def _load(relative: str, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, STATES / relative)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+svc = _load("_modules/saltmarsh_svc.py", "saltmarsh_svc_under_test")
+spool = _load("_beacons/saltmarsh_spool.py", "saltmarsh_spool_under_test")
+
+
+def test_dropin_resets_and_replaces_exec_start() -> None:
+    unit = "[Unit]\nDescription=x\n[Service]\nExecStartPre=/bin/mkdir -p /run/m\nExecStart=/usr/sbin/mosquitto -c /a\n"
+    dropin = (
+        "[Service]\nExecStartPre=\nExecStart=\nExecStart=/usr/sbin/mosquitto \\\n  -c /b.conf\nRestart=on-failure\n"
+    )
+    section = svc.parse_service_section([unit, dropin])
+    assert section["ExecStart"] == ["/usr/sbin/mosquitto  -c /b.conf"]
+    assert section["ExecStartPre"] == []
+    assert section["Restart"] == ["on-failure"]
+
+
+def test_spool_beacon_reports_each_forwarder(tmp_path: Path) -> None:
+    counters = {"spool_depth": 42, "oldest_unsent_age_s": 3.5, "drain_rate": 100.0, "evicted_total": 0, "other": 1}
+    write_status(tmp_path, "forwarder", "gw1", counters)
+    write_status(tmp_path, "sensor", "s1", {"spool_depth": 9})
+    (tmp_path / "forwarder-torn.json").write_text("{")
+    now_ms = json.loads((tmp_path / "forwarder-gw1.json").read_text())["updated_ms"]
+    events = spool.read_spools(tmp_path, 30, now_ms)
+    assert events == [
+        {
+            "tag": "gw1",
+            "gateway_id": "gw1",
+            "updated_ms": now_ms,
+            "spool_depth": 42,
+            "oldest_unsent_age_s": 3.5,
+            "drain_rate": 100.0,
+            "evicted_total": 0,
+            "stale": False,
+        }
+    ]
+    assert spool.read_spools(tmp_path, 30, now_ms + 31_000)[0]["stale"] is True
+
+
+def test_spool_beacon_validates_its_config() -> None:
+    assert spool.validate([{"status_dir": "/run/saltmarsh/status"}, {"interval": 30}])[0] is True
+    assert spool.validate([{"stale_after_s": -1}])[0] is False
+    assert spool.validate("nope")[0] is False

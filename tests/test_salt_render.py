@@ -1,0 +1,150 @@
+"""Every sls of the saltmarsh formula renders, for every role and each cpuarch, with the example
+pillar; and each kind of bad pillar stops the render with its documented message."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.salt_support import CPUARCHES, PILLAR, ROLE_MINIONS, LocalMinion, Result, grains_for
+
+CASES = [(minion, arch) for minion in ROLE_MINIONS for arch in CPUARCHES]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Result]:
+    """All role x cpuarch renders at once: each salt-call spends seconds starting up."""
+    base = tmp_path_factory.mktemp("render")
+
+    def render(case: tuple[str, str]) -> Result:
+        minion_id, arch = case
+        roles, sls = ROLE_MINIONS[minion_id]
+        minion = LocalMinion(base / f"{minion_id}-{arch}", minion_id, grains_for(roles, arch))
+        return minion.call("state.show_sls", ",".join(sls))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(CASES, pool.map(render, CASES), strict=True))
+
+
+@pytest.mark.parametrize(("minion_id", "cpuarch"), CASES)
+def test_every_sls_renders(rendered: dict[tuple[str, str], Result], minion_id: str, cpuarch: str) -> None:
+    result = rendered[(minion_id, cpuarch)]
+    assert result.returncode == 0, result.explain()
+    states = result.data
+    assert isinstance(states, dict) and states, result.explain()
+    # template-formula ids: <formula>-<sls path>-<function>, so an id says where it lives.
+    for state_id, body in states.items():
+        sls_prefix = body["__sls__"].replace(".", "-").replace("-init", "")
+        assert state_id.startswith(sls_prefix + "-"), f"{state_id} is not under {body['__sls__']}"
+
+
+def _unit_limits(states: dict[str, Any], state_id: str) -> dict[str, str]:
+    for arg in states[state_id]["file"]:
+        if isinstance(arg, dict) and "context" in arg:
+            limits: dict[str, str] = arg["context"]["limits"]
+            return limits
+    raise AssertionError(f"{state_id} has no context")
+
+
+def test_pi_zero_gets_the_smallest_limits(rendered: dict[tuple[str, str], Result]) -> None:
+    zero = rendered[("sensor1", "armv6l")].data
+    pc = rendered[("sensor1", "x86_64")].data
+    unit = "saltmarsh-sensor-service-unit-file-managed"
+    assert _unit_limits(zero, unit) == {"memory_max": "64M", "cpu_quota": "40%"}
+    assert _unit_limits(pc, unit) == {"memory_max": "128M", "cpu_quota": "50%"}
+
+
+def test_secrets_stay_out_of_the_compiled_states(rendered: dict[tuple[str, str], Result]) -> None:
+    # Compiled states go to the job cache and show_sls output; passwords must reach the host
+    # only through contents_pillar or templates that read pillar themselves.
+    secrets: tuple[str, ...] = (
+        "placeholder-password",
+        "placeholder-api-key",
+        "placeholder-secret-access-key",
+        "PLACEHOLDERKEYID",
+    )
+    secrets += ("PLACEHOLDER-EXAMPLE-gw1-client-key", "PLACEHOLDER-EXAMPLE-cloud-broker-key")
+    for result in rendered.values():
+        leaked = [secret for secret in secrets if secret in result.stdout]
+        assert not leaked, f"{leaked} in {result.argv}"
+
+
+# Each bad pillar, the minion that renders it, and the documented message (pillar.example).
+BAD_PILLAR = {
+    "missing-device-password": (
+        "secrets/example/sensor2.sls",
+        "password: example-sensor2-placeholder-password",
+        "note: no password",
+        "gw1",
+        "saltmarsh pillar: saltmarsh:sites:example:devices:sensor2:password is missing; "
+        "set it in the device secret file (pillar matched by minion id)",
+    ),
+    "malformed-pin": (
+        "sites/example.sls",
+        "pin: D4,",
+        "pin: GPIO4,",
+        "sensor1",
+        "saltmarsh pillar: saltmarsh:sites:example:devices:sensor1:driver:pin 'GPIO4' "
+        "is not a board pin name such as D4",
+    ),
+    "unknown-driver": (
+        "sites/example.sls",
+        "type: simulated, pin: D17",
+        "type: bme280, pin: D17",
+        "gw1",
+        "saltmarsh pillar: saltmarsh:sites:example:devices:sensor2:driver:type 'bme280' is not a known driver; "
+        "expected one of simulated, dht11, dht22, replay",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PILLAR))
+def test_bad_pillar_fails_with_its_message(tmp_path: Path, case: str) -> None:
+    relative, old, new, minion_id, message = BAD_PILLAR[case]
+    pillar_root = tmp_path / "pillar"
+    shutil.copytree(PILLAR, pillar_root)
+    target = pillar_root / relative
+    assert old in target.read_text(), f"{relative} no longer holds {old!r}"
+    target.write_text(target.read_text().replace(old, new))
+    roles, sls = ROLE_MINIONS[minion_id]
+    minion = LocalMinion(tmp_path, minion_id, grains_for(roles), pillar_root=pillar_root)
+    result = minion.call("state.show_sls", ",".join(sls))
+    assert result.returncode != 0, result.explain()
+    assert message in result.stdout + result.stderr, result.explain()
+
+
+def _functions(states: dict[str, Any]) -> dict[str, str]:
+    """state id -> 'module.function' as show_sls lists it."""
+    out = {}
+    for state_id, body in states.items():
+        for module, args in body.items():
+            if not module.startswith("__") and isinstance(args, list):
+                function = next(a for a in args if isinstance(a, str))
+                out[state_id] = f"{module}.{function}"
+    return out
+
+
+def test_pillar_switches_render_docker_mosquitto_and_es_templates(tmp_path: Path) -> None:
+    gateway = LocalMinion(tmp_path / "gw1", "gw1", grains_for(["gateway"]))
+    cloud = LocalMinion(tmp_path / "master", "master", grains_for(["cloud"]))
+    docker = {"saltmarsh": {"gateway": {"mosquitto": {"docker": {"enabled": True}}}}}
+    elastic = {
+        "saltmarsh": {"cloud": {"elasticsearch": {"enabled": True}, "ingester": {"sink": {"type": "elasticsearch"}}}}
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        gateway_job = pool.submit(gateway.call, "state.show_sls", "saltmarsh.gateway", pillar=docker)
+        cloud_job = pool.submit(cloud.call, "state.show_sls", "saltmarsh.cloud", pillar=elastic)
+    gateway_result, cloud_result = gateway_job.result(), cloud_job.result()
+    assert gateway_result.returncode == 0, gateway_result.explain()
+    functions = _functions(gateway_result.data)
+    assert functions["saltmarsh-gateway-service-mosquitto-docker-container-running"] == "docker_container.running"
+    assert "saltmarsh-gateway-service-mosquitto-running" not in functions
+    assert cloud_result.returncode == 0, cloud_result.explain()
+    templates = cloud_result.data["saltmarsh-cloud-elasticsearch-templates-cmd-run"]["cmd"]
+    command = next(a["name"] for a in templates if isinstance(a, dict) and "name" in a)
+    assert "/bin/saltmarsh es-templates --config /etc/saltmarsh/ingester-1.toml" in command
+    assert any(isinstance(a, dict) and "unless" in a for a in templates), "applied once: guarded by unless"
