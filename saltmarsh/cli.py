@@ -151,6 +151,19 @@ def cmd_es_templates(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pillar_new_site(args: argparse.Namespace) -> int:
+    from saltmarsh.sitegen import new_site
+
+    written = new_site(args.name, args.sensors, Path(args.pillar_dir))
+    for path in written:
+        print(f"wrote {path}")
+    print(
+        f"pillar new-site: {args.name} has {args.sensors} sensors with fresh passwords; add the fleet CA "
+        f"certificate and the gateway's TLS cert and key before applying the gateway role"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saltmarsh", description="IoT fleet store-and-forward, end to end.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -179,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     templates = verbs.add_parser("es-templates", help="install the Elasticsearch index templates and aliases")
     templates.add_argument("--config", required=True, help="an ingester config with [sink.elasticsearch]")
     templates.set_defaults(func=cmd_es_templates)
+
+    pillar = verbs.add_parser("pillar", help="Salt pillar for the fleet")
+    pillar_verbs = pillar.add_subparsers(dest="pillar_verb", required=True)
+    new_site = pillar_verbs.add_parser("new-site", help="a new site's pillar with freshly generated secrets")
+    new_site.add_argument("name", help="site id, e.g. brisbane")
+    new_site.add_argument("--sensors", type=int, default=4, help="sensors at the site (default 4)")
+    new_site.add_argument("--pillar-dir", default="pillar", help="the pillar tree to write into (default pillar/)")
+    new_site.set_defaults(func=cmd_pillar_new_site)
 
     status = verbs.add_parser("status", help="every running service's counters")
     status.add_argument("--status-dir", default=str(DEFAULT_STATUS_DIR))
