@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import ctypes
 import logging
+import random
 import select
 import signal
 import socket
@@ -139,7 +140,9 @@ class Connector(Generic[T]):
                 result = self._connect()
             except _LINK_ERRORS as err:
                 self.last_failure_ms = int(time.time() * 1000)
-                delay = _RECONNECT_BACKOFF_S[min(attempt, len(_RECONNECT_BACKOFF_S) - 1)]
+                # Jittered, so that a fleet of gateways does not reconnect to a restarted cloud
+                # broker in lockstep.
+                delay = _RECONNECT_BACKOFF_S[min(attempt, len(_RECONNECT_BACKOFF_S) - 1)] * random.uniform(0.5, 1.5)
                 if attempt in (0, len(_RECONNECT_BACKOFF_S)):
                     log.warning(
                         "cannot reach broker; retrying",
