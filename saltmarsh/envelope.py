@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saltmarsh.errors import Reason, ValidationError
-from saltmarsh.topics import Channel, Topic, check_id
+from saltmarsh.topics import ID_PATTERN, Channel, Topic, check_id
 
 VERSION = 1
 MAX_METRICS = 64
@@ -60,6 +60,11 @@ class Envelope:
     model: str | None = None
     firmware: str | None = None
     location: Location | None = None
+    # The payload text this envelope was parsed from, set by `parse` only when that text holds the
+    # envelope's fields and nothing else: no unknown fields, no duplicate keys (which JSON parsers
+    # resolve differently), no escapes. A sink may store it as is instead of encoding the envelope
+    # again. Outside __init__ and comparison, so `dataclasses.replace` never carries a stale copy.
+    raw_json: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -241,7 +246,179 @@ def from_json(doc: Mapping[str, Any], topic: Topic, now_ms: int, limits: Limits)
 
 def parse(topic: str, payload: bytes, now_ms: int, limits: Limits = Limits()) -> Envelope:
     """Topic string and raw payload to a validated Envelope: the one entry point for the ingester."""
+    envelope = _parse_common(topic, payload, now_ms, limits)
+    if envelope is not None:
+        return envelope
     parsed_topic = Topic.parse(topic)
     if not parsed_topic.channel.carries_data:
         raise ValidationError(Reason.UNKNOWN_TOPIC, "topic.channel", f"{parsed_topic.channel.value!r} carries no data")
     return from_json(decode_json(payload, limits), parsed_topic, now_ms, limits)
+
+
+# The fast path. The ingester parses tens of thousands of messages a second, nearly all of them
+# valid and shaped alike, and the detailed validator above spends most of its time in per-field
+# calls and error bookkeeping they never need. `_parse_common` accepts only documents that
+# `from_json` accepts, builds the same Envelope, and answers None for anything else, valid or
+# not, so that rejections always come from the one validator that names their reason and field.
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode  # json.loads builds one per call
+_isfinite = math.isfinite
+_FIELDS = frozenset((
+    "v", "kind", "device", "site", "boot", "seq", "ts", "metrics",
+    "name", "detail", "units", "model", "firmware", "location",
+))  # fmt: skip
+_LOCATION_FIELDS = frozenset(["lat", "lon", "place"])
+_EXACT_INT = 2**53  # integers a float holds exactly; larger ones take the long way
+
+# Ids, metric names and topics repeat on nearly every message, and a regex match costs more than
+# a set lookup. Only values that passed are remembered; the bound caps what a stream of unique
+# ids can make this hold (a full memo is simply dropped and refilled).
+_MEMO_MAX = 65_536
+_good_ids: set[str] = set()
+_data_topics: dict[str, tuple[str, str, Channel]] = {}
+
+
+def _id_ok(value: str) -> bool:
+    if value in _good_ids:
+        return True
+    if not ID_PATTERN.match(value):
+        return False
+    if len(_good_ids) >= _MEMO_MAX:
+        _good_ids.clear()
+    _good_ids.add(value)
+    return True
+
+
+def _data_topic(topic: str) -> tuple[str, str, Channel] | None:
+    """(site, device, channel) of a well-formed data topic, else None."""
+    known = _data_topics.get(topic)
+    if known is not None:
+        return known
+    try:
+        parsed = Topic.parse(topic)
+    except ValidationError:
+        return None
+    if not parsed.channel.carries_data:
+        return None
+    if len(_data_topics) >= _MEMO_MAX:
+        _data_topics.clear()
+    known = _data_topics[topic] = (parsed.site, parsed.device, parsed.channel)
+    return known
+
+
+def _fast_number(value: Any) -> float | None:
+    kind = type(value)
+    if kind is float:
+        return value if _isfinite(value) else None
+    if kind is int and -_EXACT_INT <= value <= _EXACT_INT:
+        return float(value)
+    return None  # bool, text, null, huge or non-finite: the detailed validator names it
+
+
+def _parse_common(topic: str, payload: bytes, now_ms: int, limits: Limits) -> Envelope | None:
+    """The common valid message in one pass, or None to leave it to the detailed validator."""
+    if len(payload) > limits.max_payload_bytes:
+        return None
+    topic_levels = _data_topic(topic)
+    if topic_levels is None:
+        return None
+    topic_site, topic_device, channel = topic_levels
+    try:
+        text = payload.decode()
+        doc = _decode(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    if type(doc) is not dict or not doc.keys() <= _FIELDS:
+        return None
+    get = doc.get
+    version = get("v")
+    boot = get("boot")
+    seq = get("seq")
+    ts_ms = get("ts")
+    # Equal to the topic's levels, which were checked as ids, the device and site need no more.
+    if (
+        type(version) is not int
+        or version != VERSION
+        or get("kind", "reading") != channel.value
+        or get("device") != topic_device
+        or get("site") != topic_site
+        or type(boot) is not str
+        or (boot not in _good_ids and not _id_ok(boot))
+        or type(seq) is not int
+        or not 0 <= seq <= MAX_SEQ
+        or type(ts_ms) is not int
+        or not 0 <= ts_ms <= MAX_SEQ
+        or ts_ms > now_ms + limits.max_future_skew_ms
+    ):
+        return None
+    # Every string token in the payload, counted from the parsed document: a duplicate key would
+    # make the text hold more than this. Counted alongside the checks, compared at the end.
+    strings = len(doc) + 3  # the keys, and the device, site and boot values
+    if "kind" in doc:
+        strings += 1
+
+    is_reading = channel is Channel.READING
+    raw_metrics = get("metrics") if is_reading else get("metrics", {})
+    if type(raw_metrics) is not dict or len(raw_metrics) > MAX_METRICS or (is_reading and not raw_metrics):
+        return None
+    # Written out rather than calling _fast_number and _id_ok: this loop runs for every metric.
+    metrics: dict[str, float] = {}
+    for metric, value in raw_metrics.items():
+        kind = type(value)
+        if kind is float:
+            if not _isfinite(value):
+                return None
+            number = value
+        elif kind is int and -_EXACT_INT <= value <= _EXACT_INT:
+            number = float(value)
+        else:
+            return None
+        if metric not in _good_ids and not _id_ok(metric):
+            return None
+        metrics[metric] = number
+    strings += len(metrics)
+
+    name, detail, model, firmware = get("name"), get("detail"), get("model"), get("firmware")
+    if name is None and not is_reading:
+        return None
+    for text_value in (name, detail, model, firmware):
+        if text_value is not None:
+            if type(text_value) is not str or len(text_value) > MAX_TEXT:
+                return None
+            strings += 1
+
+    units = get("units")
+    if units is None:
+        units = {}
+    else:
+        if type(units) is not dict:
+            return None
+        for unit in units.values():
+            if type(unit) is not str or len(unit) > MAX_TEXT:
+                return None
+        strings += 2 * len(units)
+
+    location = None
+    raw_location = get("location")
+    if raw_location is not None:
+        if type(raw_location) is not dict or not raw_location.keys() <= _LOCATION_FIELDS:
+            return None
+        lat = _fast_number(raw_location.get("lat"))
+        lon = _fast_number(raw_location.get("lon"))
+        place = raw_location.get("place")
+        if lat is None or lon is None or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+            return None
+        if place is not None:
+            if type(place) is not str or len(place) > MAX_TEXT:
+                return None
+            strings += 1
+        strings += len(raw_location)
+        location = Location(lat, lon, place)
+
+    envelope = Envelope(
+        channel, topic_device, topic_site, boot, seq, ts_ms, metrics, name, detail, units, model, firmware, location
+    )
+    # Without a backslash every quote in the text delimits a string, so the count is exact.
+    if "\\" not in text and text.count('"') == 2 * strings:
+        object.__setattr__(envelope, "raw_json", text)
+    return envelope

@@ -15,7 +15,8 @@ from enum import StrEnum
 from saltmarsh.errors import Reason, ValidationError
 
 ROOT = "saltmarsh/v1"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "dev\n" through.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class Channel(StrEnum):
@@ -43,7 +44,7 @@ def check_id(field: str, value: object) -> str:
     """Validate a site, device or boot id: safe in topics, file names and Elasticsearch ids."""
     if not isinstance(value, str):
         raise ValidationError(Reason.WRONG_TYPE, field, f"expected string, got {type(value).__name__}")
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise ValidationError(Reason.INVALID_VALUE, field, f"{value[:80]!r} must match {ID_PATTERN.pattern}")
     return value
 

@@ -10,9 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saltmarsh.envelope import MAX_METRICS, MAX_SEQ, Envelope, Limits, Location, parse
+from saltmarsh.envelope import (
+    MAX_METRICS,
+    MAX_SEQ,
+    Envelope,
+    Limits,
+    Location,
+    _parse_common,
+    decode_json,
+    from_json,
+    parse,
+)
 from saltmarsh.errors import Reason, ValidationError
-from saltmarsh.topics import Channel
+from saltmarsh.topics import Channel, Topic
 
 NOW_MS = 1_700_000_000_000
 LIMITS = Limits(max_payload_bytes=4096, max_future_skew_ms=300_000)
@@ -315,3 +325,106 @@ def test_fuzz_valid_documents_with_fields_replaced(changes: dict[str, Any], topi
 @given(st.text(max_size=80) | st.builds("saltmarsh/v1/{}/{}/{}".format, st.text(), st.text(), st.text()))
 def test_fuzz_arbitrary_topics(topic: str) -> None:
     _parses_or_rejects(topic, doc())
+
+
+# The fast path for common messages must agree with the detailed validator on everything it
+# accepts, and must only hand a sink payload text that says exactly what the envelope says.
+
+
+EVERY_FIELD = {"v", "kind", *next(e for n, _, _, e in ACCEPTED if n == "reading with every optional field").to_json()}
+
+
+def _detailed(topic: str, payload: bytes) -> Envelope | ValidationError:
+    try:
+        parsed_topic = Topic.parse(topic)
+        return from_json(decode_json(payload, LIMITS), parsed_topic, NOW_MS, LIMITS)
+    except ValidationError as err:
+        return err
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    assert len(set(keys)) == len(keys), f"duplicate keys stored as raw_json: {keys}"
+    return dict(pairs)
+
+
+def _agrees_with_the_detailed_validator(topic: str, payload: bytes) -> None:
+    fast = _parse_common(topic, payload, NOW_MS, LIMITS)
+    if fast is None:
+        return
+    detailed = _detailed(topic, payload)
+    assert isinstance(detailed, Envelope), f"fast path accepted what the validator rejects: {detailed}"
+    assert fast == detailed
+    assert {k: type(v) for k, v in fast.metrics.items()} == dict.fromkeys(detailed.metrics, float)
+    if fast.raw_json is not None:
+        assert fast.raw_json == payload.decode()
+        stored = json.loads(fast.raw_json, object_pairs_hook=_unique_keys)
+        assert from_json(stored, fast.topic, NOW_MS, LIMITS) == fast
+        assert set(stored) <= EVERY_FIELD, "unknown fields stored as raw_json"
+
+
+def test_common_messages_take_the_fast_path_and_keep_their_text() -> None:
+    for name, topic, payload, expected in ACCEPTED:
+        env = _parse_common(topic, payload, NOW_MS, LIMITS)
+        if name == "unknown fields are ignored":
+            assert env is None
+        else:
+            assert env == expected and env.raw_json == payload.decode(), name
+    common = _parse_common(READING_TOPIC, doc(), NOW_MS, LIMITS)
+    assert common is not None and common.raw_json == doc().decode()
+    # Text the fast path cannot vouch for is parsed, but stored re-encoded.
+    assert parse(READING_TOPIC, doc(extra=1), NOW_MS, LIMITS).raw_json is None
+    assert parse(READING_TOPIC, doc(detail='say "hi"'), NOW_MS, LIMITS).raw_json is None
+    duplicate = doc().replace(b'"seq": 42', b'"seq": 41, "seq": 42')
+    assert parse(READING_TOPIC, duplicate, NOW_MS, LIMITS).raw_json is None
+    # replace() builds a different envelope: it must not carry the old text along.
+    assert replace(common, seq=43).raw_json is None
+
+
+@pytest.mark.parametrize("case", REJECTED, ids=[c.name for c in REJECTED])
+def test_fast_path_leaves_every_rejection_to_the_detailed_validator(case: Rejected) -> None:
+    assert _parse_common(case.topic, case.payload, NOW_MS, LIMITS) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(field_names, json_values, max_size=4), st.sampled_from([READING_TOPIC, EVENT_TOPIC]))
+def test_fuzz_fast_path_agrees_on_replaced_fields(changes: dict[str, Any], topic: str) -> None:
+    _agrees_with_the_detailed_validator(topic, doc(**changes))
+
+
+valid_metrics = st.dictionaries(
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,10}", fullmatch=True),
+    st.integers(-(2**60), 2**60) | st.floats(allow_nan=False, allow_infinity=False),
+    min_size=1,
+    max_size=5,
+)
+texts = st.none() | st.text(max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    valid_metrics,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "name": texts,
+            "detail": texts,
+            "model": texts,
+            "firmware": texts,
+            "units": st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+            "location": st.none()
+            | st.fixed_dictionaries(
+                {"lat": st.floats(-90, 90), "lon": st.integers(-180, 180)}, optional={"place": texts}
+            ),
+        },
+    ),
+    st.booleans(),
+    st.booleans(),
+)
+def test_fuzz_fast_path_agrees_on_well_formed_readings(
+    metrics: dict[str, float], optional: dict[str, Any], compact: bool, duplicate_last: bool
+) -> None:
+    body = json.dumps({**json.loads(doc()), "metrics": metrics, **optional}, separators=(",", ":") if compact else None)
+    if duplicate_last:
+        body = body[:-1] + ', "seq": 7}'
+    _agrees_with_the_detailed_validator(READING_TOPIC, body.encode())

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import queue
-import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from cloud_ingester import validate as validate_module
 from cloud_ingester.batcher import BatchWriter, IngesterCounters
-from cloud_ingester.consumer import Inbound
+from cloud_ingester.consumer import gateway_of
 from cloud_ingester.service import main
 from cloud_ingester.validate import validate
 
 from saltmarsh.envelope import Limits
 from saltmarsh.errors import Reason
 from saltmarsh.sinks.base import DeadLetter, Delivery, SinkUnavailable, WriteResult
+from saltmarsh.wire.client import Publish
 
 NOW_MS = 1_700_000_000_000
 TOPIC = "saltmarsh/v1/marsh-1/probe-1/reading"
@@ -28,8 +28,9 @@ def payload(seq: int) -> bytes:
     return json.dumps(doc).encode()
 
 
-def inbound(seq: int, body: bytes | None = None, session: int = 1) -> Inbound:
-    return Inbound(TOPIC, payload(seq) if body is None else body, "gw-1", NOW_MS, mid=seq, qos=1, session=session)
+def publish(seq: int, body: bytes | None = None) -> Publish:
+    """A message as the wire client hands it over; the packet id is the seq, for the asserts."""
+    return Publish(TOPIC, payload(seq) if body is None else body, 1, seq, False, False, (("gw", "gw-1"),))
 
 
 class FakeSink:
@@ -59,21 +60,23 @@ class FakeSink:
 class Recorder:
     """Stands in for the consumer's ack, noting how many batches the sink had committed by then."""
 
-    def __init__(self, sink: FakeSink) -> None:
+    def __init__(self, sink: FakeSink, connection: int = 1) -> None:
         self.sink = sink
+        self.connection = connection  # the one still open
         self.acked: list[int] = []
         self.batches_committed_at_ack: list[int] = []
 
-    def __call__(self, message: Inbound) -> None:
-        self.acked.append(message.mid)
-        self.batches_committed_at_ack.append(len(self.sink.batches))
+    def __call__(self, packet_ids: list[int], connection: int) -> bool:
+        if connection != self.connection:
+            return False
+        self.acked += packet_ids
+        self.batches_committed_at_ack += [len(self.sink.batches)] * len(packet_ids)
+        return True
 
 
-def writer_for(sink: FakeSink, inbox: queue.Queue[Inbound], max_messages: int = 100) -> tuple[BatchWriter, Recorder]:
+def writer_for(sink: FakeSink, max_messages: int = 100) -> tuple[BatchWriter, Recorder]:
     ack = Recorder(sink)
-    writer = BatchWriter(
-        inbox, sink, ack, IngesterCounters(sink.name), Limits(), max_messages=max_messages, interval_s=0.01
-    )
+    writer = BatchWriter(sink, ack, IngesterCounters(sink.name), Limits(), max_messages=max_messages, interval_s=0.01)
     return writer, ack
 
 
@@ -115,16 +118,32 @@ def test_validate_survives_a_bug_in_the_parser(monkeypatch: pytest.MonkeyPatch) 
     assert (out.reason, out.field, out.payload) == (Reason.INVALID_VALUE, "payload", payload(1))
 
 
+def test_gateway_comes_from_the_gw_user_property() -> None:
+    assert gateway_of(publish(1)) == "gw-1"
+    assert gateway_of(Publish(TOPIC, b"", 1, 1, False, False, (("x", "1"), ("gw", "gw-2")))) == "gw-2"
+    assert gateway_of(Publish(TOPIC, b"", 1, 1, False, False, ())) is None
+
+
+def test_nothing_is_written_before_the_batch_is_due() -> None:
+    sink = FakeSink()
+    writer, ack = writer_for(sink, max_messages=3)
+    now = time.monotonic()
+    writer.take([publish(1), publish(2)], 1, NOW_MS, now)
+    assert writer.wait_s(now) == pytest.approx(0.01)
+    writer.write_due(now)
+    assert (sink.calls, writer.held) == (0, 2)
+    writer.take([publish(3)], 1, NOW_MS, now)  # full
+    assert writer.wait_s(now) == 0
+    writer.write_due(now)
+    assert (sink.calls, writer.held, ack.acked) == (1, 0, [1, 2, 3])
+    assert writer.wait_s(now) is None
+
+
 def test_batch_is_acked_only_after_the_sink_took_it_and_retried_while_down() -> None:
-    inbox: queue.Queue[Inbound] = queue.Queue()
-    for seq in range(1, 6):
-        inbox.put(inbound(seq))
-    inbox.put(inbound(99, b"not json"))
     sink = FakeSink(failures=2)
-    writer, ack = writer_for(sink, inbox)
-    stopping = threading.Event()
-    stopping.set()  # drain what is there, then return
-    writer.run(stopping, threading.Event())
+    writer, ack = writer_for(sink)
+    writer.take([*(publish(seq) for seq in range(1, 6)), publish(99, b"not json")], 1, NOW_MS, time.monotonic())
+    assert writer.drain(time.monotonic() + 5)
     assert sink.calls == 3  # two failures, then the same batch again
     assert ack.acked == [1, 2, 3, 4, 5, 99]
     assert ack.batches_committed_at_ack == [1] * 6
@@ -134,42 +153,62 @@ def test_batch_is_acked_only_after_the_sink_took_it_and_retried_while_down() -> 
     assert counters["dead_letters_by_reason"] == {"malformed_json": 1}
     assert counters["write_failures_total"] == 2
     assert counters["sink_ok"] is True
+    assert sink.batches[0][0][0].gateway == "gw-1"
 
 
-def test_nothing_new_is_taken_while_the_sink_is_down_and_nothing_is_acked() -> None:
-    inbox: queue.Queue[Inbound] = queue.Queue()
-    for seq in range(1, 11):
-        inbox.put(inbound(seq))
+def test_while_the_sink_is_down_nothing_is_acked_and_retries_back_off() -> None:
     sink = FakeSink(failures=10**6)
-    writer, ack = writer_for(sink, inbox, max_messages=4)
-    stopping, abandon = threading.Event(), threading.Event()
-    thread = threading.Thread(target=writer.run, args=(stopping, abandon))
-    thread.start()
-    while sink.calls < 2:
-        threading.Event().wait(0.01)
-    assert inbox.qsize() == 6  # one batch of 4 held, the rest left to the broker's flow control
+    writer, ack = writer_for(sink, max_messages=4)
+    now = time.monotonic()
+    writer.take([publish(seq) for seq in range(1, 11)], 1, NOW_MS, now)
+    writer.write_due(now)
+    assert sink.calls == 1  # the first batch failed; the later ones wait behind it, in order
+    writer.write_due(now)
+    assert sink.calls == 1  # not before the backoff
+    assert writer.wait_s(now) == pytest.approx(0.1, abs=0.05)
     snapshot = writer.counters.snapshot()
     assert snapshot["sink_ok"] is False and "database is down" in snapshot["sink_why"]
-    stopping.set()
-    abandon.set()
-    thread.join(5)
-    assert not thread.is_alive()
-    assert ack.acked == []
+    assert not writer.drain(time.monotonic() + 0.5)  # shutdown gives up, leaving all of it unacked
+    assert ack.acked == [] and writer.held == 10
 
 
 def test_batches_respect_the_size_limit_and_duplicates_are_counted() -> None:
-    inbox: queue.Queue[Inbound] = queue.Queue()
-    for seq in [*range(1, 8), 3, 4]:
-        inbox.put(inbound(seq))
     sink = FakeSink()
-    writer, ack = writer_for(sink, inbox, max_messages=3)
-    stopping = threading.Event()
-    stopping.set()
-    writer.run(stopping, threading.Event())
+    writer, ack = writer_for(sink, max_messages=3)
+    writer.take([publish(seq) for seq in [*range(1, 8), 3, 4]], 1, NOW_MS, time.monotonic())
+    assert writer.drain(time.monotonic() + 5)
     assert [len(d) for d, _ in sink.batches] == [3, 3, 3]
     assert len(ack.acked) == 9
     counters = writer.counters.snapshot()
     assert (counters["written_total"], counters["duplicates_total"], counters["acked_total"]) == (7, 2, 9)
+
+
+def test_a_batch_from_a_lost_connection_is_written_but_not_acked() -> None:
+    sink = FakeSink()
+    writer, ack = writer_for(sink)
+    now = time.monotonic()
+    writer.take([publish(1), publish(2)], 1, NOW_MS, now)
+    writer.take([publish(3)], 2, NOW_MS, now)  # a new connection closes the open batch
+    ack.connection = 2
+    writer.write_due(now)
+    assert [len(d) for d, _ in sink.batches] == [2]  # the closed one is due at once
+    assert ack.acked == []  # its packet ids meant something only on connection 1
+    assert writer.drain(time.monotonic() + 5)
+    assert ack.acked == [3]
+    counters = writer.counters.snapshot()
+    assert (counters["written_total"], counters["acked_total"]) == (3, 1)
+
+
+def test_a_resumed_session_drops_what_the_broker_will_redeliver() -> None:
+    sink = FakeSink()
+    writer, _ = writer_for(sink)
+    now = time.monotonic()
+    writer.take([publish(1), publish(2)], 1, NOW_MS, now)
+    writer.take([publish(3)], 2, NOW_MS, now)
+    assert writer.forget_before(2) == 2
+    assert writer.held == 1
+    assert writer.drain(time.monotonic() + 5)
+    assert [[d.envelope.seq for d in batch] for batch, _ in sink.batches] == [[3]]
 
 
 def test_main_refuses_a_bad_config_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

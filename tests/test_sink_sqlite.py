@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.config.ingester import SinkConfig
-from saltmarsh.envelope import Envelope, Limits, Location, from_json
+from saltmarsh.envelope import Envelope, Limits, Location, from_json, parse
 from saltmarsh.errors import ConfigError, Reason
 from saltmarsh.sinks import (
     DeadLetter,
@@ -189,3 +189,30 @@ def test_audit_source_reads_without_writing(tmp_path: Path) -> None:
         source.write(deliveries("probe-1", range(6, 7)), [])
     source.close()
     writer.close()
+
+
+def test_a_parsed_envelope_is_stored_as_the_text_that_arrived(sink: SqliteSink) -> None:
+    text = '{"v": 1, "device": "probe-1", "site": "marsh-1", "boot": "b1", "seq": 4, "ts": 5, "metrics": {"t": 1}}'
+    env = parse("saltmarsh/v1/marsh-1/probe-1/reading", text.encode(), NOW_MS)
+    assert env.raw_json == text
+    sink.write([Delivery(env, NOW_MS, None)], [])
+    assert rows(sink.path, "SELECT kind, metrics, envelope FROM messages") == [("reading", '{"t":1}', text)]
+
+
+def test_text_sqlite_cannot_take_is_escaped_instead_of_failing_every_retry(sink: SqliteSink) -> None:
+    # "\ud800" is valid JSON and a valid Python string, but not Unicode that UTF-8 can carry.
+    event = Envelope(Channel.EVENT, "probe-1", "marsh-1", "b1", 1, NOW_MS, name="door\ud800")
+    letter = DeadLetter(NOW_MS, "t", Reason.INVALID_VALUE, "metrics.\ud800", "'\ud800' must match", b"{}")
+    assert sink.write([Delivery(event, NOW_MS, None)], [letter]) == WriteResult(1, 0, 1)
+    [(name, envelope)] = rows(sink.path, "SELECT name, envelope FROM messages")
+    assert name == "door\\ud800"
+    assert json.loads(str(envelope))["name"] == "door\ud800"
+    assert rows(sink.path, "SELECT field, detail FROM dead_letters") == [("metrics.\\ud800", "'\\ud800' must match")]
+
+
+def test_a_batch_that_fails_midway_for_any_reason_leaves_no_open_transaction(sink: SqliteSink) -> None:
+    # A gateway id is checked upstream; here one that UTF-8 cannot carry fails the binding.
+    broken = Delivery(reading(seq=2), NOW_MS, "gw\ud800")
+    with pytest.raises(UnicodeEncodeError):
+        sink.write([Delivery(reading(seq=1), NOW_MS, None), broken], [])
+    assert sink.write(deliveries("probe-1", range(1, 3)), []) == WriteResult(2, 0, 0)

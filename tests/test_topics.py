@@ -36,6 +36,7 @@ def test_parse_and_render_round_trip(text: str, expected: Topic) -> None:
         ("plus+", Reason.INVALID_VALUE),
         ("hash#", Reason.INVALID_VALUE),
         ("naïve", Reason.INVALID_VALUE),
+        ("trailing-newline\n", Reason.INVALID_VALUE),
         (7, Reason.WRONG_TYPE),
         (None, Reason.WRONG_TYPE),
     ],

@@ -8,8 +8,8 @@ Out: validated envelopes and dead letters (reason, field, raw payload) committed
 chosen by `saltmarsh.sinks.open_sink`, one transaction per batch; each message is acked to the
 broker only after its batch is durable. Counters go to a status file.
 
-The parts, wired together in `service.run`: `consumer` (MQTT in, enqueue only) ->
-`validate` (pure) -> `batcher` (batch, write, then ack).
+The parts, wired together in `service.run` and driven by one loop thread: `consumer` (the MQTT
+connection: read, ack) -> `validate` (pure) -> `batcher` (batch, write, then ack).
 """
 
 from cloud_ingester.service import main, run

@@ -1,145 +1,152 @@
-"""MQTT in: a shared QoS 1 subscription on a persistent session, feeding a bounded inbox.
+"""MQTT in: a shared QoS 1 subscription on a persistent session, read by the ingester's loop.
 
-The paho thread only enqueues. Nothing is acked here on arrival: `ack` is called by the batch
-writer once the message is durable in the sink, so a crash at any point leaves the message
-with the broker, which redelivers it to this client id when it comes back.
+One `WireClient` connection, owned by the one loop thread that also validates and writes: no
+network thread and no hand-off queue, and many messages per read and many acks per write.
+Nothing is acked on arrival: the loop calls `ack` once a batch is durable in the sink, and only
+on the connection that delivered it, so a crash at any point leaves the message with the broker,
+which redelivers it to this client id when it comes back.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
+import select
 import time
-from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.broker import BrokerConfig
-from saltmarsh.mqtt import QOS_AT_LEAST_ONCE, connect_client, make_client
+from saltmarsh.wire.broker import wire_client
+from saltmarsh.wire.client import ConnAck, Publish, WireClient
+from saltmarsh.wire.codec import RC_FIRST_FAILURE, WireError
 
 log = logging.getLogger(__name__)
 
+QOS_AT_LEAST_ONCE = 1
 GATEWAY_PROPERTY = "gw"  # MQTT 5 user property the forwarder sets to its gateway id
 MAX_RECEIVE_MAXIMUM = 65_535
+CONNECT_TIMEOUT_S = 10.0
+BACKOFF_FIRST_S = 0.2
+BACKOFF_MAX_S = 5.0
+CLOSE_FLUSH_S = 2.0  # how long `close` waits for the socket to take the last acks
+
+# What ends a connection: the socket's errors (ConnectionError and TimeoutError among them), the
+# broker breaking the protocol (WireError), and a value the codec cannot encode (ValueError).
+_CONNECTION_ERRORS = (OSError, WireError, ValueError)
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One message as it came off the wire, with what is needed to ack it later."""
-
-    topic: str
-    payload: bytes
-    gateway: str | None
-    received_ms: int
-    mid: int
-    qos: int
-    session: int  # the connection that delivered it: a packet id means nothing on another one
-
-
-def _gateway(message: mqtt.MQTTMessage) -> str | None:
-    props = message.properties
-    for name, value in getattr(props, "UserProperty", None) or ():
+def gateway_of(publish: Publish) -> str | None:
+    for name, value in publish.user_properties:
         if name == GATEWAY_PROPERTY:
-            return str(value)
+            return value
     return None
 
 
-def _topic(message: mqtt.MQTTMessage) -> str:
-    try:
-        return message.topic
-    except UnicodeDecodeError:
-        # Brokers should refuse such topics; if one does not, validation dead-letters this.
-        return "<topic is not UTF-8>"
-
-
 class Consumer:
-    """Owns the paho client; `inbox` receives every message while `accepting`."""
+    """The connection to the cloud broker: connect with backoff, subscribe, poll, ack, close.
 
-    def __init__(
-        self, broker: BrokerConfig, topic_filter: str, inbox: queue.Queue[Inbound], receive_maximum: int
-    ) -> None:
+    Not thread-safe: the loop thread calls everything; the status thread only reads
+    `connected` and `subscribed`.
+    """
+
+    def __init__(self, broker: BrokerConfig, topic_filter: str, receive_maximum: int) -> None:
         self.broker = broker
         self.topic_filter = topic_filter
-        self.inbox = inbox
-        # The broker sends at most this many unacked messages: with the batch writer holding
-        # acks until commit, it is what bounds the inbox and the memory of this process.
+        # The broker sends at most this many unacked messages: with acks held until commit, it
+        # is what bounds the messages this process holds, and so its memory.
         self.receive_maximum = max(1, min(receive_maximum, MAX_RECEIVE_MAXIMUM))
+        self.connection = 0  # counts connections; a packet id means nothing on another one
         self.connected = False
-        self.subscribed = threading.Event()
-        self._session = 0
-        self._accepting = True
-        self._client = make_client(broker, manual_ack=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
+        self.subscribed = False
+        self._client: WireClient | None = None
+        self._retry_at = 0.0
+        self._backoff_s = BACKOFF_FIRST_S
 
-    def start(self) -> None:
+    def retry_in(self, now: float) -> float:
+        """Seconds until `connect` will try again (0 when connected or due)."""
+        return 0.0 if self.connected else max(0.0, self._retry_at - now)
+
+    def connect(self) -> ConnAck | None:
+        """Connect and subscribe if the backoff allows; the CONNACK of a new connection, else None."""
+        now = time.monotonic()
+        if self.connected or now < self._retry_at:
+            return None
         # clean_start=False with a fixed client id: the broker keeps the subscription and the
         # unacked messages across our restarts, and queues for us while we are away.
-        connect_client(self._client, self.broker, clean_start=False, receive_maximum=self.receive_maximum)
-        self._client.loop_start()
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused connection", extra={"event": "connect_refused", "reason": str(reason)})
-            return
-        self._session += 1
-        self.connected = True
+        client = wire_client(self.broker, clean_start=False, receive_maximum=self.receive_maximum)
+        try:
+            connack = client.connect(CONNECT_TIMEOUT_S)
+            # Subscribing again on a resumed session is harmless and covers a session the broker lost.
+            granted = client.subscribe([(self.topic_filter, QOS_AT_LEAST_ONCE)], CONNECT_TIMEOUT_S)
+            if any(code >= RC_FIRST_FAILURE for code in granted):
+                raise ConnectionRefusedError(f"subscription to {self.topic_filter} refused: {granted}")
+        except _CONNECTION_ERRORS as err:
+            client.close()
+            self._lost(f"{type(err).__name__}: {err}", now)
+            return None
+        self._client = client
+        self.connection += 1
+        self.connected = self.subscribed = True
+        self._backoff_s = BACKOFF_FIRST_S
         log.info(
             "connected",
-            extra={
-                "event": "connected",
-                "session_present": bool(getattr(flags, "session_present", False)),
-                "filter": self.topic_filter,
-            },
+            extra={"event": "connected", "session_present": connack.session_present, "filter": self.topic_filter},
         )
-        # Subscribing again on a resumed session is harmless and covers a session the broker lost.
-        client.subscribe(self.topic_filter, qos=QOS_AT_LEAST_ONCE)
+        return connack
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        self.connected = False
-        self.subscribed.clear()
-        level = logging.WARNING if reason.is_failure else logging.INFO
-        log.log(level, "disconnected", extra={"event": "disconnected", "reason": str(reason)})
+    def poll(self, timeout_s: float) -> list[Publish]:
+        """The PUBLISHes that arrive within `timeout_s`; [] (having waited) when not connected."""
+        client = self._client
+        if client is None:
+            time.sleep(max(0.0, min(timeout_s, self.retry_in(time.monotonic()))))
+            return []
+        try:
+            publishes, _ = client.poll(timeout_s)
+        except _CONNECTION_ERRORS as err:
+            self._lost(f"{type(err).__name__}: {err}", time.monotonic())
+            return []
+        return publishes
 
-    def _on_subscribe(
-        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
-    ) -> None:
-        failed = [str(r) for r in reasons if r.is_failure]
-        if failed:
-            log.error("subscription refused", extra={"event": "subscribe_refused", "reasons": failed})
-            return
-        self.subscribed.set()
+    def ack(self, packet_ids: list[int], connection: int) -> bool:
+        """PUBACK these messages if `connection` is still the current one; False if it is gone.
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if not self._accepting:
-            return  # left unacked: the broker redelivers it to this session after the restart
-        self.inbox.put(
-            Inbound(
-                topic=_topic(message),
-                payload=bytes(message.payload),  # already bytes in practice: no copy
-                gateway=_gateway(message),
-                received_ms=int(time.time() * 1000),
-                mid=message.mid,
-                qos=message.qos,
-                session=self._session,
-            )
-        )
-
-    def ack(self, inbound: Inbound) -> None:
-        if inbound.session == self._session:
-            self._client.ack(inbound.mid, inbound.qos)
-        # Otherwise the connection that delivered it is gone; the broker has redelivered it on
-        # the new one, and that copy is acked when its own batch commits.
-
-    def stop_taking(self) -> None:
-        self._accepting = False
+        A message from a connection that is gone has been redelivered on the new one (or the
+        broker lost it with the session); that copy is acked when its own batch commits.
+        """
+        client = self._client
+        if client is None or connection != self.connection:
+            return False
+        for packet_id in packet_ids:
+            if packet_id:  # QoS 0 has nothing to ack
+                client.ack(packet_id)
+        try:
+            client.flush()  # what the socket does not take now goes out with the next poll
+        except _CONNECTION_ERRORS as err:
+            self._lost(f"{type(err).__name__}: {err}", time.monotonic())
+            return False
+        return True
 
     def close(self) -> None:
-        """Disconnect after the queued PUBACKs are on the wire; the session stays on the broker."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        """Disconnect once the queued PUBACKs are on the wire; the session stays on the broker."""
+        client = self._client
+        if client is None:
+            return
+        deadline = time.monotonic() + CLOSE_FLUSH_S
+        try:
+            while client.pending_out_bytes and time.monotonic() < deadline:
+                select.select([], [client.fileno()], [], max(0.0, deadline - time.monotonic()))
+                client.flush()
+        except _CONNECTION_ERRORS:
+            pass  # unacked messages are redelivered after the restart
+        client.close()
+        self._client = None
+        self.connected = self.subscribed = False
+
+    def _lost(self, why: str, now: float) -> None:
+        was_connected = self.connected
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.connected = self.subscribed = False
+        self._retry_at = now + self._backoff_s
+        message, event = ("disconnected", "disconnected") if was_connected else ("connect failed", "connect_failed")
+        log.warning(message, extra={"event": event, "reason": why[:300], "retry_in_s": self._backoff_s})
+        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)

@@ -1,19 +1,19 @@
-"""The ingester service: consumer -> validate -> batch writer -> sink, with a status file."""
+"""The ingester service: consumer -> validate -> batch writer -> sink, in one loop, with a status file."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import queue
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from cloud_ingester.batcher import BatchWriter, IngesterCounters
-from cloud_ingester.consumer import Consumer, Inbound
+from cloud_ingester.consumer import Consumer
 from saltmarsh import logs
 from saltmarsh.config.ingester import IngesterConfig, load_ingester_config
 from saltmarsh.errors import ConfigError
@@ -24,26 +24,23 @@ from saltmarsh.topics import ROOT, shared
 log = logging.getLogger("cloud_ingester")
 
 # On SIGTERM the writer gets this long to commit and ack what it holds; past it (a sink that is
-# down) the batch is left unacked for the broker to redeliver, so shutdown never hangs.
+# down) the rest is left unacked for the broker to redeliver, so shutdown never hangs.
 STOP_GRACE_S = 10.0
-WATCH_S = 0.5
+IDLE_POLL_S = 0.5  # how long an idle loop waits for traffic before looking at the stop flag
 
 
 def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
-    """Ingest until `stop_event` is set; 0 after a clean drain, 1 if the sink or writer failed."""
+    """Ingest until `stop_event` is set; 0 after a clean drain, 1 if the sink could not be opened."""
     try:
         sink = open_sink(cfg.sink)
     except SinkUnavailable as err:
         log.error("cannot open sink", extra={"event": "sink_open_failed", "error": str(err)})
         return 1
-    # Twice a batch in flight: one being written while the next arrives.
-    receive_maximum = 2 * cfg.batch_max_messages
-    inbox: queue.Queue[Inbound] = queue.Queue(maxsize=receive_maximum + cfg.batch_max_messages)
     counters = IngesterCounters(sink.name)
     topic_filter = shared(cfg.share_group, f"{ROOT}/{cfg.site}/#")
-    consumer = Consumer(cfg.broker, topic_filter, inbox, receive_maximum)
+    # Twice a batch unacked: one being written while the next arrives.
+    consumer = Consumer(cfg.broker, topic_filter, cfg.receive_maximum or 2 * cfg.batch_max_messages)
     writer = BatchWriter(
-        inbox,
         sink,
         consumer.ack,
         counters,
@@ -56,13 +53,11 @@ def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
         return {
             **counters.snapshot(),
             "connected": consumer.connected,
-            "subscribed": consumer.subscribed.is_set(),
-            "inbox_depth": inbox.qsize(),
+            "subscribed": consumer.subscribed,
+            "inbox_depth": writer.held,
         }
 
     status = StatusPublisher(cfg.status_dir, "ingester", cfg.ingester_id, snapshot)
-    draining, abandon = threading.Event(), threading.Event()
-    writer_thread = threading.Thread(target=writer.run, args=(draining, abandon), name="batch-writer", daemon=True)
     log.info(
         "starting",
         extra={
@@ -72,30 +67,42 @@ def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
             "client_id": cfg.broker.client_id,
             "filter": topic_filter,
             "sink": sink.name,
+            "receive_maximum": consumer.receive_maximum,
         },
     )
     status.start()
-    writer_thread.start()
-    consumer.start()
-    exit_code = 0
-    while not stop_event.wait(WATCH_S):
-        if not writer_thread.is_alive():
-            log.error("batch writer stopped unexpectedly", extra={"event": "writer_died"})
-            exit_code = 1
-            break
-    log.info("stopping", extra={"event": "stopping"})
-    consumer.stop_taking()
-    draining.set()
-    writer_thread.join(STOP_GRACE_S)
-    if writer_thread.is_alive():
-        log.warning("sink still failing at shutdown; leaving the batch unacked", extra={"event": "abandon_batch"})
-        abandon.set()
-        writer_thread.join()
-    consumer.close()
-    sink.close()
-    status.stop()
+    try:
+        pump(consumer, writer, stop_event)
+        log.info("stopping", extra={"event": "stopping", "held": writer.held})
+        # Nothing more is read; what was taken is written and acked, or left to the broker.
+        if not writer.drain(time.monotonic() + STOP_GRACE_S):
+            log.warning("sink still failing at shutdown; leaving the rest unacked", extra={"event": "abandon_batch"})
+    finally:
+        consumer.close()
+        sink.close()
+        status.stop()
     log.info("stopped", extra={"event": "stopped", **counters.snapshot()})
-    return exit_code
+    return 0
+
+
+def pump(consumer: Consumer, writer: BatchWriter, stop_event: threading.Event) -> None:
+    """The loop: (re)connect, read what arrived, write what is due, until `stop_event` is set.
+
+    One thread does it all. SQLite's commit blocks the loop, but the broker keeps sending into
+    the socket meanwhile, up to the receive maximum, so the next batch is ready when it returns.
+    """
+    while not stop_event.is_set():
+        if not consumer.connected:
+            connack = consumer.connect()
+            if connack is not None and connack.session_present:
+                writer.forget_before(consumer.connection)
+        now = time.monotonic()
+        wait_s = writer.wait_s(now)
+        publishes = consumer.poll(IDLE_POLL_S if wait_s is None else min(wait_s, IDLE_POLL_S))
+        if publishes:
+            now = time.monotonic()
+            writer.take(publishes, consumer.connection, int(time.time() * 1000), now)
+        writer.write_due(now)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from saltmarsh.envelope import Limits, parse
@@ -29,7 +30,10 @@ def validate(
         log.exception("validation crashed", extra={"event": "validate_bug", "topic": topic[:200]})
         detail = f"validator error: {err!r}"[:200]
         return DeadLetter(received_ms, topic, Reason.INVALID_VALUE, "payload", detail, payload)
-    # The gateway id is transport metadata: a malformed one is dropped, the reading is kept.
-    if gateway is not None and not ID_PATTERN.match(gateway):
-        gateway = None
-    return Delivery(envelope, received_ms, gateway)
+    return Delivery(envelope, received_ms, None if gateway is None else _checked_gateway(gateway))
+
+
+@functools.lru_cache(maxsize=4096)  # a few gateway ids, on every message
+def _checked_gateway(gateway: str) -> str | None:
+    """The gateway id is transport metadata: a malformed one is dropped, the reading is kept."""
+    return gateway if ID_PATTERN.match(gateway) else None

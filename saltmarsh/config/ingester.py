@@ -33,6 +33,9 @@ class IngesterConfig:
     limits: Limits = field(default_factory=Limits)
     batch_max_messages: int = 2000
     batch_interval_ms: int = 20
+    # Unacked messages the broker may send at once (MQTT 5 receive maximum), which bounds what
+    # the ingester holds in memory; 0 means twice batch_max_messages.
+    receive_maximum: int = 0
 
 
 def _sink(t: Table) -> SinkConfig:
@@ -70,6 +73,7 @@ def ingester_config(t: Table) -> IngesterConfig:
         limits=limits,
         batch_max_messages=t.integer("batch_max_messages", 2000, lo=1, hi=100_000),
         batch_interval_ms=t.integer("batch_interval_ms", 20, lo=0, hi=10_000),
+        receive_maximum=t.integer("receive_maximum", 0, lo=0, hi=65_535),
     )
     t.done()
     return cfg

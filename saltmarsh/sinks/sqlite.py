@@ -58,12 +58,42 @@ INSERT_DEAD_LETTER = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
+# Tuning for a write-mostly table fed in batches of thousands, measured with 200k readings from
+# 500 interleaved devices (CPU per row, this machine): 17 us with SQLite's defaults, about 10 us
+# with these. The page cache holds the hot part of the key index, where every device appends to
+# its own leaf; a checkpoint every ~32 MB of WAL instead of every 4 MB copies a page that many
+# batches touched once instead of once per checkpoint; larger pages split less often. The page
+# size applies only when the file is created. None of it touches durability: synchronous=FULL
+# still fsyncs the WAL at every commit.
+PRAGMAS = (
+    "PRAGMA page_size=8192",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA cache_size=-65536",  # KiB: 64 MiB
+    "PRAGMA wal_autocheckpoint=4096",  # pages: 32 MiB
+    "PRAGMA journal_size_limit=67108864",  # the WAL file is cut back to this after a checkpoint
+)
+
 # One encoder instance: json.dumps builds a new JSONEncoder on every call with non-default args.
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+def _storable(text: str) -> str:
+    """`text`, with any lone surrogate written as a backslash escape.
+
+    JSON escapes such as "\\ud800" decode to strings that are not valid Unicode; SQLite takes
+    only UTF-8, and a row it cannot take would fail its batch on every retry.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def _message_row(delivery: Delivery) -> tuple[Any, ...]:
     env = delivery.envelope
+    name = env.name
     return (
         env.device,
         env.boot,
@@ -73,14 +103,25 @@ def _message_row(delivery: Delivery) -> tuple[Any, ...]:
         env.ts_ms,
         delivery.received_ms,
         delivery.gateway,
-        env.name,
-        _encode(env.to_json()),
+        name if name is None or name.isascii() else _storable(name),
+        # The text as the device sent it when parsing vouched for it (see Envelope.raw_json);
+        # encoding the envelope again costs more than all the rest of the row.
+        env.raw_json or _encode(env.to_json()),
     )
 
 
 def _dead_letter_row(letter: DeadLetter) -> tuple[Any, ...]:
     encoding, text = letter.payload_text()
-    return (letter.received_ms, letter.topic, letter.reason.value, letter.field, letter.detail, encoding, text)
+    # The field and detail quote what the message held, so they may carry lone surrogates too.
+    return (
+        letter.received_ms,
+        _storable(letter.topic),
+        letter.reason.value,
+        _storable(letter.field),
+        _storable(letter.detail),
+        encoding,
+        text,
+    )
 
 
 class SqliteSink:
@@ -105,8 +146,8 @@ class SqliteSink:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=FULL")
+                for pragma in PRAGMAS:
+                    self._conn.execute(pragma)
                 self._conn.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as err:
             raise SinkUnavailable(f"sqlite {path}: {err}") from err
@@ -123,10 +164,14 @@ class SqliteSink:
                 written = conn.total_changes - before
                 conn.executemany(INSERT_DEAD_LETTER, dead_letter_rows)
                 conn.execute("COMMIT")
-            except sqlite3.Error as err:
+            except BaseException as err:
+                # Whatever broke the batch, none of it may stay half-written in an open
+                # transaction: the retry would fail on BEGIN for ever.
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise SinkUnavailable(f"sqlite {self.path}: {err}") from err
+                if isinstance(err, sqlite3.Error):
+                    raise SinkUnavailable(f"sqlite {self.path}: {err}") from err
+                raise
         return WriteResult(written=written, duplicates=len(message_rows) - written, dead_letters=len(dead_letter_rows))
 
     def stored_keys(self) -> Iterator[StoredKey]:
