@@ -32,7 +32,7 @@ def __virtual__() -> str | tuple[bool, str]:
 def start(**options: Any) -> None:
     import salt.utils.event  # type: ignore[import-untyped]
 
-    from saltmarsh.relay import engine_config, run
+    from saltmarsh.relay import engine_config, run_until_signalled
 
     opts = __opts__  # noqa: F821
     cfg = engine_config(options)
@@ -43,4 +43,4 @@ def start(**options: Any) -> None:
     def open_firer() -> Any:
         return salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False)
 
-    run(cfg, open_listener, open_firer)
+    run_until_signalled(cfg, open_listener, open_firer)
