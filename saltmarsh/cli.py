@@ -113,14 +113,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     statuses = read_statuses(Path(args.status_dir))
     if args.json:
-        print(json.dumps([{"name": s.name, "pid": s.pid, "updated_ms": s.updated_ms, **s.counters} for s in statuses]))
+        now_ms = int(time.time() * 1000)
+        rows = [
+            {"name": s.name, "pid": s.pid, "state": s.state(now_ms), "updated_ms": s.updated_ms, **s.counters}
+            for s in statuses
+        ]
+        print(json.dumps(rows))
         return 0
     if not statuses:
         print(f"no services have written status to {args.status_dir}")
         return 1
     now_ms = int(time.time() * 1000)
     for s in statuses:
-        state = "stale" if s.is_stale(now_ms) else "live"
+        state = s.state(now_ms)
         age = (now_ms - s.updated_ms) / 1000
         print(f"{s.name}  pid {s.pid}  {state} (updated {age:.0f}s ago)")
         for key in sorted(s.counters):

@@ -34,6 +34,16 @@ class ServiceStatus:
     def is_stale(self, now_ms: int) -> bool:
         return now_ms - self.updated_ms > STALE_AFTER_MS
 
+    def state(self, now_ms: int) -> str:
+        """live, stale (running but not writing: wedged?) or stopped (its PID is gone)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return "stopped"
+        except PermissionError:
+            pass  # alive, under another user
+        return "stale" if self.is_stale(now_ms) else "live"
+
 
 def write_status(directory: Path, service: str, instance: str, counters: Mapping[str, Any]) -> None:
     directory.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,21 @@ def test_status_lists_every_service_and_json_is_machine_readable(
     assert cli.main(["status", "--status-dir", str(tmp_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {row["name"] for row in rows} == {"forwarder-gw1", "ingester-i1"}
+    assert {row["state"] for row in rows} == {"live"}  # written by this very process
+
+
+def test_status_says_stopped_when_the_pid_is_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = {"service": "forwarder", "instance": "gw1", "pid": _reaped_pid(), "updated_ms": 0, "counters": {}}
+    (tmp_path / "forwarder-gw1.json").write_text(json.dumps(doc))
+    assert cli.main(["status", "--status-dir", str(tmp_path)]) == 0
+    assert f"forwarder-gw1  pid {doc['pid']}  stopped" in capsys.readouterr().out
+
+
+def _reaped_pid() -> int:
+    """The PID of a child that has exited and been reaped, so no process has it now."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_status_with_no_services_exits_1(tmp_path: Path) -> None:
