@@ -6,13 +6,18 @@ import math
 
 import pytest
 
+from bench.counter import CountResult, Tally
+from bench.loadgen import PacketMint, count_pubacks
 from bench.procstat import parse_stat_cpu_ticks, parse_status_kib
 from bench.reading import TARGET_BYTES, ReadingTemplate, device_of, parse_seq_ts
 from bench.results import BenchReport, Environment, Figure, cpu_model, render_markdown, render_report
 from bench.stats import median, percentile, rate_between
 from bench.targets import TARGETS, render_targets, verdicts
 from saltmarsh.envelope import parse
+from saltmarsh.wire.codec import DISCONNECT_PACKET, ProtocolError, encode_puback, encode_publish, parse_stream
 
+BOOT = "6650a1b2-0011aabb"
+TS = 1_700_000_000_123
 ENV = Environment(2, "AMD EPYC", "3.11.7", "2.0.11", "2.2.0", "5.6.3", "3.40.1", "2026-01-01 00:00 UTC", "quick")
 
 # A real line, with a command name holding a space and a parenthesis.
@@ -98,3 +103,89 @@ def test_results_render_medians_runs_environment_and_targets() -> None:
 def test_report_survives_a_json_round_trip() -> None:
     report = BenchReport("sensor", "1 Hz", ENV, [Figure("ours CPU", "%", (0.3,), "note")])
     assert BenchReport.from_json(report.to_json()) == report
+
+
+def _templates(*devices: str) -> list[ReadingTemplate]:
+    return [ReadingTemplate.for_device(device, BOOT) for device in devices]
+
+
+def test_minted_packets_are_the_codecs_publishes_with_cycling_packet_ids() -> None:
+    templates = _templates("ceil0-d0000", "ceil0-d0001", "ceil0-d0002")
+    mint = PacketMint(templates)
+    # Across seq 9 -> 10 (a longer packet) and packet id 65535 -> 1.
+    first, count = 65_500, 100
+    data = mint.packets(first, count, TS)
+    publishes, _, _, consumed = parse_stream(data)
+    assert consumed == len(data) and len(publishes) == count
+    for i, publish in enumerate(publishes, start=first):
+        template = templates[i % 3]
+        assert (publish.topic, publish.qos, publish.packet_id) == (template.topic.decode(), 1, i % 65_535 + 1)
+        assert publish.payload == template.payload(i // 3 + 1, TS)
+    assert mint.packets(4, 1, TS) == encode_publish(templates[1].topic, templates[1].payload(2, TS), 1, 5)
+    assert mint.packets(27, 1, TS) == encode_publish(templates[0].topic, templates[0].payload(10, TS), 1, 28)
+
+
+def _acks(first: int, count: int) -> bytes:
+    return b"".join(encode_puback(i % 65_535 + 1) for i in range(first, first + count))
+
+
+@pytest.mark.parametrize(
+    ("data", "done", "expected"),
+    [
+        (_acks(0, 70_000), 0, (70_000, 0, 280_000)),  # more than one turn of the packet ids
+        (_acks(65_530, 10), 65_530, (10, 0, 40)),  # ids wrap from 65535 to 1
+        (_acks(0, 3)[:-1], 0, (2, 0, 8)),  # the last PUBACK still arriving
+        (encode_puback(1) + b"\x40\x03\x00\x02\x87" + encode_puback(3), 0, (2, 1, 13)),  # one refused
+        (b"\x40\x03\x00\x01\x10" + encode_puback(2), 0, (2, 0, 9)),  # no subscribers: success-class
+        (b"\xd0\x00" + encode_puback(8), 7, (1, 0, 6)),  # a PINGRESP among them
+    ],
+)
+def test_pubacks_are_counted_in_bulk(data: bytes, done: int, expected: tuple[int, int, int]) -> None:
+    assert count_pubacks(data, done) == expected
+
+
+def test_pubacks_out_of_order_or_a_disconnect_raise() -> None:
+    with pytest.raises(ProtocolError, match="expected 1"):
+        count_pubacks(encode_puback(2), 0)
+    with pytest.raises(ConnectionError, match="disconnected"):
+        count_pubacks(encode_puback(1) + DISCONNECT_PACKET, 0)
+
+
+def test_tally_counts_dedups_and_times_live_readings() -> None:
+    templates = _templates("ceil0-d0000", "ceil0-d0001", "live0-d0000")
+    data = PacketMint(templates).packets(0, 3000, TS)
+    result = CountResult()
+    tally = Tally(result)
+    cut = len(data) - 5  # the last packet arrives in two reads
+    consumed, ids, new = tally.scan(data[:cut], TS + 7)
+    assert (result.received, new, result.live_unique) == (2999, 2000, 999)
+    assert ids == [(i + 1).to_bytes(2, "big") for i in range(2999)]
+    assert result.live_latency[:2] == [(TS, 7), (TS, 7)]
+    rest, ids, new = tally.scan(data[consumed:], TS + 7)
+    assert (consumed + rest, ids, new, result.live_unique) == (len(data), [(3000).to_bytes(2, "big")], 0, 1000)
+    tally.scan(data[:1000], TS)  # the same readings again: all repeats
+    assert (result.unique, result.duplicates) == (2000, len(parse_stream(data[:1000])[0]))
+
+
+def test_tally_reads_publishes_laid_out_otherwise() -> None:
+    result = CountResult()
+    tally = Tally(result)
+    topic = b"saltmarsh/v1/bench/fwd0-d0001/reading"
+    usual = ReadingTemplate.for_device("fwd0-d0001", BOOT).payload(5, TS)
+    reordered = b'{"ts":%d,"seq":6,"device":"fwd0-d0001"}' % TS
+    spaced = b'{"seq": 7, "ts": %d}' % TS
+    with_props = encode_publish(topic, usual.replace(b'"seq":5', b'"seq":8'), 1, 9, props=b"\x02\x01\x01")
+    data = b"".join(
+        (
+            encode_publish(topic, usual, 1, 1),
+            encode_publish(topic, reordered, 1, 2),
+            encode_publish(topic, spaced, 0),
+            with_props,
+            encode_publish(topic, usual, 1, 3, dup=True),  # a resend
+        )
+    )
+    consumed, ids, new = tally.scan(data, TS)
+    assert (consumed, new, result.duplicates) == (len(data), 4, 1)
+    assert ids == [b"\x00\x01", b"\x00\x02", b"\x00\x09", b"\x00\x03"]
+    with pytest.raises(ConnectionError, match="disconnected"):
+        tally.scan(DISCONNECT_PACKET, TS)
