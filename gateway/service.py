@@ -11,27 +11,23 @@ Threads, and why each exists:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import logging
 import random
 import select
-import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from gateway.committer import GroupCommitter
 from gateway.sender import Sender, connect_uplink
 from gateway.source import LocalSource, connect_local
 from saltmarsh.config.gateway import GatewayConfig, load_gateway_config
-from saltmarsh.errors import ConfigError, SpoolError
-from saltmarsh.logs import setup
+from saltmarsh.daemon import serve
+from saltmarsh.errors import SpoolError
 from saltmarsh.spool import Spool, SpoolStats
 from saltmarsh.status import StatusPublisher
 from saltmarsh.wire.client import WireClient
@@ -424,28 +420,21 @@ def return_large_buffers_to_the_os() -> None:
         return
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="saltmarsh-forwarder", description="Store-and-forward from the site broker to the cloud broker."
-    )
-    parser.add_argument("--config", type=Path, required=True, help="path to the forwarder's TOML config")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_gateway_config(args.config)
-    except ConfigError as err:
-        print(f"saltmarsh-forwarder: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    setup(SERVICE)
+def _run_or_report(cfg: GatewayConfig, stop_event: threading.Event) -> int:
     return_large_buffers_to_the_os()
-    stop_event = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop_event.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     try:
         return run(cfg, stop_event)
     except (OSError, SpoolError) as err:
         log.critical("forwarder cannot run", extra={"event": "forwarder_failed", "why": repr(err)})
         return EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    return serve(
+        prog="saltmarsh-forwarder",
+        service=SERVICE,
+        description="Store-and-forward from the site broker to the cloud broker.",
+        argv=argv,
+        load=load_gateway_config,
+        run=_run_or_report,
+    )

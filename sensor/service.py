@@ -6,17 +6,13 @@ write (after the last spool append, so the audit's `last_seq` is final), exit 0.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from saltmarsh import logs
 from saltmarsh.config import SensorConfig, load_sensor_config
+from saltmarsh.daemon import serve
 from saltmarsh.errors import ConfigError
 from saltmarsh.spool import Spool
 from saltmarsh.status import StatusPublisher
@@ -111,26 +107,12 @@ def run(cfg: SensorConfig, stop: threading.Event | None = None, driver: Driver |
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saltmarsh-sensor", description="Read a sensor and send to the gateway.")
-    parser.add_argument("--config", required=True, type=Path, help="the sensor's TOML config")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    args = parser.parse_args(argv)
-    logs.setup(SERVICE, args.log_level)
-    try:
-        cfg = load_sensor_config(args.config)
-    except ConfigError as err:
-        print(f"saltmarsh-sensor: {err}", file=sys.stderr)
-        return EXIT_CANNOT_START
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        return run(cfg, stop)
-    except (ConfigError, DriverError) as err:
-        print(f"saltmarsh-sensor: {err}", file=sys.stderr)
-        return EXIT_CANNOT_START
+    return serve(
+        prog="saltmarsh-sensor",
+        service=SERVICE,
+        description="Read a sensor and send to the gateway.",
+        argv=argv,
+        load=load_sensor_config,
+        run=run,
+        cannot_start=(ConfigError, DriverError),
+    )

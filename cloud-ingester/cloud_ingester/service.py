@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
-import sys
 import threading
 import time
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from cloud_ingester.batcher import BatchWriter, IngesterCounters
 from cloud_ingester.consumer import Consumer
-from saltmarsh import logs
 from saltmarsh.config.ingester import IngesterConfig, load_ingester_config
-from saltmarsh.errors import ConfigError
+from saltmarsh.daemon import serve
 from saltmarsh.sinks import SinkUnavailable, open_sink
 from saltmarsh.status import StatusPublisher
 from saltmarsh.topics import ROOT, shared
@@ -106,20 +100,11 @@ def pump(consumer: Consumer, writer: BatchWriter, stop_event: threading.Event) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="saltmarsh-ingester", description="Cloud MQTT -> sink ingester.")
-    parser.add_argument("--config", required=True, type=Path, help="ingester TOML config")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_ingester_config(args.config)
-    except ConfigError as err:
-        print(f"saltmarsh-ingester: {err}", file=sys.stderr)
-        return 2
-    logs.setup("ingester")
-    stop_event = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop_event.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return run(cfg, stop_event)
+    return serve(
+        prog="saltmarsh-ingester",
+        service="ingester",
+        description="Cloud MQTT -> sink ingester.",
+        argv=argv,
+        load=load_ingester_config,
+        run=run,
+    )

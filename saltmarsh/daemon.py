@@ -1,0 +1,63 @@
+"""The command-line shell every long-running service shares: config, logs, signals, exit codes.
+
+exit 0  stopped on SIGTERM/SIGINT after a clean shutdown
+exit 1  the service failed while running (its log says why)
+exit 2  it cannot start: bad config (the key is named on stderr) or missing hardware
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+from saltmarsh import logs
+from saltmarsh.errors import ConfigError, SaltmarshError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANNOT_START = 2
+
+ConfigT = TypeVar("ConfigT")
+log = logging.getLogger(__name__)
+
+
+def serve(
+    *,
+    prog: str,
+    service: str,
+    description: str,
+    argv: list[str] | None,
+    load: Callable[[Path], ConfigT],
+    run: Callable[[ConfigT, threading.Event], int],
+    cannot_start: tuple[type[SaltmarshError], ...] = (ConfigError,),
+) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, type=Path, help=f"the {service}'s TOML config")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    logs.setup(service, args.log_level)
+    try:
+        cfg = load(args.config)
+    except ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return run(cfg, stop)
+    except cannot_start as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_CANNOT_START
