@@ -89,6 +89,16 @@ def run(options: BenchOptions) -> BenchReport:
     report.ratios.append(
         ratio("ceiling/forwarder target", rate.value, FORWARDER_TARGET, "must be >= 2 for the benches to mean anything")
     )
+    costs = [report.figure(name) for name in ("broker CPU/msg", "publisher CPU/msg", "counter CPU/msg")]
+    broker_us, *bench_us = [fig.value if fig is not None else math.nan for fig in costs]
+    report.ratios.append(
+        ratio(
+            "broker/(publishers + counter) CPU/msg",
+            broker_us,
+            sum(bench_us),
+            "how much more the broker costs per message than the load generator and counter together",
+        )
+    )
     report.notes.append(
         f"{total:,} readings of about 321 bytes, QoS 1 in and out; the counter subscribes at QoS 1 and acks each."
     )
