@@ -30,3 +30,13 @@ def broker_factory(tmp_path: Path) -> Iterator[BrokerFactory]:
 @pytest.fixture
 def broker(broker_factory: BrokerFactory) -> Mosquitto:
     return broker_factory("cloud")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Salt's pytest plugin leaves a deferred stderr handler on the root logger that replays every
+    record at interpreter exit, into a stream pytest has closed by then: remove it."""
+    try:
+        from salt._logging.impl import shutdown_temp_handler  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    shutdown_temp_handler()
