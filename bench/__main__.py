@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from bench.options import BenchOptions
 from bench.results import RESULTS_MD, BenchReport, load_reports, render_markdown, render_report, save_reports
-from bench.scenarios import ceiling, drain, forwarder, ingester, sensor
+from bench.scenarios import ceiling, drain, es, forwarder, ingester, relay, sensor
 from bench.targets import print_targets, render_targets, verdicts
 
 BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
@@ -19,6 +19,8 @@ BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
     drain.NAME: drain.run,
     ingester.NAME: ingester.run,
     sensor.NAME: sensor.run,
+    es.NAME: es.run,
+    relay.NAME: relay.run,
 }
 
 
@@ -28,12 +30,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHES)}")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, or 1 with --quick)")
     parser.add_argument("--keep-files", action="store_true", help="keep each run's temporary directory")
+    parser.add_argument("--render", action="store_true", help="run nothing; rewrite RESULTS.md from results.json")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()] or list(BENCHES)
+    if args.render:
+        chosen = []
     unknown = [name for name in chosen if name not in BENCHES]
     if unknown:
         print(f"unknown bench {unknown[0]!r}; choose from {', '.join(BENCHES)}", file=sys.stderr)
