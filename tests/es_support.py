@@ -15,11 +15,8 @@ import contextlib
 import http.client
 import json
 import os
-import queue
-import signal
 import socket
 import ssl
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -28,11 +25,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-import osmem_server  # type: ignore[import-untyped]
 import pytest
 from elastic_transport import BaseNode
 from elasticsearch import Elasticsearch, NotFoundError
 
+from bench.osmem import Emulator
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
 from saltmarsh.sinks.es_plain import PlainJsonNode
 from saltmarsh.sinks.es_templates import FAMILIES, policy_name, template_name
@@ -42,59 +39,9 @@ ES_API_KEY_ENV = "SALTMARSH_TEST_ES_API_KEY"
 ES_INSECURE_ENV = "SALTMARSH_TEST_ES_INSECURE"  # "1": skip TLS verification of a test cluster
 
 
-@dataclass
-class OsmemProcess:
-    process: subprocess.Popen[str]
-    url: str
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-def start_osmem(timeout_s: float = 30.0) -> OsmemProcess:
-    """osmem-server on an ephemeral loopback port; it prints one JSON line with its URL when ready."""
-    args = [
-        osmem_server.resolve_binary(),
-        "-addr",
-        "127.0.0.1:0",
-        "-no-stdin-watch",
-        "-no-ja",
-        # Dies with the test run even if pytest is killed before teardown.
-        "-parent-pid",
-        str(os.getpid()),
-    ]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
-    ready: queue.Queue[str] = queue.Queue()
-
-    def read_stdout() -> None:
-        # Keeps draining after the ready line, so a chatty server never blocks on a full pipe.
-        assert process.stdout is not None
-        for line in process.stdout:
-            with contextlib.suppress(ValueError):
-                message = json.loads(line)
-                if isinstance(message, dict) and "url" in message:
-                    ready.put(str(message["url"]))
-
-    threading.Thread(target=read_stdout, name="osmem-stdout", daemon=True).start()
-    try:
-        url = ready.get(timeout=timeout_s)
-    except queue.Empty:
-        process.kill()
-        process.wait()
-        raise RuntimeError(f"osmem-server did not report ready within {timeout_s} s") from None
-    return OsmemProcess(process, url)
+def start_osmem() -> Emulator:
+    """osmem-server on an ephemeral loopback port (one launcher for the tests and the benches)."""
+    return Emulator.start()
 
 
 @dataclass
