@@ -11,6 +11,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.wire.codec import puback_delivered
 
 QOS_AT_LEAST_ONCE = 1
 
@@ -59,15 +60,8 @@ def connect_client(
     )
 
 
-NO_MATCHING_SUBSCRIBERS = 0x10
-
-
 def delivered(reason: ReasonCode) -> bool:
-    """Whether a QoS 1 PUBACK means the message is now someone else's responsibility.
-
-    MQTT 5 brokers answer "No matching subscribers" (0x10) with a success-class code, but the
-    message was thrown away: on a fresh site before the forwarder first subscribes, or a fresh
-    cloud before the first ingester does. Treating it as delivered would lose the reading, so
-    the sender keeps it and tries again.
-    """
-    return not reason.is_failure and reason.value != NO_MATCHING_SUBSCRIBERS
+    """paho's side of the one delivery rule, `saltmarsh.wire.codec.puback_delivered`: a
+    "No matching subscribers" PUBACK (0x10) is success-class, but the broker threw the message
+    away, so the sender keeps it and tries again."""
+    return puback_delivered(reason.value)

@@ -19,6 +19,7 @@ import boto3  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from saltmarsh.envelope import Envelope
+from saltmarsh.processes import free_port
 from saltmarsh.sinks.base import Delivery
 from saltmarsh.topics import Channel
 
@@ -26,13 +27,6 @@ REGION = "eu-west-1"
 ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing"
 THROTTLED = "ProvisionedThroughputExceededException"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pytest
 from saltmarsh.config.kinesis import KinesisConfig, kinesis_config
 from saltmarsh.config.table import Table
 from saltmarsh.envelope import Envelope
+from saltmarsh.processes import free_port
 from saltmarsh.sinks.base import SinkUnavailable
 from saltmarsh.sinks.kinesis import KinesisForwarder, KinesisRecord, KinesisSink, forwarder_from_config
 from saltmarsh.topics import Channel
@@ -26,7 +27,6 @@ from tests.kinesis_support import (
     delivery,
     envelope,
     fail_first_time,
-    free_port,
     moto_server,
     read_stream,
 )

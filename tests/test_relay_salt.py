@@ -29,6 +29,7 @@ import osmem_server  # type: ignore[import-untyped]
 import pytest
 from elasticsearch import Elasticsearch
 
+from saltmarsh.processes import free_port
 from saltmarsh.sinks.es_plain import PlainJsonNode
 from tests.kinesis_support import (
     ACCESS_KEY_ID,
@@ -36,7 +37,6 @@ from tests.kinesis_support import (
     SECRET_ACCESS_KEY,
     create_stream,
     decoded,
-    free_port,
     read_stream,
 )
 from tests.kinesis_support import moto_server as start_moto

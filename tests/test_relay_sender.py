@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from saltmarsh.processes import free_port
 from saltmarsh.relay.bus import DEAF_AFTER_UNHEARD, Backoff, BusReader
 from saltmarsh.relay.config import RelayConfig, relay_config
 from saltmarsh.relay.sender import ELASTICSEARCH, HEALTH_TAG, SPILL_BATCH, Pending, Relay
@@ -23,7 +24,6 @@ from saltmarsh.sinks.base import SinkUnavailable
 from saltmarsh.sinks.es_bulk import BulkDoc, BulkResult, Refusal
 from saltmarsh.sinks.kinesis import KinesisRecord, KinesisUnavailable, PutOutcome
 from saltmarsh.spool import Lane, Record, Spool
-from tests.kinesis_support import free_port
 
 STAMP = "2024-05-31T23:59:59.250000+00:00"
 RECEIVED_MS = 1_717_200_000_000

@@ -392,9 +392,10 @@ def decode_publish(packet: bytes) -> Publish:
 def puback_delivered(reason: int) -> bool:
     """Whether a QoS 1 PUBACK's reason code means someone downstream now has the message.
 
-    "No matching subscribers" (0x10) is success-class but the broker threw the message away (a
-    fresh cloud before its first ingester subscribes): not a delivery, so the sender keeps it.
-    See `saltmarsh.mqtt.delivered`, the paho twin of this rule.
+    MQTT 5 brokers answer "No matching subscribers" (0x10) with a success-class code, but the
+    message was thrown away: on a fresh site before the forwarder first subscribes, or on the
+    cloud before the first ingester (re)subscribes. Treating it as delivered would lose the
+    reading, so the sender keeps it and tries again. The one rule for both MQTT clients.
     """
     return reason < RC_FIRST_FAILURE and reason != RC_NO_MATCHING_SUBSCRIBERS
 
