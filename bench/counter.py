@@ -28,11 +28,11 @@ from typing import Any
 from bench.link import Link, next_packet, open_link, recv_all, send_some
 from bench.reading import LIVE_PREFIX, SITE, device_of, parse_seq_ts
 from bench.worker import Worker, context
-from saltmarsh.wire.codec import (
+from saltmarsh.contract.errors import WireError
+from saltmarsh.mqtt.codec import (
     DISCONNECT,
     DISCONNECT_PACKET,
     PUBLISH,
-    WireError,
     decode_disconnect,
     read_varint,
 )

@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 import tomli_w
 
-from saltmarsh.mosquitto import Mosquitto
-from saltmarsh.processes import ServiceProcess
-from saltmarsh.status import ServiceStatus, read_statuses
+from saltmarsh.ops.localfleet.mosquitto import Mosquitto
+from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.runtime.status import ServiceStatus, read_statuses
 
 
 class Stoppable(Protocol):

@@ -18,12 +18,11 @@ import socket
 import time
 from dataclasses import dataclass
 
-from saltmarsh.wire.codec import (
+from saltmarsh.contract.errors import ProtocolError, WireError
+from saltmarsh.mqtt.codec import (
     CONNACK,
     RC_FIRST_FAILURE,
     SUBACK,
-    ProtocolError,
-    WireError,
     decode_connack,
     decode_suback,
     encode_connect,

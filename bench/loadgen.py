@@ -25,12 +25,12 @@ from typing import Any
 from bench.link import open_link, recv_all, send_some
 from bench.reading import ReadingTemplate, boot_id, device_id
 from bench.worker import Worker, context
-from saltmarsh.wire.codec import (
+from saltmarsh.contract.errors import ProtocolError
+from saltmarsh.mqtt.codec import (
     DISCONNECT,
     DISCONNECT_PACKET,
     MAX_PACKET_ID,
     RC_FIRST_FAILURE,
-    ProtocolError,
     decode_disconnect,
     encode_publish,
     parse_stream,

@@ -21,7 +21,7 @@ from importlib import metadata
 import osmem_server  # type: ignore[import-untyped]
 from elasticsearch import Elasticsearch
 
-from saltmarsh.sinks.es_plain import PlainJsonNode
+from saltmarsh.sinks.elasticsearch.plain import PlainJsonNode
 
 READY_TIMEOUT_S = 30.0
 

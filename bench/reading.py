@@ -13,8 +13,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from saltmarsh.envelope import VERSION
-from saltmarsh.topics import Channel, Topic
+from saltmarsh.contract.envelope import VERSION
+from saltmarsh.contract.topics import Channel, Topic
 
 TARGET_BYTES = 321
 SITE = "bench"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import median
-from saltmarsh.mosquitto import mosquitto_binary
+from saltmarsh.ops.localfleet.mosquitto import mosquitto_binary
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"

@@ -11,7 +11,7 @@ Out: the same topic and payload on the cloud broker at QoS 1, MQTT 5, tagged wit
      `<status_dir>/forwarder-<gateway_id>.json`.
 
 Parts, each testable alone: `source` (site subscription) -> `committer` (group commit into
-`saltmarsh.spool`) -> `sender` (uplink), scheduled by `schedule` and `token_bucket`, wired by
+`saltmarsh.runtime.spool`) -> `sender` (uplink), scheduled by `schedule` and `token_bucket`, wired by
 `service.run`. Later hops plug in beside them: a downlink relay for commands, a BLE collector
 feeding the committer.
 """

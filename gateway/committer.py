@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.source import Inbound
-from saltmarsh.spool import Lane, Record, Segment, Spool
+from saltmarsh.runtime.spool import Lane, Record, Segment, Spool
 
 log = logging.getLogger(__name__)
 

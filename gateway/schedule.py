@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable
 from enum import StrEnum
 
-from saltmarsh.spool import Lane, Segment
+from saltmarsh.runtime.spool import Lane, Segment
 
 
 class Phase(StrEnum):

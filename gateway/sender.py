@@ -26,15 +26,14 @@ from collections.abc import Callable
 from gateway.schedule import Phase, SendQueue, batch_size
 from gateway.token_bucket import TokenBucket
 from saltmarsh.config.gateway import GatewayConfig
-from saltmarsh.spool import Record, Segment, Spool
-from saltmarsh.status import RateMeter
-from saltmarsh.wire.broker import wire_client
-from saltmarsh.wire.client import ConnAck, WireClient
-from saltmarsh.wire.codec import RC_FIRST_FAILURE, RC_NO_MATCHING_SUBSCRIBERS, properties, user_property
+from saltmarsh.mqtt.codec import GATEWAY_PROPERTY, properties, puback_delivered, user_property
+from saltmarsh.mqtt.connect import wire_client
+from saltmarsh.mqtt.wire import ConnAck, WireClient
+from saltmarsh.runtime.spool import Record, Segment, Spool
+from saltmarsh.runtime.status import RateMeter
 
 log = logging.getLogger(__name__)
 
-GATEWAY_PROPERTY = "gw"  # MQTT 5 user property: which gateway carried a message
 RETRY_AFTER_S = 1.0  # a refused segment waits this long before it is sent again
 _IDLE_WAIT_S = 0.5
 _MIN_WAIT_S = 0.001
@@ -243,8 +242,7 @@ class Sender:
             if open_seg is None:
                 continue
             open_seg.unacked -= 1
-            # Mirrors saltmarsh.mqtt.delivered: "no matching subscribers" means thrown away.
-            if reason >= RC_FIRST_FAILURE or reason == RC_NO_MATCHING_SUBSCRIBERS:
+            if not puback_delivered(reason):
                 open_seg.failed = True
                 self.refused_total += 1
             else:

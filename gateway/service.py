@@ -26,12 +26,11 @@ from gateway.committer import GroupCommitter
 from gateway.sender import Sender, connect_uplink
 from gateway.source import LocalSource, connect_local
 from saltmarsh.config.gateway import GatewayConfig, load_gateway_config
-from saltmarsh.daemon import serve
-from saltmarsh.errors import SpoolError
-from saltmarsh.spool import Spool, SpoolStats
-from saltmarsh.status import StatusPublisher
-from saltmarsh.wire.client import WireClient
-from saltmarsh.wire.codec import WireError
+from saltmarsh.contract.errors import SpoolError, WireError
+from saltmarsh.mqtt.wire import WireClient
+from saltmarsh.runtime.daemon import serve
+from saltmarsh.runtime.spool import Spool, SpoolStats
+from saltmarsh.runtime.status import StatusPublisher
 
 SERVICE = "forwarder"
 EXIT_OK = 0

@@ -17,13 +17,11 @@ import logging
 from collections.abc import Sequence
 
 from saltmarsh.config.gateway import GatewayConfig
-from saltmarsh.spool import Lane, Record
-from saltmarsh.topics import ROOT, Channel
-from saltmarsh.wire.broker import wire_client
-from saltmarsh.wire.client import WireClient
-from saltmarsh.wire.codec import RETAIN_SEND_IF_NEW_SUB, Publish
-
-QOS_AT_LEAST_ONCE = 1
+from saltmarsh.contract.topics import ROOT, Channel
+from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, RETAIN_SEND_IF_NEW_SUB, Publish
+from saltmarsh.mqtt.connect import wire_client
+from saltmarsh.mqtt.wire import WireClient
+from saltmarsh.runtime.spool import Lane, Record
 
 # Channels not in this table (typos, future ones) go to BULK and on to the cloud, whose ingester
 # dead-letters them: bad input stays visible instead of vanishing at the gateway.

@@ -8,7 +8,7 @@ only on PUBACK; plus a retained online/offline presence message on the device's 
 and a status file of counters.
 """
 
-from sensor.agent import Agent, mint, new_boot_id
+from sensor.agent import Agent
 from sensor.drivers import Driver, DriverError, ReadCounters, Sample, open_driver
 from sensor.sender import SpoolSender
 from sensor.service import main, run
@@ -21,8 +21,6 @@ __all__ = [
     "Sample",
     "SpoolSender",
     "main",
-    "mint",
-    "new_boot_id",
     "open_driver",
     "run",
 ]

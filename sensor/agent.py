@@ -8,42 +8,19 @@ Sending is someone else's job (`sender.SpoolSender`); the agent only says "there
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 
 from saltmarsh.config.sensor import SensorConfig
-from saltmarsh.envelope import Envelope
-from saltmarsh.errors import SpoolError
-from saltmarsh.spool import Lane, Spool
-from saltmarsh.topics import Channel
-from sensor.drivers.base import Driver, Sample
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.errors import SpoolError
+from saltmarsh.contract.mint import mint
+from saltmarsh.runtime.spool import Lane, Spool
+from sensor.drivers.base import Driver
 
 log = logging.getLogger(__name__)
-
-
-def new_boot_id(now_s: float | None = None) -> str:
-    """Hex boot time, then randomness: unique per start and sortable by when the agent started."""
-    started = int(time.time() if now_s is None else now_s)
-    return f"{started:x}-{secrets.token_hex(4)}"
-
-
-def mint(cfg: SensorConfig, boot: str, seq: int, ts_ms: int, sample: Sample) -> Envelope:
-    return Envelope(
-        kind=Channel.READING,
-        device=cfg.device,
-        site=cfg.site,
-        boot=boot,
-        seq=seq,
-        ts_ms=ts_ms,
-        metrics=dict(sample.metrics),
-        units=dict(sample.units),
-        model=cfg.model,
-        firmware=cfg.firmware,
-        location=cfg.location,
-    )
 
 
 class Agent:
@@ -74,7 +51,18 @@ class Agent:
         sample = self.driver.read(now_s)
         if sample is None or not sample.metrics:
             return None
-        envelope = mint(self.cfg, self.boot, self.last_seq + 1, int(now_s * 1000), sample)
+        envelope = mint(
+            device=self.cfg.device,
+            site=self.cfg.site,
+            boot=self.boot,
+            seq=self.last_seq + 1,
+            ts_ms=int(now_s * 1000),
+            metrics=sample.metrics,
+            units=sample.units,
+            model=self.cfg.model,
+            firmware=self.cfg.firmware,
+            location=self.cfg.location,
+        )
         try:
             self.spool.append([(Lane.BULK, [(str(envelope.topic), envelope.encode())])])
         except (SpoolError, OSError, sqlite3.Error) as err:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from saltmarsh.config.sensor import SensorConfig
-from saltmarsh.topics import Channel, Topic
+from saltmarsh.contract.topics import Channel, Topic
 
 ONLINE = "online"
 OFFLINE = "offline"

@@ -21,9 +21,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.sensor import SensorConfig
-from saltmarsh.mqtt import QOS_AT_LEAST_ONCE, connect_client, delivered, make_client
-from saltmarsh.spool import Segment, Spool
-from saltmarsh.status import RateMeter
+from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE
+from saltmarsh.mqtt.paho import connect_client, delivered, make_client
+from saltmarsh.runtime.spool import Segment, Spool
+from saltmarsh.runtime.status import RateMeter
 from sensor.presence import OFFLINE, ONLINE, presence, status_topic
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,12 @@ import time
 from typing import Any
 
 from saltmarsh.config import SensorConfig, load_sensor_config
-from saltmarsh.daemon import serve
-from saltmarsh.errors import ConfigError
-from saltmarsh.spool import Spool
-from saltmarsh.status import StatusPublisher
-from sensor.agent import Agent, new_boot_id
+from saltmarsh.contract.errors import ConfigError
+from saltmarsh.contract.mint import new_boot_id
+from saltmarsh.runtime.daemon import serve
+from saltmarsh.runtime.spool import Spool
+from saltmarsh.runtime.status import StatusPublisher
+from sensor.agent import Agent
 from sensor.drivers import Driver, DriverError, open_driver
 from sensor.sender import SpoolSender
 

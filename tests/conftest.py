@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from saltmarsh.mosquitto import Mosquitto
+from saltmarsh.ops.localfleet.mosquitto import Mosquitto
 
 BrokerFactory = Callable[..., Mosquitto]
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from saltmarsh.audit import AuditReport
-from saltmarsh.fleet import FleetPlan, LocalFleet
+from saltmarsh.ops.audit import AuditReport
+from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 
 
 def wait_until_audited(fleet: LocalFleet, timeout_s: float) -> AuditReport:

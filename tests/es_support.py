@@ -31,8 +31,8 @@ from elasticsearch import Elasticsearch, NotFoundError
 
 from bench.osmem import Emulator
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
-from saltmarsh.sinks.es_plain import PlainJsonNode
-from saltmarsh.sinks.es_templates import FAMILIES, policy_name, template_name
+from saltmarsh.sinks.elasticsearch.plain import PlainJsonNode
+from saltmarsh.sinks.elasticsearch.templates import FAMILIES, policy_name, template_name
 
 ES_URL_ENV = "SALTMARSH_TEST_ES_URL"
 ES_API_KEY_ENV = "SALTMARSH_TEST_ES_API_KEY"

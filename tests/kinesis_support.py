@@ -18,10 +18,10 @@ from typing import Any
 import boto3  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from saltmarsh.envelope import Envelope
-from saltmarsh.processes import free_port
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.topics import Channel
+from saltmarsh.ops.localfleet.processes import free_port
 from saltmarsh.sinks.base import Delivery
-from saltmarsh.topics import Channel
 
 REGION = "eu-west-1"
 ACCESS_KEY_ID = "testing"

@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from saltmarsh.config.broker import BrokerConfig
-from saltmarsh.mqtt import connect_client, make_client
+from saltmarsh.mqtt.paho import connect_client, make_client
 
 
 def broker_config(port: int, client_id: str) -> BrokerConfig:

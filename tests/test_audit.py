@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from saltmarsh.audit import AuditReport, Expectations, Gap, format_report, run_audit
+from saltmarsh.ops.audit import AuditReport, Expectations, Gap, format_report, run_audit
 from saltmarsh.sinks.base import StoredKey
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z

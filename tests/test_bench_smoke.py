@@ -19,14 +19,15 @@ from bench.salt_events import MINIONS, job_return, job_returns
 from bench.scenarios import es, relay
 from bench.stats import median, percentile, rate_between
 from bench.targets import TARGETS, render_targets, verdicts
-from saltmarsh.envelope import parse
-from saltmarsh.relay.config import DEFAULT_RELAY_TAGS
+from saltmarsh.config.relay import DEFAULT_RELAY_TAGS
+from saltmarsh.contract.envelope import parse
+from saltmarsh.contract.errors import ProtocolError
+from saltmarsh.mqtt.codec import DISCONNECT_PACKET, encode_puback, encode_publish, parse_stream
 from saltmarsh.relay.documents import event_document, event_id, fleet_event
 from saltmarsh.relay.sender import ELASTICSEARCH, Router
-from saltmarsh.selection import Globs, Selection
-from saltmarsh.sinks.es_bulk import encode
-from saltmarsh.sinks.es_templates import READINGS, monthly_index
-from saltmarsh.wire.codec import DISCONNECT_PACKET, ProtocolError, encode_puback, encode_publish, parse_stream
+from saltmarsh.sinks.elasticsearch.bulk import encode
+from saltmarsh.sinks.elasticsearch.templates import READINGS, monthly_index
+from saltmarsh.sinks.kinesis.selection import Globs, Selection
 
 BOOT = "6650a1b2-0011aabb"
 TS = 1_700_000_000_123

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from saltmarsh import cli
-from saltmarsh.envelope import Envelope
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.topics import Channel
+from saltmarsh.ops import cli
+from saltmarsh.runtime.status import write_status
 from saltmarsh.sinks import Delivery, SqliteSink
-from saltmarsh.status import write_status
-from saltmarsh.topics import Channel
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,8 @@ import tomli_w
 
 from saltmarsh.config import Secret, Table, load_ingester_config
 from saltmarsh.config.ingester import IngesterConfig, SinkConfig, ingester_config
-from saltmarsh.envelope import Limits
-from saltmarsh.errors import ConfigError
+from saltmarsh.contract.envelope import Limits
+from saltmarsh.contract.errors import ConfigError
 
 
 def minimal(**top: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from saltmarsh import cli
+from saltmarsh.ops import cli
 from tests import es_support
 from tests.es_support import EsBackend
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from saltmarsh.fleet import LocalFleet
+from saltmarsh.ops.localfleet.fleet import LocalFleet
 from tests.e2e import running_fleet, wait_until_audited
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saltmarsh.envelope import (
+from saltmarsh.contract.envelope import (
     MAX_METRICS,
     MAX_SEQ,
     Envelope,
@@ -21,8 +21,8 @@ from saltmarsh.envelope import (
     from_json,
     parse,
 )
-from saltmarsh.errors import Reason, ValidationError
-from saltmarsh.topics import Channel, Topic
+from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.contract.topics import Channel, Topic
 
 NOW_MS = 1_700_000_000_000
 LIMITS = Limits(max_payload_bytes=4096, max_future_skew_ms=300_000)

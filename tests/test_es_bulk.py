@@ -12,8 +12,8 @@ from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 from elastic_transport import ConnectionError as TransportConnectionError
 from elasticsearch import ApiError, Elasticsearch
 
-from saltmarsh.sinks.base import SinkUnavailable
-from saltmarsh.sinks.es_bulk import (
+from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.sinks.elasticsearch.bulk import (
     BulkBuffer,
     BulkDoc,
     BulkPolicy,

@@ -10,8 +10,8 @@ from elastic_transport import Urllib3HttpNode
 
 from saltmarsh.config.elasticsearch import ElasticsearchConfig, elasticsearch_config
 from saltmarsh.config.table import Secret, Table
-from saltmarsh.errors import ConfigError
-from saltmarsh.sinks.elasticsearch import open_client
+from saltmarsh.contract.errors import ConfigError
+from saltmarsh.sinks.elasticsearch.sink import open_client
 
 
 def load(doc: dict[str, Any]) -> ElasticsearchConfig:

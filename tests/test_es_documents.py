@@ -6,17 +6,18 @@ from typing import Any
 
 import pytest
 
-from saltmarsh.envelope import Envelope, Location
-from saltmarsh.errors import Reason
+from saltmarsh.contract.envelope import Envelope, Location
+from saltmarsh.contract.errors import Reason
+from saltmarsh.contract.topics import Channel
 from saltmarsh.sinks.base import DeadLetter, Delivery
-from saltmarsh.sinks.elasticsearch import (
+from saltmarsh.sinks.elasticsearch.sink import (
     dead_letter_doc,
     iso_ms,
     message_document,
     parse_ms,
     rejected_doc,
 )
-from saltmarsh.sinks.es_templates import (
+from saltmarsh.sinks.elasticsearch.templates import (
     DEAD_LETTERS,
     FLEET_EVENTS,
     READINGS,
@@ -26,7 +27,6 @@ from saltmarsh.sinks.es_templates import (
     index_template,
     monthly_index,
 )
-from saltmarsh.topics import Channel
 
 JAN_31_LAST_MS = 1_706_745_599_999  # 2024-01-31T23:59:59.999Z
 FEB_1_FIRST_MS = 1_706_745_600_000  # 2024-02-01T00:00:00.000Z

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from saltmarsh.audit import run_audit
-from saltmarsh.envelope import Envelope, Location
-from saltmarsh.errors import Reason
-from saltmarsh.sinks.base import AuditSource, DeadLetter, Delivery, Sink, SinkUnavailable, StoredKey, WriteResult
-from saltmarsh.sinks.elasticsearch import ElasticsearchSink
-from saltmarsh.sinks.es_bulk import BulkDoc, BulkResult
-from saltmarsh.sinks.es_templates import FLEET_EVENTS, monthly_index, policy_name
-from saltmarsh.topics import Channel
+from saltmarsh.contract.envelope import Envelope, Location
+from saltmarsh.contract.errors import Reason, SinkUnavailable
+from saltmarsh.contract.topics import Channel
+from saltmarsh.ops.audit import run_audit
+from saltmarsh.sinks.base import AuditSource, DeadLetter, Delivery, Sink, StoredKey, WriteResult
+from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkResult
+from saltmarsh.sinks.elasticsearch.sink import ElasticsearchSink
+from saltmarsh.sinks.elasticsearch.templates import FLEET_EVENTS, monthly_index, policy_name
 from tests import es_support
 from tests.es_support import EsBackend, FaultProxy
 

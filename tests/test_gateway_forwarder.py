@@ -21,11 +21,11 @@ import pytest
 import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 
-from saltmarsh.envelope import Envelope
-from saltmarsh.mosquitto import Mosquitto
-from saltmarsh.processes import ServiceProcess
-from saltmarsh.status import read_statuses
-from saltmarsh.topics import Channel
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.topics import Channel
+from saltmarsh.ops.localfleet.mosquitto import Mosquitto
+from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.runtime.status import read_statuses
 from tests.conftest import BrokerFactory
 from tests.support import Collector, publish_all
 

@@ -10,8 +10,8 @@ from gateway.service import drain_eta_s, main
 from gateway.source import LocalSource, lane_for, subscription_filter
 from saltmarsh.config.gateway import gateway_config
 from saltmarsh.config.table import Table
-from saltmarsh.spool import Lane
-from saltmarsh.wire.codec import Publish
+from saltmarsh.mqtt.codec import Publish
+from saltmarsh.runtime.spool import Lane
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.schedule import Phase, SendQueue, batch_size
-from saltmarsh.spool import Lane, Segment
+from saltmarsh.runtime.spool import Lane, Segment
 
 K, B = Lane.KEEP, Lane.BULK
 

@@ -17,11 +17,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from saltmarsh.audit import AuditReport, run_audit
-from saltmarsh.mosquitto import Mosquitto
-from saltmarsh.processes import ServiceProcess
+from saltmarsh.ops.audit import AuditReport, run_audit
+from saltmarsh.ops.localfleet.mosquitto import Mosquitto
+from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.runtime.status import read_statuses
 from saltmarsh.sinks import open_audit_source
-from saltmarsh.status import read_statuses
 from tests.conftest import BrokerFactory
 from tests.support import publish_all
 

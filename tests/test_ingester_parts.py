@@ -14,10 +14,10 @@ from cloud_ingester.consumer import gateway_of
 from cloud_ingester.service import main
 from cloud_ingester.validate import validate
 
-from saltmarsh.envelope import Limits
-from saltmarsh.errors import Reason
-from saltmarsh.sinks.base import DeadLetter, Delivery, SinkUnavailable, WriteResult
-from saltmarsh.wire.client import Publish
+from saltmarsh.contract.envelope import Limits
+from saltmarsh.contract.errors import Reason, SinkUnavailable
+from saltmarsh.mqtt.wire import Publish
+from saltmarsh.sinks.base import DeadLetter, Delivery, WriteResult
 
 NOW_MS = 1_700_000_000_000
 TOPIC = "saltmarsh/v1/marsh-1/probe-1/reading"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from saltmarsh.sinks.kinesis import (
+from saltmarsh.sinks.kinesis.sink import (
     MAX_CALL_BYTES,
     MAX_RECORD_BYTES,
     KinesisRecord,

@@ -9,9 +9,9 @@ import pytest
 
 from saltmarsh.config.kinesis import KinesisConfig, kinesis_config
 from saltmarsh.config.table import Secret, Table
-from saltmarsh.errors import ConfigError
-from saltmarsh.selection import Rule, TagRule
-from saltmarsh.topics import Channel
+from saltmarsh.contract.errors import ConfigError
+from saltmarsh.contract.topics import Channel
+from saltmarsh.sinks.kinesis.selection import Rule, TagRule
 
 ALERTS = [{"name": "alerts", "kinds": ["alert"]}]
 

@@ -8,19 +8,18 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError  # type: ignore[import-untyped]
 
-from saltmarsh.errors import Reason
-from saltmarsh.selection import Globs, Rule, Selection
+from saltmarsh.contract.errors import KinesisUnavailable, Reason
+from saltmarsh.contract.topics import Channel
 from saltmarsh.sinks.base import DeadLetter
-from saltmarsh.sinks.kinesis import (
+from saltmarsh.sinks.kinesis.selection import Globs, Rule, Selection
+from saltmarsh.sinks.kinesis.sink import (
     MAX_RECORD_BYTES,
     BufferedForwarder,
     KinesisForwarder,
     KinesisRecord,
     KinesisSink,
-    KinesisUnavailable,
     RetryPolicy,
 )
-from saltmarsh.topics import Channel
 from tests.kinesis_support import (
     THROTTLED,
     FlakyClient,

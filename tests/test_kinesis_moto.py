@@ -11,11 +11,11 @@ import pytest
 
 from saltmarsh.config.kinesis import KinesisConfig, kinesis_config
 from saltmarsh.config.table import Table
-from saltmarsh.envelope import Envelope
-from saltmarsh.processes import free_port
-from saltmarsh.sinks.base import SinkUnavailable
-from saltmarsh.sinks.kinesis import KinesisForwarder, KinesisRecord, KinesisSink, forwarder_from_config
-from saltmarsh.topics import Channel
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.contract.topics import Channel
+from saltmarsh.ops.localfleet.processes import free_port
+from saltmarsh.sinks.kinesis.sink import KinesisForwarder, KinesisRecord, KinesisSink, forwarder_from_config
 from tests.kinesis_support import (
     ACCESS_KEY_ID,
     REGION,

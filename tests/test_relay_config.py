@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from saltmarsh.errors import ConfigError
-from saltmarsh.relay.config import DEFAULT_RELAY_TAGS, FORWARD_RULE, RelayConfig, engine_config, relay_config
-from saltmarsh.selection import Globs, TagRule
+from saltmarsh.config.relay import DEFAULT_RELAY_TAGS, FORWARD_RULE, RelayConfig, engine_config, relay_config
+from saltmarsh.contract.errors import ConfigError
+from saltmarsh.sinks.kinesis.selection import Globs, TagRule
 
 KINESIS = {"stream_name": "fleet", "region": "eu-west-1"}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from saltmarsh.relay.config import DEFAULT_RELAY_TAGS
+from saltmarsh.config.relay import DEFAULT_RELAY_TAGS
 from saltmarsh.relay.documents import (
     event_document,
     event_id,
@@ -19,7 +19,7 @@ from saltmarsh.relay.documents import (
     stamp_ms,
 )
 from saltmarsh.relay.sender import ELASTICSEARCH, KINESIS, Router
-from saltmarsh.selection import Globs, Match, Selection, TagRule
+from saltmarsh.sinks.kinesis.selection import Globs, Match, Selection, TagRule
 
 RECEIVED_MS = 1_717_200_000_000  # 2024-06-01T00:00:00.000Z
 STAMP = "2024-05-31T23:59:59.250000+00:00"

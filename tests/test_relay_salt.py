@@ -29,8 +29,8 @@ import osmem_server  # type: ignore[import-untyped]
 import pytest
 from elasticsearch import Elasticsearch
 
-from saltmarsh.processes import free_port
-from saltmarsh.sinks.es_plain import PlainJsonNode
+from saltmarsh.ops.localfleet.processes import free_port
+from saltmarsh.sinks.elasticsearch.plain import PlainJsonNode
 from tests.kinesis_support import (
     ACCESS_KEY_ID,
     REGION,

@@ -1,4 +1,4 @@
-"""The relay's queue, sender and spool with fake sinks and a real `saltmarsh.spool.Spool`;
+"""The relay's queue, sender and spool with fake sinks and a real `saltmarsh.runtime.spool.Spool`;
 and the bus reader with a fake bus."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from saltmarsh.processes import free_port
+from saltmarsh.config.relay import RelayConfig, relay_config
+from saltmarsh.contract.errors import KinesisUnavailable, SinkUnavailable
+from saltmarsh.ops.localfleet.processes import free_port
 from saltmarsh.relay.bus import DEAF_AFTER_UNHEARD, Backoff, BusReader
-from saltmarsh.relay.config import RelayConfig, relay_config
 from saltmarsh.relay.sender import ELASTICSEARCH, HEALTH_TAG, SPILL_BATCH, Pending, Relay
 from saltmarsh.relay.service import run_until_signalled
-from saltmarsh.sinks.base import SinkUnavailable
-from saltmarsh.sinks.es_bulk import BulkDoc, BulkResult, Refusal
-from saltmarsh.sinks.kinesis import KinesisRecord, KinesisUnavailable, PutOutcome
-from saltmarsh.spool import Lane, Record, Spool
+from saltmarsh.runtime.spool import Lane, Record, Spool
+from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkResult, Refusal
+from saltmarsh.sinks.kinesis.sink import KinesisRecord, PutOutcome
 
 STAMP = "2024-05-31T23:59:59.250000+00:00"
 RECEIVED_MS = 1_717_200_000_000

@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config import load_gateway_config, load_ingester_config, load_sensor_config
-from saltmarsh.mosquitto import mosquitto_binary
-from saltmarsh.processes import ServiceProcess, free_port, wait_for_port
+from saltmarsh.ops.localfleet.mosquitto import mosquitto_binary
+from saltmarsh.ops.localfleet.processes import ServiceProcess, free_port, wait_for_port
 from tests.salt_support import LocalMinion, Result, changed_states, failed_states, grains_for, sandbox_pillar
 
 NOT_AUTHORIZED = 0x87

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from saltmarsh.processes import free_port, wait_for_port
+from saltmarsh.ops.localfleet.processes import free_port, wait_for_port
 from tests.salt_support import PILLAR, STATES, changed_states, failed_states, grains_for, sandbox_pillar
 
 MINIONS = {"gw1": ["gateway"], "sensor1": ["sensor"], "sensor2": ["sensor"]}

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from saltmarsh.status import write_status
+from saltmarsh.runtime.status import write_status
 from tests.salt_support import STATES
 
 

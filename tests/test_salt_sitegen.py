@@ -1,4 +1,4 @@
-"""`saltmarsh.sitegen.new_site`: a new site's pillar with fresh secrets that the formula accepts."""
+"""`saltmarsh.ops.pillar.new_site`: a new site's pillar with fresh secrets that the formula accepts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from saltmarsh.errors import ConfigError
-from saltmarsh.sitegen import new_site
+from saltmarsh.contract.errors import ConfigError
+from saltmarsh.ops.pillar import new_site
 from tests.salt_support import PILLAR, LocalMinion, grains_for
 
 PASSWORD = re.compile(r'(?:password|forwarder_password|uplink_password): "([^"]+)"')

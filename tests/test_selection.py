@@ -8,9 +8,9 @@ import pytest
 
 from saltmarsh.config.kinesis import selection_config
 from saltmarsh.config.table import Table
-from saltmarsh.envelope import Envelope
-from saltmarsh.selection import Globs, Match, Op, Rule, Selection, TagRule, Threshold
-from saltmarsh.topics import Channel
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.topics import Channel
+from saltmarsh.sinks.kinesis.selection import Globs, Match, Op, Rule, Selection, TagRule, Threshold
 from tests.kinesis_support import envelope
 
 R, E, A = Channel.READING, Channel.EVENT, Channel.ALERT

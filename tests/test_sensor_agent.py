@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.config import BrokerConfig, DriverConfig, SensorConfig
-from saltmarsh.envelope import Location, parse
-from saltmarsh.spool import Lane, Spool
-from saltmarsh.topics import ID_PATTERN
-from sensor.agent import Agent, new_boot_id
+from saltmarsh.contract.envelope import Location, parse
+from saltmarsh.contract.mint import new_boot_id
+from saltmarsh.contract.topics import ID_PATTERN
+from saltmarsh.runtime.spool import Lane, Spool
+from sensor.agent import Agent
 from sensor.drivers import Driver, ReplayDriver, Sample, parse_replay
 
 

@@ -14,11 +14,11 @@ import paho.mqtt.client as mqtt
 import pytest
 import tomli_w
 
-from saltmarsh.envelope import Envelope, parse
-from saltmarsh.mosquitto import BrokerSpec, Mosquitto
-from saltmarsh.processes import ServiceProcess, free_port
-from saltmarsh.status import read_statuses
-from saltmarsh.topics import ID_PATTERN
+from saltmarsh.contract.envelope import Envelope, parse
+from saltmarsh.contract.topics import ID_PATTERN
+from saltmarsh.ops.localfleet.mosquitto import BrokerSpec, Mosquitto
+from saltmarsh.ops.localfleet.processes import ServiceProcess, free_port
+from saltmarsh.runtime.status import read_statuses
 from tests.conftest import BrokerFactory
 from tests.support import Collector
 

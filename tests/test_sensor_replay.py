@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.config.sensor import DriverConfig
-from sensor.drivers import DriverError, ReplayDriver, ReplayError, Sample, open_driver, parse_replay
+from saltmarsh.contract.errors import ReplayError
+from sensor.drivers import DriverError, ReplayDriver, Sample, open_driver, parse_replay
 from sensor.drivers.replay import pacing_delays
 
 H = "timestamp,temperature\n"

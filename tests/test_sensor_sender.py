@@ -12,7 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config import BrokerConfig, SensorConfig
-from saltmarsh.spool import Lane, Spool
+from saltmarsh.runtime.spool import Lane, Spool
 from sensor import sender as sender_module
 from sensor.sender import SpoolSender
 

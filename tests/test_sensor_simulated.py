@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from saltmarsh.config.sensor import Anomaly, DriverConfig
-from saltmarsh.errors import ConfigError
+from saltmarsh.contract.errors import ConfigError
 from sensor.drivers import SimulatedDriver, open_driver, simulate
 
 MONDAY = 1_704_067_200.0  # 2024-01-01T00:00:00Z

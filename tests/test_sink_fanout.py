@@ -9,12 +9,12 @@ from botocore.exceptions import EndpointConnectionError  # type: ignore[import-u
 
 from saltmarsh.config.ingester import ingester_config
 from saltmarsh.config.table import Table
-from saltmarsh.errors import ConfigError
-from saltmarsh.selection import Rule, Selection
-from saltmarsh.sinks import SinkUnavailable, SqliteSink
+from saltmarsh.contract.errors import ConfigError, SinkUnavailable
+from saltmarsh.contract.topics import Channel
+from saltmarsh.sinks import SqliteSink
 from saltmarsh.sinks.fanout import FanoutSink
-from saltmarsh.sinks.kinesis import KinesisForwarder, KinesisSink, RetryPolicy
-from saltmarsh.topics import Channel
+from saltmarsh.sinks.kinesis.selection import Rule, Selection
+from saltmarsh.sinks.kinesis.sink import KinesisForwarder, KinesisSink, RetryPolicy
 from tests.kinesis_support import FlakyClient, MemoryKinesis, delivery, envelope
 
 ALERTS = Selection((Rule("alerts", kinds=frozenset({Channel.ALERT})),))

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.config.ingester import SinkConfig
-from saltmarsh.envelope import Envelope, Limits, Location, from_json, parse
-from saltmarsh.errors import ConfigError, Reason
+from saltmarsh.contract.envelope import Envelope, Limits, Location, from_json, parse
+from saltmarsh.contract.errors import ConfigError, Reason
+from saltmarsh.contract.topics import Channel, Topic
 from saltmarsh.sinks import (
     DeadLetter,
     Delivery,
@@ -25,7 +26,6 @@ from saltmarsh.sinks import (
     open_audit_source,
     open_sink,
 )
-from saltmarsh.topics import Channel, Topic
 
 NOW_MS = 1_700_000_000_000
 

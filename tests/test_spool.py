@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saltmarsh.spool import Lane, Record, Spool
+from saltmarsh.runtime.spool import Lane, Record, Spool
 
 
 def records(n: int, tag: str = "r") -> list[Record]:

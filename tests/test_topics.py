@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from saltmarsh.errors import Reason, ValidationError
-from saltmarsh.topics import DATA_CHANNELS, Channel, Topic, check_id, shared, site_filter
+from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.contract.topics import DATA_CHANNELS, Channel, Topic, check_id, shared, site_filter
 
 
 @pytest.mark.parametrize(

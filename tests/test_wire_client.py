@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from saltmarsh.mosquitto import Mosquitto
-from saltmarsh.wire.client import WireClient
-from saltmarsh.wire.codec import RC_NO_MATCHING_SUBSCRIBERS, RETAIN_SEND_IF_NEW_SUB, Publish, properties, user_property
+from saltmarsh.mqtt.codec import RC_NO_MATCHING_SUBSCRIBERS, RETAIN_SEND_IF_NEW_SUB, Publish, properties, user_property
+from saltmarsh.mqtt.wire import WireClient
+from saltmarsh.ops.localfleet.mosquitto import Mosquitto
 from tests.conftest import BrokerFactory
 
 _open: list[WireClient] = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from saltmarsh.wire.codec import (
+from saltmarsh.contract.errors import ProtocolError
+from saltmarsh.mqtt.codec import (
     DISCONNECT_PACKET,
     PINGREQ,
     PINGREQ_PACKET,
@@ -14,7 +15,6 @@ from saltmarsh.wire.codec import (
     SUBACK,
     ConnAck,
     Packet,
-    ProtocolError,
     Publish,
     Will,
     decode_connack,

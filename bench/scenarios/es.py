@@ -31,10 +31,10 @@ from bench.reading import ReadingTemplate, boot_id, device_id
 from bench.results import BenchReport, environment, figures_from_runs, fmt, ratio
 from bench.stats import rate_between
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
-from saltmarsh.envelope import parse
+from saltmarsh.contract.envelope import parse
 from saltmarsh.sinks.base import Delivery
-from saltmarsh.sinks.elasticsearch import ElasticsearchSink, message_document
-from saltmarsh.sinks.es_templates import READINGS, index_pattern, install_templates, monthly_index
+from saltmarsh.sinks.elasticsearch.sink import ElasticsearchSink, message_document
+from saltmarsh.sinks.elasticsearch.templates import READINGS, index_pattern, install_templates, monthly_index
 
 NAME = "es"
 TITLE = "Elasticsearch sink into osmem-server (emulator, not Elasticsearch), vs elasticsearch.helpers.bulk"

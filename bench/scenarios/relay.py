@@ -35,13 +35,13 @@ from bench.progress import Progress
 from bench.results import BenchReport, environment, figures_from_runs, fmt, ratio
 from bench.salt_events import job_returns
 from bench.stats import rate_between
-from saltmarsh.relay.config import RelayConfig, relay_config
+from saltmarsh.config.relay import RelayConfig, relay_config
 from saltmarsh.relay.documents import event_document, fleet_event
 from saltmarsh.relay.sender import EventStore, Relay
 from saltmarsh.relay.service import FleetEventStore
-from saltmarsh.sinks.elasticsearch import ElasticsearchSink
-from saltmarsh.sinks.es_bulk import BulkDoc, BulkResult, encode
-from saltmarsh.spool import Spool
+from saltmarsh.runtime.spool import Spool
+from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkResult, encode
+from saltmarsh.sinks.elasticsearch.sink import ElasticsearchSink
 
 NAME = "relay"
 TITLE = "Salt engine relay (queue, sender thread, bulk) vs one store call per event"

@@ -13,7 +13,7 @@ from bench.lab import Lab
 from bench.options import BenchOptions
 from bench.procstat import CpuMeter, memory_bytes
 from bench.results import BenchReport, environment, figures_from_runs, ratio
-from saltmarsh.processes import ServiceProcess
+from saltmarsh.ops.localfleet.processes import ServiceProcess
 
 NAME = "sensor"
 TITLE = "sensor agent at 1 Hz, vs a bare paho-mqtt publisher"

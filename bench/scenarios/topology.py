@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from bench.lab import Lab
 from bench.reading import SITE
-from saltmarsh.mosquitto import Mosquitto, bridge_lines
-from saltmarsh.processes import ServiceProcess
-from saltmarsh.wire.client import WireClient
-from saltmarsh.wire.codec import WireError
+from saltmarsh.contract.errors import WireError
+from saltmarsh.mqtt.wire import WireClient
+from saltmarsh.ops.localfleet.mosquitto import Mosquitto, bridge_lines
+from saltmarsh.ops.localfleet.processes import ServiceProcess
 
 GATEWAY_ID = "gw1"
 OURS = "ours"

@@ -19,10 +19,10 @@ from typing import Any
 
 from cloud_ingester.consumer import gateway_of
 from cloud_ingester.validate import validate
-from saltmarsh.envelope import Limits
+from saltmarsh.contract.envelope import Limits
+from saltmarsh.mqtt.wire import Publish
+from saltmarsh.runtime.status import RateMeter
 from saltmarsh.sinks.base import DeadLetter, Delivery, Sink, WriteResult
-from saltmarsh.status import RateMeter
-from saltmarsh.wire.client import Publish
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,13 @@ import select
 import time
 
 from saltmarsh.config.broker import BrokerConfig
-from saltmarsh.wire.broker import wire_client
-from saltmarsh.wire.client import ConnAck, Publish, WireClient
-from saltmarsh.wire.codec import RC_FIRST_FAILURE, WireError
+from saltmarsh.contract.errors import WireError
+from saltmarsh.mqtt.codec import GATEWAY_PROPERTY, QOS_AT_LEAST_ONCE, RC_FIRST_FAILURE
+from saltmarsh.mqtt.connect import wire_client
+from saltmarsh.mqtt.wire import ConnAck, Publish, WireClient
 
 log = logging.getLogger(__name__)
 
-QOS_AT_LEAST_ONCE = 1
-GATEWAY_PROPERTY = "gw"  # MQTT 5 user property the forwarder sets to its gateway id
 MAX_RECEIVE_MAXIMUM = 65_535
 CONNECT_TIMEOUT_S = 10.0
 BACKOFF_FIRST_S = 0.2

@@ -10,10 +10,11 @@ from typing import Any
 from cloud_ingester.batcher import BatchWriter, IngesterCounters
 from cloud_ingester.consumer import Consumer
 from saltmarsh.config.ingester import IngesterConfig, load_ingester_config
-from saltmarsh.daemon import serve
-from saltmarsh.sinks import SinkUnavailable, open_sink
-from saltmarsh.status import StatusPublisher
-from saltmarsh.topics import ROOT, shared
+from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.contract.topics import ROOT, shared
+from saltmarsh.runtime.daemon import serve
+from saltmarsh.runtime.status import StatusPublisher
+from saltmarsh.sinks import open_sink
 
 log = logging.getLogger("cloud_ingester")
 

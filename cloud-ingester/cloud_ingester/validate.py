@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 
-from saltmarsh.envelope import Limits, parse
-from saltmarsh.errors import Reason, ValidationError
+from saltmarsh.contract.envelope import Limits, parse
+from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.contract.topics import ID_PATTERN
 from saltmarsh.sinks.base import DeadLetter, Delivery
-from saltmarsh.topics import ID_PATTERN
 
 log = logging.getLogger(__name__)
 

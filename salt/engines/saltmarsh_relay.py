@@ -8,7 +8,7 @@ A thin adapter; the logic, and its tests, are in `saltmarsh.relay`. In the maste
       - saltmarsh_relay:
           config: /etc/saltmarsh/relay.toml    # or the same keys inline, without `config`
 
-See `saltmarsh.relay.config` for every key.
+See `saltmarsh.config.relay` for every key.
 """
 
 from __future__ import annotations

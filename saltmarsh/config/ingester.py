@@ -9,7 +9,7 @@ from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.config.elasticsearch import ElasticsearchConfig, elasticsearch_config
 from saltmarsh.config.kinesis import KinesisConfig, kinesis_config
 from saltmarsh.config.table import Table, load_toml
-from saltmarsh.envelope import Limits
+from saltmarsh.contract.envelope import Limits
 
 SINK_TYPES = ("sqlite", "elasticsearch")  # the store of record; Kinesis forwards alongside it
 

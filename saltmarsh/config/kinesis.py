@@ -6,7 +6,7 @@
     endpoint_url = "http://127.0.0.1:4567"        # optional: moto, kinesalite or LocalStack
     access_key_id_file = "/etc/saltmarsh/aws-key-id" # or access_key_id_env; both pairs optional,
     secret_access_key_env = "AWS_SECRET_ACCESS_KEY"  # else boto3's default credential chain
-    ordering = "per_device"                          # or "relaxed"; see saltmarsh.sinks.kinesis
+    ordering = "per_device"                          # or "relaxed"; see saltmarsh.sinks.kinesis.sink
 
     [[kinesis.select]]
     name = "alerts"
@@ -21,7 +21,7 @@
     tags = ["salt/job/*/ret/*"]
 
 Rule keys: `name` (required), `kinds`, `names`, `thresholds`, `topics`, `devices`, `sites`, or
-`tags` alone. See `saltmarsh.selection` for what they mean.
+`tags` alone. See `saltmarsh.sinks.kinesis.selection` for what they mean.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import re
 from dataclasses import dataclass
 
 from saltmarsh.config.table import Secret, Table
-from saltmarsh.selection import Globs, Rule, Selection, TagRule, Threshold
-from saltmarsh.topics import Channel
+from saltmarsh.contract.topics import Channel
+from saltmarsh.sinks.kinesis.selection import Globs, Rule, Selection, TagRule, Threshold
 
 MAX_BATCH_RECORDS = 500  # the PutRecords limit
 ORDERINGS = ("per_device", "relaxed")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.config.table import Table, load_toml
-from saltmarsh.envelope import Location
+from saltmarsh.contract.envelope import Location
 
 DRIVERS = ("simulated", "dht11", "dht22", "replay")
 ANOMALY_KINDS = ("stuck", "spike", "drift", "dropout")

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from saltmarsh.errors import ConfigError, ValidationError
-from saltmarsh.topics import check_id
+from saltmarsh.contract.errors import ConfigError, ValidationError
+from saltmarsh.contract.topics import check_id
 
 T = TypeVar("T")
 _MISSING: Any = object()

@@ -9,8 +9,8 @@ The layout reads in the order events flow: `bus` (reading, reconnecting, health)
 `config` is the one typed config, `service.run` wires them.
 """
 
+from saltmarsh.config.relay import DEFAULT_RELAY_TAGS, RelayConfig, engine_config, relay_config
 from saltmarsh.relay.bus import BusReader
-from saltmarsh.relay.config import DEFAULT_RELAY_TAGS, RelayConfig, engine_config, relay_config
 from saltmarsh.relay.documents import event_document, event_id, fleet_event, json_safe, kinesis_record
 from saltmarsh.relay.sender import HEALTH_TAG, Relay, Router
 from saltmarsh.relay.service import run, run_until_signalled

@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from saltmarsh.selection import Match
-from saltmarsh.sinks.elasticsearch import iso_ms, parse_ms
-from saltmarsh.sinks.es_bulk import BulkDoc
-from saltmarsh.sinks.es_templates import FLEET_EVENTS, monthly_index
-from saltmarsh.sinks.kinesis import MAX_PARTITION_KEY_CHARS, KinesisRecord
+from saltmarsh.sinks.elasticsearch.bulk import BulkDoc
+from saltmarsh.sinks.elasticsearch.sink import iso_ms, parse_ms
+from saltmarsh.sinks.elasticsearch.templates import FLEET_EVENTS, monthly_index
+from saltmarsh.sinks.kinesis.selection import Match
+from saltmarsh.sinks.kinesis.sink import MAX_PARTITION_KEY_CHARS, KinesisRecord
 
 # Where a tag names the minion, for events whose data does not carry `id`.
 _MINION_IN_TAG = (

@@ -31,13 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from saltmarsh.relay.config import RelayConfig
+from saltmarsh.config.relay import RelayConfig
+from saltmarsh.contract.errors import KinesisUnavailable, SinkUnavailable
 from saltmarsh.relay.documents import event_document, fleet_event, json_safe, kinesis_record
-from saltmarsh.selection import Globs, Match, Selection
-from saltmarsh.sinks.base import SinkUnavailable
-from saltmarsh.sinks.es_bulk import BulkDoc, BulkResult
-from saltmarsh.sinks.kinesis import KinesisRecord, KinesisUnavailable, PutOutcome
-from saltmarsh.spool import Lane, Record, Spool
+from saltmarsh.runtime.spool import Lane, Record, Spool
+from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkResult
+from saltmarsh.sinks.kinesis.selection import Globs, Match, Selection
+from saltmarsh.sinks.kinesis.sink import KinesisRecord, PutOutcome
 
 log = logging.getLogger(__name__)
 

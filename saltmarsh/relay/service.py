@@ -11,15 +11,15 @@ from types import FrameType
 
 from elasticsearch import ApiError, TransportError
 
+from saltmarsh.config.relay import RelayConfig
+from saltmarsh.contract.errors import SinkUnavailable
 from saltmarsh.relay.bus import BusReader, Firer, Listener
-from saltmarsh.relay.config import RelayConfig
 from saltmarsh.relay.sender import Relay
-from saltmarsh.sinks.base import SinkUnavailable
-from saltmarsh.sinks.elasticsearch import ElasticsearchSink
-from saltmarsh.sinks.es_bulk import BulkDoc, BulkResult
-from saltmarsh.sinks.es_templates import install_templates
-from saltmarsh.sinks.kinesis import KinesisForwarder, forwarder_from_config
-from saltmarsh.spool import Spool
+from saltmarsh.runtime.spool import Spool
+from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkResult
+from saltmarsh.sinks.elasticsearch.sink import ElasticsearchSink
+from saltmarsh.sinks.elasticsearch.templates import install_templates
+from saltmarsh.sinks.kinesis.sink import KinesisForwarder, forwarder_from_config
 
 log = logging.getLogger(__name__)
 

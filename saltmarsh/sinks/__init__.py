@@ -12,21 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from saltmarsh.config.ingester import SinkConfig
-from saltmarsh.errors import ConfigError
+from saltmarsh.contract.errors import ConfigError, SinkUnavailable
 from saltmarsh.sinks.base import (
     AuditSource,
     DeadLetter,
     Delivery,
     Sink,
-    SinkUnavailable,
     StoredKey,
     WriteResult,
 )
 from saltmarsh.sinks.sqlite import SqliteSink
 
 if TYPE_CHECKING:
-    from saltmarsh.sinks.elasticsearch import ElasticsearchSink
+    from saltmarsh.config.ingester import SinkConfig
+    from saltmarsh.sinks.elasticsearch.sink import ElasticsearchSink
 
 
 class ClosableAuditSource(AuditSource, Protocol):
@@ -41,7 +40,7 @@ def _record_sink(cfg: SinkConfig, read_only: bool = False) -> SqliteSink | Elast
     if cfg.type == "elasticsearch":
         if cfg.elasticsearch is None:
             raise ConfigError("sink.elasticsearch", "is required for sink type 'elasticsearch'")
-        from saltmarsh.sinks.elasticsearch import ElasticsearchSink
+        from saltmarsh.sinks.elasticsearch.sink import ElasticsearchSink
 
         return ElasticsearchSink(cfg.elasticsearch, read_only=read_only)
     raise ConfigError("sink.type", f"{cfg.type!r} has no backend")
@@ -53,7 +52,7 @@ def open_sink(cfg: SinkConfig) -> Sink:
     if cfg.kinesis is None:
         return record
     from saltmarsh.sinks.fanout import FanoutSink
-    from saltmarsh.sinks.kinesis import KinesisSink
+    from saltmarsh.sinks.kinesis.sink import KinesisSink
 
     return FanoutSink(record, KinesisSink.from_config(cfg.kinesis))
 

@@ -17,12 +17,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from saltmarsh.envelope import Envelope
-from saltmarsh.errors import Reason, SaltmarshError
-
-
-class SinkUnavailable(SaltmarshError):
-    """The sink cannot commit now; the caller keeps the batch unacked and retries later."""
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.errors import Reason
 
 
 @dataclass(frozen=True, slots=True)

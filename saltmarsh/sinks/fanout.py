@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from saltmarsh.sinks.base import DeadLetter, Delivery, Sink, WriteResult
-from saltmarsh.sinks.kinesis import KinesisSink
+from saltmarsh.sinks.kinesis.sink import KinesisSink
 
 
 class FanoutSink:

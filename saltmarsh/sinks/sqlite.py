@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from saltmarsh.sinks.base import DeadLetter, Delivery, SinkUnavailable, StoredKey, WriteResult
+from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.sinks.base import DeadLetter, Delivery, StoredKey, WriteResult
 
 # A rowid table plus the (device, boot, seq) key index, not WITHOUT ROWID: readings from many
 # devices arrive interleaved, and keeping ~300-byte rows in key order split pages on nearly every

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 from saltmarsh.config.sensor import DriverConfig
-from saltmarsh.errors import DriverError
+from saltmarsh.contract.errors import DriverError, ReplayError
 from sensor.drivers.base import Driver, ReadCounters, Sample, Wait, plain_sleep
 from sensor.drivers.dht import DeviceFactory, DhtDevice, DhtDriver, adafruit_device
-from sensor.drivers.replay import ReplayDriver, ReplayError, ReplayRow, iter_replay, parse_replay, parse_timestamp
+from sensor.drivers.replay import ReplayDriver, ReplayRow, iter_replay, parse_replay, parse_timestamp
 from sensor.drivers.simulated import SimulatedDriver, simulate
 
 __all__ = [

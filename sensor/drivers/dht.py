@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from saltmarsh.config.sensor import DriverConfig
-from saltmarsh.errors import DriverError
+from saltmarsh.contract.errors import DriverError
 from sensor.drivers.base import Driver, Sample, Wait, plain_sleep
 
 log = logging.getLogger(__name__)

@@ -18,24 +18,14 @@ from pathlib import Path
 from typing import TextIO
 
 from saltmarsh.config.sensor import DriverConfig
-from saltmarsh.errors import DriverError, ValidationError
-from saltmarsh.topics import check_id
+from saltmarsh.contract.errors import DriverError, ReplayError, ValidationError
+from saltmarsh.contract.topics import check_id
 from sensor.drivers.base import Driver, Sample
 
 TIMESTAMP_COLUMN = "timestamp"
 # 1e11 seconds is the year 5138 and 1e11 milliseconds is 1973, so the two cannot be confused.
 EPOCH_MS_ABOVE = 1e11
 KNOWN_UNITS = {"temperature": "°C", "humidity": "%", "pressure": "hPa", "light": "lx"}
-
-
-class ReplayError(DriverError):
-    def __init__(self, source: str, line: int, column: str | None, detail: str) -> None:
-        self.source = source
-        self.line = line
-        self.column = column
-        self.detail = detail
-        where = f"line {line}" + (f", column {column!r}" if column is not None else "")
-        super().__init__(f"{source}: {where}: {detail}")
 
 
 @dataclass(frozen=True, slots=True)

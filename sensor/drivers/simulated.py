@@ -15,7 +15,7 @@ import random
 import secrets
 
 from saltmarsh.config.sensor import Anomaly, DriverConfig
-from saltmarsh.errors import ConfigError
+from saltmarsh.contract.errors import ConfigError
 from sensor.drivers.base import Driver, Sample
 
 UNITS = {"temperature": "°C", "humidity": "%"}

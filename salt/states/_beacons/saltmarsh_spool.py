@@ -1,7 +1,7 @@
 """Salt beacon: the gateway forwarder's spool on the event bus.
 
 Reads the forwarder's status file (`<status_dir>/forwarder-<gateway id>.json`, written by
-`saltmarsh.status`) and fires one event per forwarder, tagged `salt/beacon/<minion>/saltmarsh_spool/<id>`:
+`saltmarsh.runtime.status`) and fires one event per forwarder, tagged `salt/beacon/<minion>/saltmarsh_spool/<id>`:
 
     {"gateway_id": "gw1", "spool_depth": 0, "oldest_unsent_age_s": 0.0, "drain_rate": 0.0,
      "evicted_total": 0, "stale": false, "updated_ms": 1732270000123}

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from saltmarsh.errors import Reason, ValidationError
-from saltmarsh.topics import ID_PATTERN, Channel, Topic, check_id
+from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.contract.topics import ID_PATTERN, Channel, Topic, check_id
 
 VERSION = 1
 MAX_METRICS = 64

@@ -11,8 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from saltmarsh.errors import SaltmarshError
-from saltmarsh.processes import ServiceProcess, free_port, wait_for_port
+from saltmarsh.contract.errors import SaltmarshError
+from saltmarsh.ops.localfleet.processes import ServiceProcess, free_port, wait_for_port
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 

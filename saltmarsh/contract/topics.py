@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from saltmarsh.errors import Reason, ValidationError
+from saltmarsh.contract.errors import Reason, ValidationError
 
 ROOT = "saltmarsh/v1"
 # \Z, not $: "$" also matches before a trailing newline, which would let "dev\n" through.

@@ -1,6 +1,6 @@
 """The one place that turns a BrokerConfig into a WireClient: identity, credentials and TLS.
 
-The WireClient twin of `saltmarsh.mqtt.make_client`, with the same TLS rules.
+The WireClient twin of `saltmarsh.mqtt.paho.make_client`, with the same TLS rules.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import ssl
 
 from saltmarsh.config.broker import BrokerConfig
-from saltmarsh.wire.client import WireClient
+from saltmarsh.mqtt.wire import WireClient
 
 
 def tls_context(cfg: BrokerConfig) -> ssl.SSLContext | None:

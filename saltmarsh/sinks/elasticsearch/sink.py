@@ -31,12 +31,18 @@ from elastic_transport import BaseNode
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
-from saltmarsh.errors import Reason, ValidationError
-from saltmarsh.sinks.base import DeadLetter, Delivery, SinkUnavailable, StoredKey, WriteResult
-from saltmarsh.sinks.es_bulk import BulkBuffer, BulkDoc, BulkPolicy, BulkResult, BulkWriter, Refusal
-from saltmarsh.sinks.es_plain import PlainJsonNode
-from saltmarsh.sinks.es_templates import DEAD_LETTERS, READINGS, index_pattern, install_templates, monthly_index
-from saltmarsh.topics import Channel, Topic
+from saltmarsh.contract.errors import Reason, SinkUnavailable, ValidationError
+from saltmarsh.contract.topics import Channel, Topic
+from saltmarsh.sinks.base import DeadLetter, Delivery, StoredKey, WriteResult
+from saltmarsh.sinks.elasticsearch.bulk import BulkBuffer, BulkDoc, BulkPolicy, BulkResult, BulkWriter, Refusal
+from saltmarsh.sinks.elasticsearch.plain import PlainJsonNode
+from saltmarsh.sinks.elasticsearch.templates import (
+    DEAD_LETTERS,
+    READINGS,
+    index_pattern,
+    install_templates,
+    monthly_index,
+)
 
 log = logging.getLogger(__name__)
 

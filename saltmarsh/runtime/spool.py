@@ -33,7 +33,7 @@ from pathlib import Path
 
 import diskcache
 
-from saltmarsh.errors import SpoolError
+from saltmarsh.contract.errors import SpoolError
 
 log = logging.getLogger(__name__)
 

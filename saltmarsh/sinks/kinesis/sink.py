@@ -61,9 +61,9 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from saltmarsh.config.kinesis import KinesisConfig
-from saltmarsh.errors import Reason
-from saltmarsh.selection import Selection
-from saltmarsh.sinks.base import DeadLetter, Delivery, SinkUnavailable, WriteResult
+from saltmarsh.contract.errors import KinesisUnavailable, Reason
+from saltmarsh.sinks.base import DeadLetter, Delivery, WriteResult
+from saltmarsh.sinks.kinesis.selection import Selection
 
 MAX_RECORDS_PER_CALL = 500
 MAX_CALL_BYTES = 5 * 1024 * 1024
@@ -107,14 +107,6 @@ class KinesisClient(Protocol):
     def put_records(self, *, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
-
-
-class KinesisUnavailable(SinkUnavailable):
-    """Kinesis did not take every record. `committed` holds the indices that it did take."""
-
-    def __init__(self, message: str, committed: Sequence[int]) -> None:
-        super().__init__(message)
-        self.committed = tuple(committed)
 
 
 @dataclass(frozen=True, slots=True)

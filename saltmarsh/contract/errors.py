@@ -6,6 +6,7 @@ Each one names the field, key or path at fault, because an operator reading a lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 
@@ -57,3 +58,35 @@ class SpoolError(SaltmarshError):
 
 class DriverError(SaltmarshError):
     """A sensor driver cannot start: hardware or library missing, or its input file is unusable."""
+
+
+class ReplayError(DriverError):
+    """A replay file is unusable: `source`, `line` and `column` say where."""
+
+    def __init__(self, source: str, line: int, column: str | None, detail: str) -> None:
+        self.source = source
+        self.line = line
+        self.column = column
+        self.detail = detail
+        where = f"line {line}" + (f", column {column!r}" if column is not None else "")
+        super().__init__(f"{source}: {where}: {detail}")
+
+
+class SinkUnavailable(SaltmarshError):
+    """The sink cannot commit now; the caller keeps the batch unacked and retries later."""
+
+
+class KinesisUnavailable(SinkUnavailable):
+    """Kinesis did not take every record. `committed` holds the indices that it did take."""
+
+    def __init__(self, message: str, committed: Sequence[int]) -> None:
+        super().__init__(message)
+        self.committed = tuple(committed)
+
+
+class WireError(Exception):
+    """An MQTT-level failure that is not the socket's: a refused packet or an exhausted id space."""
+
+
+class ProtocolError(WireError):
+    """The peer sent something this codec cannot parse; the connection must be dropped."""

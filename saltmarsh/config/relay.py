@@ -41,8 +41,8 @@ from typing import Any
 from saltmarsh.config.elasticsearch import ElasticsearchConfig, elasticsearch_config
 from saltmarsh.config.kinesis import KinesisConfig, kinesis_config
 from saltmarsh.config.table import Table
-from saltmarsh.errors import ConfigError
-from saltmarsh.selection import Globs, Selection
+from saltmarsh.contract.errors import ConfigError
+from saltmarsh.sinks.kinesis.selection import Globs, Selection
 
 DEFAULT_RELAY_TAGS = (
     "salt/job/*/ret/*",

@@ -9,13 +9,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from saltmarsh.audit import AuditReport, format_report, run_audit
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
-from saltmarsh.errors import SaltmarshError
-from saltmarsh.fleet import FleetPlan, LocalFleet
-from saltmarsh.progress import fleet_progress_line
+from saltmarsh.contract.errors import SaltmarshError
+from saltmarsh.ops.audit import AuditReport, format_report, run_audit
+from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
+from saltmarsh.ops.progress import fleet_progress_line
+from saltmarsh.runtime.status import read_statuses
 from saltmarsh.sinks import open_audit_source
-from saltmarsh.status import read_statuses
 
 DEFAULT_STATUS_DIR = Path("/run/saltmarsh/status")
 
@@ -142,8 +142,8 @@ def cmd_es_templates(args: argparse.Namespace) -> int:
     if sink.elasticsearch is None:
         print(f"saltmarsh es-templates: {args.config} has no [sink.elasticsearch]", file=sys.stderr)
         return 2
-    from saltmarsh.sinks.elasticsearch import open_client
-    from saltmarsh.sinks.es_templates import FAMILIES, install_templates, template_name
+    from saltmarsh.sinks.elasticsearch.sink import open_client
+    from saltmarsh.sinks.elasticsearch.templates import FAMILIES, install_templates, template_name
 
     es = sink.elasticsearch
     try:
@@ -157,7 +157,7 @@ def cmd_es_templates(args: argparse.Namespace) -> int:
 
 
 def cmd_pillar_new_site(args: argparse.Namespace) -> int:
-    from saltmarsh.sitegen import new_site
+    from saltmarsh.ops.pillar import new_site
 
     written = new_site(args.name, args.sensors, Path(args.pillar_dir))
     for path in written:

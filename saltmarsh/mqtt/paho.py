@@ -11,9 +11,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.broker import BrokerConfig
-from saltmarsh.wire.codec import puback_delivered
-
-QOS_AT_LEAST_ONCE = 1
+from saltmarsh.mqtt.codec import puback_delivered
 
 
 def make_client(cfg: BrokerConfig, *, manual_ack: bool = False) -> mqtt.Client:
@@ -61,7 +59,7 @@ def connect_client(
 
 
 def delivered(reason: ReasonCode) -> bool:
-    """paho's side of the one delivery rule, `saltmarsh.wire.codec.puback_delivered`: a
+    """paho's side of the one delivery rule, `saltmarsh.mqtt.codec.puback_delivered`: a
     "No matching subscribers" PUBACK (0x10) is success-class, but the broker threw the message
     away, so the sender keeps it and tries again."""
     return puback_delivered(reason.value)

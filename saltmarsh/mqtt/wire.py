@@ -18,7 +18,8 @@ import socket
 import ssl
 import time
 
-from saltmarsh.wire.codec import (
+from saltmarsh.contract.errors import ProtocolError, WireError
+from saltmarsh.mqtt.codec import (
     CONNACK,
     DISCONNECT,
     DISCONNECT_PACKET,
@@ -30,9 +31,7 @@ from saltmarsh.wire.codec import (
     SUBACK,
     ConnAck,
     Packet,
-    ProtocolError,
     Publish,
-    WireError,
     decode_connack,
     decode_disconnect,
     decode_suback,

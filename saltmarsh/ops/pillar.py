@@ -24,7 +24,7 @@ import re
 import secrets
 from pathlib import Path
 
-from saltmarsh.errors import ConfigError
+from saltmarsh.contract.errors import ConfigError
 
 # The site id is also an sls path component, where a dot would mean a subdirectory.
 SITE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")

@@ -26,8 +26,8 @@ from enum import StrEnum
 from fnmatch import fnmatchcase
 from typing import Any
 
-from saltmarsh.envelope import Envelope
-from saltmarsh.topics import ID_PATTERN, Channel
+from saltmarsh.contract.envelope import Envelope
+from saltmarsh.contract.topics import ID_PATTERN, Channel
 
 RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _THRESHOLD = re.compile(r"^\s*(?P<metric>\S+?)\s*(?P<op>>=|<=|>|<)\s*(?P<value>\S+)\s*$")

@@ -16,12 +16,13 @@ from typing import Any
 
 import tomli_w
 
-from saltmarsh.audit import AuditReport, run_audit
 from saltmarsh.config.ingester import load_ingester_config
-from saltmarsh.mosquitto import Mosquitto
-from saltmarsh.processes import ServiceProcess
-from saltmarsh.sinks import SinkUnavailable, open_audit_source
-from saltmarsh.status import ServiceStatus, read_statuses
+from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.ops.audit import AuditReport, run_audit
+from saltmarsh.ops.localfleet.mosquitto import Mosquitto
+from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.runtime.status import ServiceStatus, read_statuses
+from saltmarsh.sinks import open_audit_source
 
 SENSOR_PLACES = (
     ("garden", -27.4698, 153.0251),

@@ -27,7 +27,7 @@ from typing import Any, cast
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
-from saltmarsh.sinks.base import SinkUnavailable
+from saltmarsh.contract.errors import SinkUnavailable
 
 log = logging.getLogger(__name__)
 

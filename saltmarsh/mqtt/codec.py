@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from saltmarsh.contract.errors import ProtocolError
+
 CONNECT = 1
 CONNACK = 2
 PUBLISH = 3
@@ -42,18 +44,12 @@ RETAIN_SEND_IF_NEW_SUB = 0x10  # retained messages on a new subscription only, n
 RETAIN_DO_NOT_SEND = 0x20
 
 MAX_PACKET_ID = 0xFFFF
+QOS_AT_LEAST_ONCE = 1  # every saltmarsh publish and subscription
+GATEWAY_PROPERTY = "gw"  # MQTT 5 user property: the gateway that carried a message to the cloud
 MAX_REMAINING_LENGTH = 268_435_455
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-
-
-class WireError(Exception):
-    """An MQTT-level failure that is not the socket's: a refused packet or an exhausted id space."""
-
-
-class ProtocolError(WireError):
-    """The peer sent something this codec cannot parse; the connection must be dropped."""
 
 
 def varint(value: int) -> bytes:

@@ -17,8 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from saltmarsh import logs
-from saltmarsh.errors import ConfigError, SaltmarshError
+from saltmarsh.contract.errors import ConfigError, SaltmarshError
+from saltmarsh.runtime import logs
 
 EXIT_OK = 0
 EXIT_FAILED = 1

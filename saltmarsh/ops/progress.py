@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from saltmarsh.status import ServiceStatus
+from saltmarsh.runtime.status import ServiceStatus
 
 
 def _sum(statuses: Sequence[ServiceStatus], key: str) -> float:

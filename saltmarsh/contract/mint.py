@@ -1,0 +1,50 @@
+"""Minting: where a reading gets its identity `(device, boot, seq)`.
+
+The sensor agent mints its own readings; the gateway will mint readings for BLE devices that
+cannot run an agent. Both use these two functions, so an id means the same thing wherever it
+was made. `boot` is new at every start of whatever mints, and `seq` counts from 1 within it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+
+from saltmarsh.contract.envelope import Envelope, Location
+from saltmarsh.contract.topics import Channel
+
+
+def new_boot_id(now_s: float | None = None) -> str:
+    """Hex boot time, then randomness: unique per start and sortable by when the minter started."""
+    started = int(time.time() if now_s is None else now_s)
+    return f"{started:x}-{secrets.token_hex(4)}"
+
+
+def mint(
+    *,
+    device: str,
+    site: str,
+    boot: str,
+    seq: int,
+    ts_ms: int,
+    metrics: Mapping[str, float],
+    units: Mapping[str, str],
+    model: str | None = None,
+    firmware: str | None = None,
+    location: Location | None = None,
+) -> Envelope:
+    """A reading envelope with its identity; the envelope validates itself."""
+    return Envelope(
+        kind=Channel.READING,
+        device=device,
+        site=site,
+        boot=boot,
+        seq=seq,
+        ts_ms=ts_ms,
+        metrics=dict(metrics),
+        units=dict(units),
+        model=model,
+        firmware=firmware,
+        location=location,
+    )
