@@ -57,6 +57,12 @@ def raw(text: str) -> bytes:
     return doc(metrics={"temperature": "@@"}).replace(b'"@@"', text.encode())
 
 
+def twice(key: str, value: str, payload: bytes | None = None, key_text: str | None = None) -> bytes:
+    """`payload` (default: a valid reading) with `key` once more before itself, set to literal `value`."""
+    spelled = key if key_text is None else key_text
+    return (payload or doc()).replace(f'"{key}": '.encode(), f'"{spelled}": {value}, "{key}": '.encode(), 1)
+
+
 @dataclass(frozen=True)
 class Rejected:
     name: str
@@ -86,6 +92,22 @@ REJECTED = [
     Rejected("event without name", EVENT_TOPIC, doc(kind="event"), Reason.MISSING_FIELD, "name"),
     Rejected("alert without name", ALERT_TOPIC, doc(kind="alert"), Reason.MISSING_FIELD, "name"),
     Rejected("location without lon", READING_TOPIC, doc(location={"lat": 1.0}), Reason.MISSING_FIELD, "location.lon"),
+    # duplicate keys, anywhere: parsers disagree on which one wins
+    Rejected("duplicate seq", READING_TOPIC, twice("seq", "3"), Reason.MALFORMED_JSON, "seq"),
+    Rejected("duplicate v", READING_TOPIC, twice("v", "1"), Reason.MALFORMED_JSON, "v"),
+    Rejected("duplicate metric", READING_TOPIC, twice("temperature", "1"), Reason.MALFORMED_JSON, "temperature"),
+    Rejected("duplicate unknown key", READING_TOPIC, twice("x", "2", doc(x=1)), Reason.MALFORMED_JSON, "x"),
+    Rejected("duplicate with escapes", READING_TOPIC, twice("seq", "3", doc(detail="°")), Reason.MALFORMED_JSON, "seq"),
+    Rejected(
+        "duplicate escaped key", READING_TOPIC, twice("seq", "3", key_text="s\\u0065q"), Reason.MALFORMED_JSON, "seq"
+    ),
+    Rejected(
+        "duplicate in location",
+        READING_TOPIC,
+        twice("lat", "1", doc(location={"lat": 1, "lon": 2})),
+        Reason.MALFORMED_JSON,
+        "lat",
+    ),
     # wrong types, one per field
     Rejected("v as string", READING_TOPIC, doc(v="1"), Reason.UNSUPPORTED_VERSION, "v"),
     Rejected("v as float", READING_TOPIC, doc(v=1.0), Reason.UNSUPPORTED_VERSION, "v"),
@@ -137,7 +159,9 @@ REJECTED = [
     # values out of range
     Rejected("version 2", READING_TOPIC, doc(v=2), Reason.UNSUPPORTED_VERSION, "v"),
     Rejected("negative seq", READING_TOPIC, doc(seq=-1), Reason.INVALID_VALUE, "seq"),
-    Rejected("seq beyond int64", READING_TOPIC, doc(seq=MAX_SEQ + 1), Reason.INVALID_VALUE, "seq"),
+    Rejected("seq beyond 2**53-1", READING_TOPIC, doc(seq=MAX_SEQ + 1), Reason.INVALID_VALUE, "seq"),
+    Rejected("seq at int64 max", READING_TOPIC, doc(seq=2**63 - 1), Reason.INVALID_VALUE, "seq"),
+    Rejected("ts beyond 2**53-1", READING_TOPIC, doc(ts=2**53), Reason.INVALID_VALUE, "ts"),
     Rejected("negative ts", READING_TOPIC, doc(ts=-5), Reason.INVALID_VALUE, "ts"),
     Rejected("reading without metrics", READING_TOPIC, doc(metrics={}), Reason.INVALID_VALUE, "metrics"),
     Rejected(
@@ -375,8 +399,11 @@ def test_common_messages_take_the_fast_path_and_keep_their_text() -> None:
     # Text the fast path cannot vouch for is parsed, but stored re-encoded.
     assert parse(READING_TOPIC, doc(extra=1), NOW_MS, LIMITS).raw_json is None
     assert parse(READING_TOPIC, doc(detail='say "hi"'), NOW_MS, LIMITS).raw_json is None
+    assert parse(READING_TOPIC, doc(units={"temperature": "\u00b0C"}), NOW_MS, LIMITS).raw_json is None
     duplicate = doc().replace(b'"seq": 42', b'"seq": 41, "seq": 42')
-    assert parse(READING_TOPIC, duplicate, NOW_MS, LIMITS).raw_json is None
+    assert _parse_common(READING_TOPIC, duplicate, NOW_MS, LIMITS) is None
+    with pytest.raises(ValidationError, match="duplicate key 'seq'"):
+        parse(READING_TOPIC, duplicate, NOW_MS, LIMITS)
     # replace() builds a different envelope: it must not carry the old text along.
     assert replace(common, seq=43).raw_json is None
 
@@ -428,3 +455,74 @@ def test_fuzz_fast_path_agrees_on_well_formed_readings(
     if duplicate_last:
         body = body[:-1] + ', "seq": 7}'
     _agrees_with_the_detailed_validator(READING_TOPIC, body.encode())
+
+
+# An Envelope validates itself, however it is made (mint, replace, a test): the same rules as the
+# wire, named by the same fields. (The parsers build through a trusted constructor instead, since
+# they have just checked every field; the fuzz tests above hold them to the same rules.)
+
+BAD_ENVELOPES: list[tuple[str, dict[str, Any], Reason, str]] = [
+    ("status kind", {"kind": Channel.STATUS}, Reason.INVALID_VALUE, "kind"),
+    ("kind as text", {"kind": "reading"}, Reason.INVALID_VALUE, "kind"),
+    ("device with space", {"device": "probe 7"}, Reason.INVALID_VALUE, "device"),
+    ("device as int", {"device": 7}, Reason.WRONG_TYPE, "device"),
+    ("empty site", {"site": ""}, Reason.INVALID_VALUE, "site"),
+    ("boot with slash", {"boot": "b/1"}, Reason.INVALID_VALUE, "boot"),
+    ("negative seq", {"seq": -1}, Reason.INVALID_VALUE, "seq"),
+    ("seq beyond 2**53-1", {"seq": MAX_SEQ + 1}, Reason.INVALID_VALUE, "seq"),
+    ("seq as float", {"seq": 1.0}, Reason.WRONG_TYPE, "seq"),
+    ("seq as bool", {"seq": True}, Reason.WRONG_TYPE, "seq"),
+    ("negative ts", {"ts_ms": -1}, Reason.INVALID_VALUE, "ts"),
+    ("ts beyond 2**53-1", {"ts_ms": MAX_SEQ + 1}, Reason.INVALID_VALUE, "ts"),
+    ("reading without metrics", {"metrics": {}}, Reason.INVALID_VALUE, "metrics"),
+    ("metrics as list", {"metrics": [1.0]}, Reason.WRONG_TYPE, "metrics"),
+    ("NaN metric", {"metrics": {"t": float("nan")}}, Reason.NON_FINITE, "metrics.t"),
+    ("infinite metric", {"metrics": {"t": float("inf")}}, Reason.NON_FINITE, "metrics.t"),
+    ("huge int metric", {"metrics": {"t": 10**400}}, Reason.NON_FINITE, "metrics.t"),
+    ("bool metric", {"metrics": {"t": True}}, Reason.WRONG_TYPE, "metrics.t"),
+    ("metric name with space", {"metrics": {"a b": 1.0}}, Reason.INVALID_VALUE, "metrics.a b"),
+    ("too many metrics", {"metrics": {f"m{i}": 1.0 for i in range(MAX_METRICS + 1)}}, Reason.INVALID_VALUE, "metrics"),
+    ("event without name", {"kind": Channel.EVENT}, Reason.MISSING_FIELD, "name"),
+    ("alert without name", {"kind": Channel.ALERT}, Reason.MISSING_FIELD, "name"),
+    ("name too long", {"name": "x" * 257}, Reason.INVALID_VALUE, "name"),
+    ("detail as int", {"detail": 3}, Reason.WRONG_TYPE, "detail"),
+    ("model too long", {"model": "m" * 257}, Reason.INVALID_VALUE, "model"),
+    ("firmware as float", {"firmware": 1.0}, Reason.WRONG_TYPE, "firmware"),
+    ("unit as int", {"units": {"t": 1}}, Reason.WRONG_TYPE, "units.t"),
+    ("unit key as int", {"units": {1: "C"}}, Reason.WRONG_TYPE, "units"),
+    ("location as tuple", {"location": (1.0, 2.0)}, Reason.WRONG_TYPE, "location"),
+]
+
+BAD_LOCATIONS: list[tuple[str, tuple[Any, ...], Reason, str]] = [
+    ("lat beyond 90", (90.5, 0.0), Reason.INVALID_VALUE, "location.lat"),
+    ("lon beyond 180", (0.0, -180.5), Reason.INVALID_VALUE, "location.lon"),
+    ("NaN lat", (float("nan"), 0.0), Reason.NON_FINITE, "location.lat"),
+    ("lat as text", ("1", 0.0), Reason.WRONG_TYPE, "location.lat"),
+    ("place too long", (0.0, 0.0, "p" * 257), Reason.INVALID_VALUE, "location.place"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "field"), [c[1:] for c in BAD_ENVELOPES], ids=[c[0] for c in BAD_ENVELOPES]
+)
+def test_envelope_refuses_bad_fields(changes: dict[str, Any], reason: Reason, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        replace(BASE, **changes)
+    assert (caught.value.reason, caught.value.field) == (reason, field)
+
+
+@pytest.mark.parametrize(("args", "reason", "field"), [c[1:] for c in BAD_LOCATIONS], ids=[c[0] for c in BAD_LOCATIONS])
+def test_location_refuses_bad_fields(args: tuple[Any, ...], reason: Reason, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Location(*args)
+    assert (caught.value.reason, caught.value.field) == (reason, field)
+
+
+def test_mint_validates_and_the_largest_seq_is_accepted() -> None:
+    from saltmarsh.contract.mint import mint
+
+    kwargs: dict[str, Any] = {"device": "probe-7", "site": "marsh-1", "boot": "b1", "ts_ms": NOW_MS, "units": {}}
+    assert mint(seq=MAX_SEQ, metrics={"t": 1}, **kwargs).seq == 2**53 - 1
+    with pytest.raises(ValidationError, match=r"'metrics\.t'"):
+        mint(seq=1, metrics={"t": float("nan")}, **kwargs)
+    assert parse(READING_TOPIC, doc(seq=MAX_SEQ), NOW_MS, LIMITS).seq == MAX_SEQ

@@ -21,7 +21,10 @@ from saltmarsh.contract.topics import ID_PATTERN, Channel, Topic, check_id
 VERSION = 1
 MAX_METRICS = 64
 MAX_TEXT = 256
-MAX_SEQ = 2**63 - 1
+# seq and ts stay within the integers a double holds exactly, so that Elasticsearch (whose
+# `long` a JavaScript client or a `double` aggregation reads as a float) and any JavaScript reader
+# see the very number the sensor minted.
+MAX_SEQ = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,9 @@ class Location:
     lat: float
     lon: float
     place: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_location(self.lat, self.lon, self.place)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"lat": self.lat, "lon": self.lon}
@@ -65,6 +71,29 @@ class Envelope:
     # resolve differently), no escapes. A sink may store it as is instead of encoding the envelope
     # again. Outside __init__ and comparison, so `dataclasses.replace` never carries a stale copy.
     raw_json: str | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Refuse an envelope the contract would refuse on the wire, naming the field."""
+        if not isinstance(self.kind, Channel) or not self.kind.carries_data:
+            raise ValidationError(Reason.INVALID_VALUE, "kind", f"{self.kind!r} is not a data channel")
+        for name in ("device", "site", "boot"):
+            check_id(name, getattr(self, name))
+        _int("seq", self.seq, 0, MAX_SEQ)
+        _int("ts", self.ts_ms, 0, MAX_SEQ)
+        _metrics(self.metrics)
+        if self.kind is Channel.READING:
+            if not self.metrics:
+                raise ValidationError(Reason.INVALID_VALUE, "metrics", "a reading needs at least one metric")
+        elif self.name is None:
+            raise ValidationError(Reason.MISSING_FIELD, "name", f"is required for a {self.kind.value}")
+        for name in ("name", "detail", "model", "firmware"):
+            value = getattr(self, name)
+            if value is not None:
+                _text(name, value)
+        _units(self.units)
+        if self.location is not None and not isinstance(self.location, Location):
+            got = type(self.location).__name__
+            raise ValidationError(Reason.WRONG_TYPE, "location", f"expected a Location, got {got}")
 
     @property
     def key(self) -> str:
@@ -105,6 +134,19 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite literal {name}")
 
 
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON parsers disagree on which of two equal keys wins (Python and Elasticsearch keep the
+    # last, others the first or refuse), so a document with one says two things: refuse it.
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValidationError(Reason.MALFORMED_JSON, key[:80], f"duplicate key {key[:80]!r}")
+            seen.add(key)
+    return doc
+
+
 def decode_json(payload: bytes, limits: Limits) -> dict[str, Any]:
     """Bytes to a JSON object, or a ValidationError naming why not."""
     if len(payload) > limits.max_payload_bytes:
@@ -116,7 +158,7 @@ def decode_json(payload: bytes, limits: Limits) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ValidationError(Reason.NOT_UTF8, "payload", f"invalid UTF-8 at byte {err.start}") from None
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
     except RecursionError:
         # Deeply nested arrays exhaust the C scanner's stack guard well inside the size limit.
         raise ValidationError(Reason.MALFORMED_JSON, "payload", "nested too deeply") from None
@@ -169,21 +211,24 @@ def _optional_text(doc: Mapping[str, Any], name: str) -> str | None:
 
 
 def _metrics(value: Any) -> dict[str, float]:
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise ValidationError(Reason.WRONG_TYPE, "metrics", f"expected object, got {type(value).__name__}")
     if len(value) > MAX_METRICS:
         raise ValidationError(Reason.INVALID_VALUE, "metrics", f"more than {MAX_METRICS} metrics")
     out: dict[str, float] = {}
     for metric, number in value.items():
-        check_id(f"metrics.{metric[:40]}", metric)
+        check_id(f"metrics.{str(metric)[:40]}", metric)
         out[metric] = _number(f"metrics.{metric}", number)
     return out
 
 
 def _units(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise ValidationError(Reason.WRONG_TYPE, "units", f"expected object, got {type(value).__name__}")
-    return {str(k): _text(f"units.{k}", v) for k, v in value.items()}
+    for unit in value:
+        if not isinstance(unit, str):
+            raise ValidationError(Reason.WRONG_TYPE, "units", f"expected string keys, got {type(unit).__name__}")
+    return {k: _text(f"units.{k}", v) for k, v in value.items()}
 
 
 def _location(value: Any) -> Location:
@@ -191,12 +236,20 @@ def _location(value: Any) -> Location:
         raise ValidationError(Reason.WRONG_TYPE, "location", f"expected object, got {type(value).__name__}")
     lat = _number("location.lat", _required(value, "lat", "location.lat"))
     lon = _number("location.lon", _required(value, "lon", "location.lon"))
+    place = value.get("place")
+    _check_location(lat, lon, place)
+    return _trusted_location(lat, lon, place)
+
+
+def _check_location(lat: Any, lon: Any, place: Any) -> None:
+    lat = _number("location.lat", lat)
+    lon = _number("location.lon", lon)
     if not -90.0 <= lat <= 90.0:
         raise ValidationError(Reason.INVALID_VALUE, "location.lat", f"{lat} is outside [-90, 90]")
     if not -180.0 <= lon <= 180.0:
         raise ValidationError(Reason.INVALID_VALUE, "location.lon", f"{lon} is outside [-180, 180]")
-    place = value.get("place")
-    return Location(lat, lon, None if place is None else _text("location.place", place))
+    if place is not None:
+        _text("location.place", place)
 
 
 def from_json(doc: Mapping[str, Any], topic: Topic, now_ms: int, limits: Limits) -> Envelope:
@@ -227,21 +280,86 @@ def from_json(doc: Mapping[str, Any], topic: Topic, now_ms: int, limits: Limits)
     if is_reading and not metrics:
         raise ValidationError(Reason.INVALID_VALUE, "metrics", "a reading needs at least one metric")
     name = _text("name", _required(doc, "name")) if not is_reading else _optional_text(doc, "name")
-    return Envelope(
-        kind=topic.channel,
-        device=device,
-        site=site,
-        boot=boot,
-        seq=seq,
-        ts_ms=ts_ms,
-        metrics=metrics,
-        name=name,
-        detail=_optional_text(doc, "detail"),
-        units=_units(doc["units"]) if doc.get("units") is not None else {},
-        model=_optional_text(doc, "model"),
-        firmware=_optional_text(doc, "firmware"),
-        location=_location(doc["location"]) if doc.get("location") is not None else None,
+    # Every field was checked above, with the wire's own field names and order of checks.
+    return _trusted_envelope(
+        topic.channel,
+        device,
+        site,
+        boot,
+        seq,
+        ts_ms,
+        metrics,
+        name,
+        _optional_text(doc, "detail"),
+        _units(doc["units"]) if doc.get("units") is not None else {},
+        _optional_text(doc, "model"),
+        _optional_text(doc, "firmware"),
+        _location(doc["location"]) if doc.get("location") is not None else None,
+        None,
     )
+
+
+# Trusted constructors, for the two validators above and below only. They build exactly what the
+# dataclass __init__ builds but skip __post_init__, because their caller has just checked every
+# field against the same rules (with the wire's field names and order of checks) and the
+# ingester's fast path cannot afford to check each one twice: at ~40k messages a second,
+# __post_init__ would add about as much again as the whole fast path costs. Anything else that
+# makes an Envelope (mint, replace, tests) goes through __init__ and is validated.
+_new = object.__new__
+_set = object.__setattr__
+# The slots' own setters, which a frozen dataclass's __setattr__ does not intercept: calling them
+# directly costs a third less than object.__setattr__ by name.
+_ENVELOPE_SETTERS = tuple(Envelope.__dict__[name].__set__ for name in Envelope.__slots__)
+assert Envelope.__slots__ == (
+    "kind", "device", "site", "boot", "seq", "ts_ms", "metrics",
+    "name", "detail", "units", "model", "firmware", "location", "raw_json",
+)  # fmt: skip
+
+
+def _trusted_location(lat: float, lon: float, place: str | None) -> Location:
+    location = _new(Location)
+    _set(location, "lat", lat)
+    _set(location, "lon", lon)
+    _set(location, "place", place)
+    return location
+
+
+def _trusted_envelope(  # noqa: PLR0917 - positional on purpose: the fast path calls it per message
+    kind: Channel,
+    device: str,
+    site: str,
+    boot: str,
+    seq: int,
+    ts_ms: int,
+    metrics: dict[str, float],
+    name: str | None,
+    detail: str | None,
+    units: dict[str, str],
+    model: str | None,
+    firmware: str | None,
+    location: Location | None,
+    raw_json: str | None,
+) -> Envelope:
+    envelope = _new(Envelope)
+    (
+        set_kind, set_device, set_site, set_boot, set_seq, set_ts_ms, set_metrics,
+        set_name, set_detail, set_units, set_model, set_firmware, set_location, set_raw_json,
+    ) = _ENVELOPE_SETTERS  # fmt: skip
+    set_kind(envelope, kind)
+    set_device(envelope, device)
+    set_site(envelope, site)
+    set_boot(envelope, boot)
+    set_seq(envelope, seq)
+    set_ts_ms(envelope, ts_ms)
+    set_metrics(envelope, metrics)
+    set_name(envelope, name)
+    set_detail(envelope, detail)
+    set_units(envelope, units)
+    set_model(envelope, model)
+    set_firmware(envelope, firmware)
+    set_location(envelope, location)
+    set_raw_json(envelope, raw_json)
+    return envelope
 
 
 def parse(topic: str, payload: bytes, now_ms: int, limits: Limits = Limits()) -> Envelope:
@@ -413,12 +531,33 @@ def _parse_common(topic: str, payload: bytes, now_ms: int, limits: Limits) -> En
                 return None
             strings += 1
         strings += len(raw_location)
-        location = Location(lat, lon, place)
+        location = _trusted_location(lat, lon, place)
 
-    envelope = Envelope(
-        channel, topic_device, topic_site, boot, seq, ts_ms, metrics, name, detail, units, model, firmware, location
+    # Every quote in the text that is not escaped delimits a string token; more of them than the
+    # document's strings means a key appeared twice, which the detailed validator refuses by name.
+    # Escaped backslashes are removed first, so that what remains of `\"` is an escaped quote.
+    if "\\" in text:
+        unescaped = text.replace("\\\\", "")
+        if unescaped.count('"') - unescaped.count('\\"') != 2 * strings:
+            return None
+        raw_json = None  # the text says the same thing, but spelled differently from our encoding
+    elif text.count('"') != 2 * strings:
+        return None
+    else:
+        raw_json = text
+    return _trusted_envelope(
+        channel,
+        topic_device,
+        topic_site,
+        boot,
+        seq,
+        ts_ms,
+        metrics,
+        name,
+        detail,
+        units,
+        model,
+        firmware,
+        location,
+        raw_json,
     )
-    # Without a backslash every quote in the text delimits a string, so the count is exact.
-    if "\\" not in text and text.count('"') == 2 * strings:
-        object.__setattr__(envelope, "raw_json", text)
-    return envelope
