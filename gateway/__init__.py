@@ -10,10 +10,16 @@ Out: the same topic and payload on the cloud broker at QoS 1, MQTT 5, tagged wit
      `drain_rate_limit`, alerts and events before readings. Counters go to
      `<status_dir>/forwarder-<gateway_id>.json`.
 
-Parts, each testable alone: `source` (site subscription) -> `committer` (group commit into
-`saltmarsh.runtime.spool`) -> `sender` (uplink), scheduled by `schedule` and `token_bucket`, wired by
-`service.run`. Later hops plug in beside them: a downlink relay for commands, a BLE collector
-feeding the committer.
+Parts, each testable alone, wired in `service.run` in the order the data flows:
+- `source`: the site subscription; PUBLISHes gathered into batches, PUBACKed once spooled.
+- `committer`: group commit of each batch into `saltmarsh.runtime.spool`, one fsync per batch,
+  carrying the deletes of delivered segments.
+- `sender`: spooled segments up to the uplink, live first, the backlog under `token_bucket`
+  and `schedule`.
+- `connector`: (re)connects a link from a helper thread, with `saltmarsh.runtime.backoff`.
+- `loop`: the one thread that owns both connections and carries the hand-offs between them.
+Later hops plug in beside them: a downlink relay for commands, a BLE collector feeding the
+source.
 """
 
 from gateway.schedule import Phase, SendQueue, batch_size

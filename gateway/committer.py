@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.source import Inbound
+from saltmarsh.runtime.backoff import BackoffPolicy, backoff_delay
 from saltmarsh.runtime.spool import Lane, Record, Segment, Spool
 
 log = logging.getLogger(__name__)
 
-_RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 5.0)
+# A local disk: no fleet retries with us, so no jitter.
+RETRY_BACKOFF = BackoffPolicy(base_s=0.1, cap_s=5.0, jitter=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,8 @@ class GroupCommitter:
                         extra={"event": "spool_append_abandoned", "messages": len(bulk) + len(keep), "why": repr(err)},
                     )
                     return
-                delay = _RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)]
+                attempt += 1
+                delay = backoff_delay(attempt, RETRY_BACKOFF, 0.0)
                 log.error(
                     "spool append failed; batch kept unacked and retried",
                     extra={
@@ -135,7 +138,6 @@ class GroupCommitter:
                         "why": repr(err),
                     },
                 )
-                attempt += 1
                 time.sleep(delay)
         self.removed_total += len(removals)
         if not batches:

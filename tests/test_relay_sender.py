@@ -18,9 +18,10 @@ import pytest
 from saltmarsh.config.relay import RelayConfig, relay_config
 from saltmarsh.contract.errors import KinesisUnavailable, SinkUnavailable
 from saltmarsh.ops.localfleet.processes import free_port
-from saltmarsh.relay.bus import DEAF_AFTER_UNHEARD, Backoff, BusReader
+from saltmarsh.relay.bus import DEAF_AFTER_UNHEARD, BusReader
 from saltmarsh.relay.sender import ELASTICSEARCH, HEALTH_TAG, SPILL_BATCH, Pending, Relay
 from saltmarsh.relay.service import run_until_signalled
+from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
 from saltmarsh.runtime.spool import Lane, Record, Spool
 from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkResult, Refusal
 from saltmarsh.sinks.kinesis.sink import KinesisRecord, PutOutcome
@@ -372,7 +373,7 @@ def reader(rig: Rig, listeners: list[FakeListener], firer: FakeFirer, stop: NoWa
         health_interval_s=10.0,
         stop=stop,  # type: ignore[arg-type]
         clock=rig.clock,
-        backoff=Backoff(0.5, 4.0),
+        backoff=Backoff(BackoffPolicy(base_s=0.5, cap_s=4.0, jitter=False)),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saltmarsh.contract.errors import Reason, ValidationError
-from saltmarsh.contract.topics import DATA_CHANNELS, Channel, Topic, check_id, shared, site_filter
+from saltmarsh.contract.topics import Channel, Topic, check_id, shared
 
 
 @pytest.mark.parametrize(
@@ -56,12 +56,9 @@ def test_a_topic_with_a_bad_id_fails_at_construction_naming_the_level() -> None:
     assert caught.value.field == "topic.site"
 
 
-def test_filters() -> None:
-    assert site_filter() == "saltmarsh/v1/+/+/+"
-    assert site_filter("marsh-1", Channel.READING) == "saltmarsh/v1/marsh-1/+/reading"
+def test_shared_subscription_filter() -> None:
     assert shared("ingesters", "saltmarsh/v1/+/#") == "$share/ingesters/saltmarsh/v1/+/#"
 
 
-def test_only_data_channels_carry_data_and_only_readings_are_evictable() -> None:
-    assert DATA_CHANNELS == (Channel.READING, Channel.EVENT, Channel.ALERT)
-    assert [c for c in Channel if c.evictable] == [Channel.READING]
+def test_only_data_channels_carry_data() -> None:
+    assert [c for c in Channel if c.carries_data] == [Channel.READING, Channel.EVENT, Channel.ALERT]

@@ -31,14 +31,6 @@ class Channel(StrEnum):
         """Data channels carry sequenced envelopes that must reach the sink."""
         return self in (Channel.READING, Channel.EVENT, Channel.ALERT)
 
-    @property
-    def evictable(self) -> bool:
-        """Only plain readings may be evicted under a disk quota; events and alerts never are."""
-        return self is Channel.READING
-
-
-DATA_CHANNELS = tuple(c for c in Channel if c.carries_data)
-
 
 def check_id(field: str, value: object) -> str:
     """Validate a site, device or boot id: safe in topics, file names and Elasticsearch ids."""
@@ -77,12 +69,6 @@ class Topic:
             return cls(parts[2], parts[3], channel)
         except ValidationError as err:
             raise ValidationError(Reason.UNKNOWN_TOPIC, err.field, err.detail) from None
-
-
-def site_filter(site: str = "+", channel: Channel | str = "+") -> str:
-    """A subscription filter for one site (or all, with '+') and one channel."""
-    ch = channel.value if isinstance(channel, Channel) else channel
-    return f"{ROOT}/{site}/+/{ch}"
 
 
 def shared(group: str, topic_filter: str) -> str:

@@ -17,15 +17,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from saltmarsh.relay.sender import HEALTH_TAG, Relay
+from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # how long one get_event waits: the reader's tick when the bus is quiet
 DEAF_AFTER_UNHEARD = 2
+# Capped doubling, reset once the bus works again. No jitter: there is one relay per master, so
+# no herd to spread out.
+BUS_BACKOFF = BackoffPolicy(base_s=0.5, cap_s=30.0, jitter=False)
 
 
 class Listener(Protocol):
@@ -38,22 +41,6 @@ class Firer(Protocol):
     def fire_event(self, data: dict[str, Any], tag: str, timeout: int = ...) -> Any: ...
 
     def destroy(self) -> None: ...
-
-
-@dataclass
-class Backoff:
-    """Capped doubling; reset once the bus works again."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    _next: float = 0.0
-
-    def delay(self) -> float:
-        self._next = self.base_s if self._next == 0.0 else min(self.cap_s, self._next * 2)
-        return self._next
-
-    def reset(self) -> None:
-        self._next = 0.0
 
 
 def _close(handle: Listener | Firer | None) -> None:
@@ -85,7 +72,7 @@ class BusReader:
         self.health_interval_s = health_interval_s
         self.stop = stop if stop is not None else threading.Event()
         self._clock = clock
-        self._backoff = backoff if backoff is not None else Backoff()
+        self._backoff = backoff if backoff is not None else Backoff(BUS_BACKOFF)
         self._listener: Listener | None = None
         self._firer: Firer | None = None
         self._next_health = clock() + health_interval_s
@@ -126,7 +113,7 @@ class BusReader:
         return event
 
     def _reconnect(self, why: str) -> None:
-        delay = self._backoff.delay()
+        delay = self._backoff.next_delay()
         log.warning(
             "salt event bus lost; reconnecting",
             extra={"event": "relay_bus_reconnect", "why": why[:300], "delay_s": delay},
