@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -12,14 +11,14 @@ from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 from elastic_transport import ConnectionError as TransportConnectionError
 from elasticsearch import ApiError, Elasticsearch
 
+from saltmarsh.config.elasticsearch import ElasticsearchConfig
 from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.runtime.backoff import BackoffPolicy, backoff_delay
 from saltmarsh.sinks.elasticsearch.bulk import (
-    BulkBuffer,
     BulkDoc,
     BulkPolicy,
     BulkResult,
     BulkWriter,
-    backoff_s,
     chunked,
     encode,
 )
@@ -71,8 +70,7 @@ def writer(client: ScriptedClient, sleeps: list[float], **policy: Any) -> BulkWr
         "max_docs": 100,
         "max_bytes": 1_000_000,
         "retry_max": 3,
-        "backoff_base_s": 1.0,
-        "backoff_cap_s": 4.0,
+        "backoff": BackoffPolicy(base_s=1.0, cap_s=4.0),
     }
     settings.update(policy)
     return BulkWriter(cast(Elasticsearch, client), BulkPolicy(**settings), sleep=sleeps.append, jitter=lambda: 0.5)
@@ -133,7 +131,13 @@ def test_failures_that_leave_the_batch_to_the_caller(answers: list[Answer], mess
     [(0, 0.0, 0.1), (0, 0.999, 0.1999), (1, 0.0, 0.2), (3, 0.5, 1.2), (6, 0.0, 2.5), (30, 1.0, 5.0)],
 )
 def test_backoff_is_exponential_capped_and_jittered(attempt: int, jitter: float, expected: float) -> None:
-    assert backoff_s(attempt, base_s=0.2, cap_s=5.0, jitter=jitter) == pytest.approx(expected)
+    # The shared helper counts retries from 1; `attempt` here is the 0-based retry index.
+    assert backoff_delay(attempt + 1, BackoffPolicy(base_s=0.2, cap_s=5.0), jitter) == pytest.approx(expected)
+
+
+def test_the_config_keys_become_the_shared_backoff_policy() -> None:
+    policy = BulkPolicy.from_config(ElasticsearchConfig(retry_backoff_base_s=0.5, retry_backoff_cap_s=8.0))
+    assert policy.backoff == BackoffPolicy(base_s=0.5, cap_s=8.0)
 
 
 @pytest.mark.parametrize(
@@ -163,67 +167,3 @@ def test_a_large_input_is_sent_in_bounded_requests() -> None:
     result = writer(client, [], max_docs=40).index_documents(iter(docs(100)))
     assert [len(ids) for ids in client.sent_ids] == [40, 40, 20]
     assert result == BulkResult(100, 0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def buffer(client: ScriptedClient, clock: Callable[[], float], **policy: Any) -> BulkBuffer:
-    return BulkBuffer(writer(client, [], **policy), flush_interval_s=2.0, clock=clock)
-
-
-def test_buffer_flushes_when_full_by_count() -> None:
-    client = ScriptedClient([])
-    buf = buffer(client, FakeClock(), max_docs=3)
-    results = [buf.add(doc) for doc in docs(7)]
-    assert [r is not None for r in results] == [False, False, False, True, False, False, True]
-    assert client.sent_ids == [["d0", "d1", "d2"], ["d3", "d4", "d5"]]
-    assert buf.pending_docs == 1
-    assert buf.flush() == BulkResult(1, 0)
-    assert buf.flush() == BulkResult(0, 0)
-    assert client.sent_ids[-1] == ["d6"]
-
-
-def test_buffer_flushes_before_a_document_that_would_not_fit_in_max_bytes() -> None:
-    client = ScriptedClient([])
-    buf = buffer(client, FakeClock(), max_bytes=250)
-    for doc in docs(4, size=50):
-        buf.add(doc)
-    assert client.sent_ids == [["d0", "d1"]]
-    assert buf.pending_docs == 2
-    assert buf.pending_bytes == 200  # 2 x 100 bytes as NDJSON
-
-
-def test_buffer_flushes_on_the_interval() -> None:
-    client = ScriptedClient([])
-    clock = FakeClock()
-    buf = buffer(client, clock)
-    buf.add(docs(1)[0])
-    clock.now += 1.9
-    assert not buf.due()
-    assert buf.add(BulkDoc("idx", "late", {})) is None
-    clock.now += 0.1
-    assert buf.due()
-    assert buf.flush() == BulkResult(2, 0)
-    assert not buf.due()
-    buf.add(BulkDoc("idx", "next", {}))
-    clock.now += 5
-    assert buf.add(BulkDoc("idx", "after-idle", {})) == BulkResult(1, 0)  # due, so flushed first
-
-
-def test_a_failed_flush_keeps_the_documents_and_takes_no_more() -> None:
-    client = ScriptedClient([TransportConnectionError("down"), TransportConnectionError("down")])
-    buf = buffer(client, FakeClock(), max_docs=2)
-    buf.add(BulkDoc("idx", "d0", {}))
-    buf.add(BulkDoc("idx", "d1", {}))
-    for _ in range(2):
-        with pytest.raises(SinkUnavailable):
-            buf.add(BulkDoc("idx", "d2", {}))
-        assert buf.pending_docs == 2  # bounded: nothing new was taken in while the cluster was down
-    assert buf.add(BulkDoc("idx", "d2", {})) == BulkResult(2, 0)
-    assert client.sent_ids == [["d0", "d1"]] * 3

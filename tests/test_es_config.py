@@ -29,7 +29,6 @@ def test_defaults() -> None:
         index_prefix="saltmarsh",
         batch_max_docs=1000,
         batch_max_bytes=5_000_000,
-        flush_interval_ms=1000,
         retry_max=5,
         retry_backoff_base_s=0.2,
         retry_backoff_cap_s=10.0,
@@ -40,6 +39,7 @@ def test_defaults() -> None:
 
 def test_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)
     cfg = load(
         {
             "hosts": ["https://es-1:9200", "https://es-2:9200"],
@@ -50,7 +50,6 @@ def test_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             "index_prefix": "marsh.prod",
             "batch_max_docs": 500,
             "batch_max_bytes": 2_000_000,
-            "flush_interval_ms": 250,
             "retry_max": 8,
             "retry_backoff_base_s": 0.5,
             "retry_backoff_cap_s": 30,
@@ -66,7 +65,7 @@ def test_every_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         False,
         "marsh.prod",
     )
-    assert (cfg.batch_max_docs, cfg.batch_max_bytes, cfg.flush_interval_ms) == (500, 2_000_000, 250)
+    assert (cfg.batch_max_docs, cfg.batch_max_bytes) == (500, 2_000_000)
     assert (cfg.retry_max, cfg.retry_backoff_base_s, cfg.retry_backoff_cap_s) == (8, 0.5, 30.0)
     assert (cfg.ilm_delete_after_days, cfg.request_timeout_s) == (400, 5.0)
 
@@ -80,6 +79,7 @@ def test_api_key_from_env_is_never_in_the_repr(monkeypatch: pytest.MonkeyPatch) 
 
 def test_the_production_client_carries_the_credentials_but_never_shows_them(tmp_path: Path) -> None:
     (tmp_path / "key").write_text("c2VjcmV0LWtleQ==")
+    (tmp_path / "key").chmod(0o600)
     cfg = load({"hosts": ["https://es-1:9200", "https://es-2:9200"], "api_key_file": str(tmp_path / "key")})
     client = open_client(cfg)
     try:
@@ -125,6 +125,8 @@ def test_zero_retention_days_means_no_policy() -> None:
         ({"ca_file": "/ca.pem"}, "sink.elasticsearch.ca_file", "hosts[0] is http"),
         ({"hosts": ["https://a", "http://b"], "verify_certs": False}, "sink.elasticsearch.verify_certs", "hosts[1]"),
         ({"bulk_size": 10}, "sink.elasticsearch.bulk_size", "unknown key"),
+        ({"flush_interval_ms": 1000}, "sink.elasticsearch.flush_interval_ms", "unknown key"),  # fed nothing
+        ({"retry_backoff_base_s": 0}, "sink.elasticsearch.retry_backoff_base_s", "below the minimum"),
     ],
 )
 def test_errors_name_the_key(doc: dict[str, Any], key: str, detail: str) -> None:

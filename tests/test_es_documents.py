@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from saltmarsh.contract.envelope import Envelope, Location
 from saltmarsh.contract.errors import Reason
 from saltmarsh.contract.topics import Channel
-from saltmarsh.sinks.base import DeadLetter, Delivery
+from saltmarsh.sinks.base import DEAD_LETTER_HEAD_BYTES, DeadLetter, Delivery
 from saltmarsh.sinks.elasticsearch.sink import (
     dead_letter_doc,
     iso_ms,
@@ -18,6 +19,7 @@ from saltmarsh.sinks.elasticsearch.sink import (
     rejected_doc,
 )
 from saltmarsh.sinks.elasticsearch.templates import (
+    DEAD_LETTER_MAPPINGS,
     DEAD_LETTERS,
     FLEET_EVENTS,
     READINGS,
@@ -123,8 +125,13 @@ def test_message_document(delivery: Delivery, expected: dict[str, Any]) -> None:
 
 
 def test_a_dead_letter_keeps_reason_topic_and_raw_payload_with_a_stable_id() -> None:
-    letter = DeadLetter(
-        FEB_1_FIRST_MS, "saltmarsh/v1/marsh-1/probe-1/reading", Reason.WRONG_TYPE, "seq", "expected integer", b"\xff{"
+    letter = DeadLetter.of(
+        FEB_1_FIRST_MS,
+        "saltmarsh/v1/marsh-1/probe-1/reading",
+        b"\xff{",
+        reason=Reason.WRONG_TYPE,
+        field="seq",
+        detail="expected integer",
     )
     doc = dead_letter_doc("saltmarsh", letter)
     assert doc.index == "saltmarsh-deadletter-2024.02"
@@ -136,18 +143,37 @@ def test_a_dead_letter_keeps_reason_topic_and_raw_payload_with_a_stable_id() -> 
         "topic": "saltmarsh/v1/marsh-1/probe-1/reading",
         "payload_encoding": "base64",
         "payload": "/3s=",
+        "payload_bytes": 2,
+        "payload_sha256": hashlib.sha256(b"\xff{").hexdigest(),
         "event": {"kind": "pipeline_error", "ingested": "2024-02-01T00:00:00.000Z"},
         "device": {"id": "probe-1"},
         "site": {"id": "marsh-1"},
     }
     # Same letter, same id: a retried batch stores it once. Another arrival is another letter.
     assert dead_letter_doc("saltmarsh", letter).doc_id == doc.doc_id
-    later = DeadLetter(FEB_1_FIRST_MS + 1, letter.topic, letter.reason, letter.field, letter.detail, letter.payload)
+    later = DeadLetter.of(
+        FEB_1_FIRST_MS + 1, letter.topic, b"\xff{", reason=letter.reason, field=letter.field, detail=letter.detail
+    )
     assert dead_letter_doc("saltmarsh", later).doc_id != doc.doc_id
 
 
+def test_a_dead_letter_document_keeps_only_the_head_of_a_large_payload() -> None:
+    body = b"y" * 10_000_000
+    letter = DeadLetter.of(
+        FEB_1_FIRST_MS, "saltmarsh/v1/s/d/reading", body, reason=Reason.OVERSIZED, field="payload", detail="big"
+    )
+    source = dead_letter_doc("saltmarsh", letter).source
+    assert (source["payload"], source["payload_encoding"]) == ("y" * DEAD_LETTER_HEAD_BYTES, "utf-8")
+    assert (source["payload_bytes"], source["payload_sha256"]) == (10_000_000, hashlib.sha256(body).hexdigest())
+
+
+def test_the_dead_letter_mapping_indexes_the_size_and_the_hash() -> None:
+    properties = DEAD_LETTER_MAPPINGS["properties"]
+    assert (properties["payload_bytes"], properties["payload_sha256"]) == ({"type": "long"}, {"type": "keyword"})
+
+
 def test_a_dead_letter_on_an_unparseable_topic_has_no_device() -> None:
-    letter = DeadLetter(0, "nonsense/topic", Reason.UNKNOWN_TOPIC, "topic", "bad", b"{}")
+    letter = DeadLetter.of(0, "nonsense/topic", b"{}", reason=Reason.UNKNOWN_TOPIC, field="topic", detail="bad")
     assert "device" not in dead_letter_doc("saltmarsh", letter).source
 
 

@@ -1,23 +1,28 @@
-"""The ingester's parts alone, without a broker: validate, and batch -> write -> ack."""
+"""The ingester's stages alone, without a broker: validate, and batch -> write -> what to ack."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
+from cloud_ingester import service
 from cloud_ingester import validate as validate_module
-from cloud_ingester.batcher import BatchWriter, IngesterCounters
-from cloud_ingester.consumer import gateway_of
+from cloud_ingester.batcher import Batch, BatchWriter, IngesterCounters
+from cloud_ingester.consumer import SUBSCRIPTION_OPTIONS, Consumer
 from cloud_ingester.service import main
-from cloud_ingester.validate import validate
+from cloud_ingester.validate import gateway_of, validate, validate_publishes
 
 from saltmarsh.contract.envelope import Limits
 from saltmarsh.contract.errors import Reason, SinkUnavailable
+from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, RETAIN_AS_PUBLISHED, RETAIN_DO_NOT_SEND
 from saltmarsh.mqtt.wire import Publish
-from saltmarsh.sinks.base import DeadLetter, Delivery, WriteResult
+from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
+from saltmarsh.sinks.base import DEAD_LETTER_HEAD_BYTES, DeadLetter, Delivery, WriteResult
 
 NOW_MS = 1_700_000_000_000
 TOPIC = "saltmarsh/v1/marsh-1/probe-1/reading"
@@ -28,9 +33,9 @@ def payload(seq: int) -> bytes:
     return json.dumps(doc).encode()
 
 
-def publish(seq: int, body: bytes | None = None) -> Publish:
+def publish(seq: int, body: bytes | None = None, *, retain: bool = False) -> Publish:
     """A message as the wire client hands it over; the packet id is the seq, for the asserts."""
-    return Publish(TOPIC, payload(seq) if body is None else body, 1, seq, False, False, (("gw", "gw-1"),))
+    return Publish(TOPIC, payload(seq) if body is None else body, 1, seq, False, retain, (("gw", "gw-1"),))
 
 
 class FakeSink:
@@ -57,16 +62,16 @@ class FakeSink:
         pass
 
 
-class Recorder:
+class FakeConsumer:
     """Stands in for the consumer's ack, noting how many batches the sink had committed by then."""
 
-    def __init__(self, sink: FakeSink, connection: int = 1) -> None:
+    def __init__(self, sink: FakeSink) -> None:
         self.sink = sink
-        self.connection = connection  # the one still open
+        self.connection = 1  # the one still open
         self.acked: list[int] = []
         self.batches_committed_at_ack: list[int] = []
 
-    def __call__(self, packet_ids: list[int], connection: int) -> bool:
+    def ack(self, packet_ids: list[int], connection: int) -> bool:
         if connection != self.connection:
             return False
         self.acked += packet_ids
@@ -74,10 +79,29 @@ class Recorder:
         return True
 
 
-def writer_for(sink: FakeSink, max_messages: int = 100) -> tuple[BatchWriter, Recorder]:
-    ack = Recorder(sink)
-    writer = BatchWriter(sink, ack, IngesterCounters(sink.name), Limits(), max_messages=max_messages, interval_s=0.01)
-    return writer, ack
+class Pipeline:
+    """validate -> BatchWriter -> ack, as `service.pump` wires them, minus the broker."""
+
+    def __init__(self, sink: FakeSink, max_messages: int) -> None:
+        # No jitter, so the first retry waits exactly the base.
+        backoff = Backoff(BackoffPolicy(base_s=0.1, cap_s=5.0, jitter=False))
+        self.counters = IngesterCounters(sink.name)
+        self.writer = BatchWriter(sink, self.counters, max_messages=max_messages, interval_s=0.01, backoff=backoff)
+        self.consumer = FakeConsumer(sink)
+
+    def take(self, publishes: list[Publish], connection: int, now: float) -> None:
+        outcomes = validate_publishes(publishes, NOW_MS, Limits())
+        self.writer.take(outcomes, [p.packet_id for p in publishes], connection, now)
+
+    def write_due(self, now: float) -> None:
+        self._ack(self.writer.write_due(now))
+
+    def drain(self, deadline: float) -> bool:
+        self._ack(self.writer.drain(deadline))
+        return self.writer.held == 0
+
+    def _ack(self, written: list[Batch]) -> None:
+        service.ack(cast(Consumer, self.consumer), self.counters, written)
 
 
 def test_validate_returns_a_delivery_with_the_gateway() -> None:
@@ -93,14 +117,15 @@ def test_validate_drops_a_malformed_gateway_id_but_keeps_the_reading() -> None:
 
 def test_validate_turns_a_rejection_into_a_dead_letter_with_the_raw_bytes() -> None:
     out = validate("saltmarsh/v1/marsh-1/probe-1/status", b"\xffonline", NOW_MS, None, Limits())
-    assert out == DeadLetter(
+    assert out == DeadLetter.of(
         NOW_MS,
         "saltmarsh/v1/marsh-1/probe-1/status",
-        Reason.UNKNOWN_TOPIC,
-        "topic.channel",
-        "'status' carries no data",
         b"\xffonline",
+        reason=Reason.UNKNOWN_TOPIC,
+        field="topic.channel",
+        detail="'status' carries no data",
     )
+    assert isinstance(out, DeadLetter) and (out.payload_head, out.payload_bytes) == (b"\xffonline", 7)
 
 
 def test_validate_judges_the_future_by_the_arrival_clock() -> None:
@@ -115,7 +140,7 @@ def test_validate_survives_a_bug_in_the_parser(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(validate_module, "parse", broken)
     out = validate(TOPIC, payload(1), NOW_MS, None, Limits())
     assert isinstance(out, DeadLetter)
-    assert (out.reason, out.field, out.payload) == (Reason.INVALID_VALUE, "payload", payload(1))
+    assert (out.reason, out.field, out.payload_head) == (Reason.INVALID_VALUE, "payload", payload(1))
 
 
 def test_gateway_comes_from_the_gw_user_property() -> None:
@@ -124,30 +149,82 @@ def test_gateway_comes_from_the_gw_user_property() -> None:
     assert gateway_of(Publish(TOPIC, b"", 1, 1, False, False, ())) is None
 
 
+def test_a_valid_message_published_retained_is_refused_as_a_dead_letter() -> None:
+    live, kept, bad_kept = validate_publishes(
+        [publish(1), publish(2, retain=True), publish(3, b"}}}", retain=True)], NOW_MS, Limits()
+    )
+    assert isinstance(live, Delivery)
+    assert isinstance(kept, DeadLetter) and (kept.reason, kept.field) == (Reason.RETAINED, "retain")
+    assert kept.payload_head == payload(2)
+    assert isinstance(bad_kept, DeadLetter) and bad_kept.reason is Reason.MALFORMED_JSON  # its own reason first
+
+
+def test_the_subscription_flags_retained_messages_and_never_sends_the_kept_copy() -> None:
+    # Retain As Published, so validate sees the flag; Retain Handling 2, so no restart re-ingests.
+    assert SUBSCRIPTION_OPTIONS == QOS_AT_LEAST_ONCE | RETAIN_AS_PUBLISHED | RETAIN_DO_NOT_SEND == 0x29
+
+
+def test_an_oversized_message_leaves_a_bounded_dead_letter_with_its_size_and_hash() -> None:
+    body = b"x" * 10_000_000
+    out = validate(TOPIC, body, NOW_MS, None, Limits())
+    assert isinstance(out, DeadLetter) and out.reason is Reason.OVERSIZED
+    assert (len(out.payload_head), out.payload_bytes) == (DEAD_LETTER_HEAD_BYTES, 10_000_000)
+    assert out.payload_sha256 == hashlib.sha256(body).hexdigest()
+
+
+def test_a_head_cut_inside_a_utf8_character_stays_utf8() -> None:
+    body = "é".encode() * DEAD_LETTER_HEAD_BYTES  # two bytes each: the cut falls on a boundary
+    odd = b"x" + body  # ... and here inside a character
+    even_letter = DeadLetter.of(NOW_MS, TOPIC, body, reason=Reason.OVERSIZED, field="payload", detail="big")
+    odd_letter = DeadLetter.of(NOW_MS, TOPIC, odd, reason=Reason.OVERSIZED, field="payload", detail="big")
+    assert even_letter.payload_text() == ("utf-8", "é" * (DEAD_LETTER_HEAD_BYTES // 2))
+    assert odd_letter.payload_text() == ("utf-8", "x" + "é" * (DEAD_LETTER_HEAD_BYTES // 2 - 1))
+    whole = DeadLetter.of(NOW_MS, TOPIC, b"\xc3", reason=Reason.NOT_UTF8, field="payload", detail="bad")
+    assert whole.payload_text() == ("base64", "ww==")  # not cut: really not UTF-8
+
+
+def test_write_retries_back_off_through_the_shared_helper() -> None:
+    sink = FakeSink(failures=3)
+    rig = Pipeline(sink, max_messages=100)
+    now = time.monotonic()
+    rig.take([publish(1)], 1, now)
+    waits = []
+    for _ in range(3):
+        rig.write_due(time.monotonic() + 10)  # due whatever the backoff
+        waits.append(rig.writer.wait_s(time.monotonic()))
+    assert waits == [pytest.approx(w, abs=0.01) for w in (0.1, 0.2, 0.4)]
+    rig.write_due(time.monotonic() + 10)
+    assert rig.consumer.acked == [1]
+    rig.take([publish(2)], 1, now)
+    sink.failures = 10**6
+    rig.write_due(time.monotonic() + 10)
+    assert rig.writer.wait_s(time.monotonic()) == pytest.approx(0.1, abs=0.01)  # reset by the success
+
+
 def test_nothing_is_written_before_the_batch_is_due() -> None:
     sink = FakeSink()
-    writer, ack = writer_for(sink, max_messages=3)
+    rig = Pipeline(sink, max_messages=3)
     now = time.monotonic()
-    writer.take([publish(1), publish(2)], 1, NOW_MS, now)
-    assert writer.wait_s(now) == pytest.approx(0.01)
-    writer.write_due(now)
-    assert (sink.calls, writer.held) == (0, 2)
-    writer.take([publish(3)], 1, NOW_MS, now)  # full
-    assert writer.wait_s(now) == 0
-    writer.write_due(now)
-    assert (sink.calls, writer.held, ack.acked) == (1, 0, [1, 2, 3])
-    assert writer.wait_s(now) is None
+    rig.take([publish(1), publish(2)], 1, now)
+    assert rig.writer.wait_s(now) == pytest.approx(0.01)
+    rig.write_due(now)
+    assert (sink.calls, rig.writer.held) == (0, 2)
+    rig.take([publish(3)], 1, now)  # full
+    assert rig.writer.wait_s(now) == 0
+    rig.write_due(now)
+    assert (sink.calls, rig.writer.held, rig.consumer.acked) == (1, 0, [1, 2, 3])
+    assert rig.writer.wait_s(now) is None
 
 
 def test_batch_is_acked_only_after_the_sink_took_it_and_retried_while_down() -> None:
     sink = FakeSink(failures=2)
-    writer, ack = writer_for(sink)
-    writer.take([*(publish(seq) for seq in range(1, 6)), publish(99, b"not json")], 1, NOW_MS, time.monotonic())
-    assert writer.drain(time.monotonic() + 5)
+    rig = Pipeline(sink, max_messages=100)
+    rig.take([*(publish(seq) for seq in range(1, 6)), publish(99, b"not json")], 1, time.monotonic())
+    assert rig.drain(time.monotonic() + 5)
     assert sink.calls == 3  # two failures, then the same batch again
-    assert ack.acked == [1, 2, 3, 4, 5, 99]
-    assert ack.batches_committed_at_ack == [1] * 6
-    counters = writer.counters.snapshot()
+    assert rig.consumer.acked == [1, 2, 3, 4, 5, 99]
+    assert rig.consumer.batches_committed_at_ack == [1] * 6
+    counters = rig.counters.snapshot()
     assert counters["received_total"] == 6  # validated once, not once per retry
     assert (counters["written_total"], counters["dead_letters_total"]) == (5, 1)
     assert counters["dead_letters_by_reason"] == {"malformed_json": 1}
@@ -158,56 +235,56 @@ def test_batch_is_acked_only_after_the_sink_took_it_and_retried_while_down() -> 
 
 def test_while_the_sink_is_down_nothing_is_acked_and_retries_back_off() -> None:
     sink = FakeSink(failures=10**6)
-    writer, ack = writer_for(sink, max_messages=4)
+    rig = Pipeline(sink, max_messages=4)
     now = time.monotonic()
-    writer.take([publish(seq) for seq in range(1, 11)], 1, NOW_MS, now)
-    writer.write_due(now)
+    rig.take([publish(seq) for seq in range(1, 11)], 1, now)
+    rig.write_due(now)
     assert sink.calls == 1  # the first batch failed; the later ones wait behind it, in order
-    writer.write_due(now)
+    rig.write_due(now)
     assert sink.calls == 1  # not before the backoff
-    assert writer.wait_s(now) == pytest.approx(0.1, abs=0.05)
-    snapshot = writer.counters.snapshot()
+    assert rig.writer.wait_s(now) == pytest.approx(0.1, abs=0.01)
+    snapshot = rig.counters.snapshot()
     assert snapshot["sink_ok"] is False and "database is down" in snapshot["sink_why"]
-    assert not writer.drain(time.monotonic() + 0.5)  # shutdown gives up, leaving all of it unacked
-    assert ack.acked == [] and writer.held == 10
+    assert not rig.drain(time.monotonic() + 0.5)  # shutdown gives up, leaving all of it unacked
+    assert rig.consumer.acked == [] and rig.writer.held == 10
 
 
 def test_batches_respect_the_size_limit_and_duplicates_are_counted() -> None:
     sink = FakeSink()
-    writer, ack = writer_for(sink, max_messages=3)
-    writer.take([publish(seq) for seq in [*range(1, 8), 3, 4]], 1, NOW_MS, time.monotonic())
-    assert writer.drain(time.monotonic() + 5)
+    rig = Pipeline(sink, max_messages=3)
+    rig.take([publish(seq) for seq in [*range(1, 8), 3, 4]], 1, time.monotonic())
+    assert rig.drain(time.monotonic() + 5)
     assert [len(d) for d, _ in sink.batches] == [3, 3, 3]
-    assert len(ack.acked) == 9
-    counters = writer.counters.snapshot()
+    assert len(rig.consumer.acked) == 9
+    counters = rig.counters.snapshot()
     assert (counters["written_total"], counters["duplicates_total"], counters["acked_total"]) == (7, 2, 9)
 
 
 def test_a_batch_from_a_lost_connection_is_written_but_not_acked() -> None:
     sink = FakeSink()
-    writer, ack = writer_for(sink)
+    rig = Pipeline(sink, max_messages=100)
     now = time.monotonic()
-    writer.take([publish(1), publish(2)], 1, NOW_MS, now)
-    writer.take([publish(3)], 2, NOW_MS, now)  # a new connection closes the open batch
-    ack.connection = 2
-    writer.write_due(now)
+    rig.take([publish(1), publish(2)], 1, now)
+    rig.take([publish(3)], 2, now)  # a new connection closes the open batch
+    rig.consumer.connection = 2
+    rig.write_due(now)
     assert [len(d) for d, _ in sink.batches] == [2]  # the closed one is due at once
-    assert ack.acked == []  # its packet ids meant something only on connection 1
-    assert writer.drain(time.monotonic() + 5)
-    assert ack.acked == [3]
-    counters = writer.counters.snapshot()
+    assert rig.consumer.acked == []  # its packet ids meant something only on connection 1
+    assert rig.drain(time.monotonic() + 5)
+    assert rig.consumer.acked == [3]
+    counters = rig.counters.snapshot()
     assert (counters["written_total"], counters["acked_total"]) == (3, 1)
 
 
 def test_a_resumed_session_drops_what_the_broker_will_redeliver() -> None:
     sink = FakeSink()
-    writer, _ = writer_for(sink)
+    rig = Pipeline(sink, max_messages=100)
     now = time.monotonic()
-    writer.take([publish(1), publish(2)], 1, NOW_MS, now)
-    writer.take([publish(3)], 2, NOW_MS, now)
-    assert writer.forget_before(2) == 2
-    assert writer.held == 1
-    assert writer.drain(time.monotonic() + 5)
+    rig.take([publish(1), publish(2)], 1, now)
+    rig.take([publish(3)], 2, now)
+    assert rig.writer.forget_before(2) == 2
+    assert rig.writer.held == 1
+    assert rig.drain(time.monotonic() + 5)
     assert [[d.envelope.seq for d in batch] for batch, _ in sink.batches] == [[3]]
 
 

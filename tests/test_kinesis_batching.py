@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from saltmarsh.runtime.backoff import BackoffPolicy, backoff_delay
 from saltmarsh.sinks.kinesis.sink import (
     MAX_CALL_BYTES,
     MAX_RECORD_BYTES,
     KinesisRecord,
     RetryPolicy,
-    backoff_s,
     count_overtakes,
     plan_call,
 )
@@ -76,7 +76,7 @@ def test_count_overtakes(outcomes: list[tuple[str, bool]], expected: int) -> Non
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
-    policy = RetryPolicy(retry_max=10, backoff_base_s=0.1, backoff_cap_s=1.0)
-    assert [backoff_s(n, policy, 1.0) for n in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])
-    assert [backoff_s(n, policy, 0.0) for n in range(1, 6)] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5])
-    assert backoff_s(1000, policy, 0.5) == pytest.approx(0.75)  # no overflow far past the cap
+    policy = RetryPolicy(retry_max=10, backoff=BackoffPolicy(base_s=0.1, cap_s=1.0)).backoff
+    assert [backoff_delay(n, policy, 1.0) for n in range(1, 6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])
+    assert [backoff_delay(n, policy, 0.0) for n in range(1, 6)] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5])
+    assert backoff_delay(1000, policy, 0.5) == pytest.approx(0.75)  # no overflow far past the cap

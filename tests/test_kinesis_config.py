@@ -28,7 +28,7 @@ def test_defaults() -> None:
     assert cfg.stream_name == "saltmarsh-events"
     assert cfg.endpoint_url is None
     assert cfg.access_key_id is None and cfg.secret_access_key is None  # boto3's default chain
-    assert (cfg.batch_max_records, cfg.retry_max, cfg.buffer_max_records) == (500, 5, 10_000)
+    assert (cfg.batch_max_records, cfg.retry_max) == (500, 5)
     assert cfg.ordering == "per_device"
     assert cfg.selection.rules == (Rule("alerts", kinds=frozenset({Channel.ALERT})),)
 
@@ -36,6 +36,7 @@ def test_defaults() -> None:
 def test_everything_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key_file = tmp_path / "key-id"
     key_file.write_text("AKIDEXAMPLE\n")
+    key_file.chmod(0o600)
     monkeypatch.setenv("SM_TEST_SECRET", "s3cr3t")
     cfg = load(
         endpoint_url="http://127.0.0.1:4567",
@@ -43,11 +44,9 @@ def test_everything_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         secret_access_key_env="SM_TEST_SECRET",
         ordering="relaxed",
         batch_max_records=100,
-        flush_interval_ms=50,
         retry_max=3,
         backoff_base_ms=20,
         backoff_cap_ms=400,
-        buffer_max_records=1000,
         request_timeout_ms=2000,
         select=[*ALERTS, {"name": "salt", "tags": ["salt/job/*"]}],
     )
@@ -71,7 +70,9 @@ def test_everything_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         ({"batch_max_records": 0}, "kinesis.batch_max_records", "below the minimum"),
         ({"retry_max": "3"}, "kinesis.retry_max", "expected an integer"),
         ({"backoff_base_ms": 500, "backoff_cap_ms": 100}, "kinesis.backoff_cap_ms", "below backoff_base_ms"),
-        ({"buffer_max_records": 10}, "kinesis.buffer_max_records", "below batch_max_records"),
+        # Keys that once fed only the deleted buffered producer are unknown now.
+        ({"buffer_max_records": 10_000}, "kinesis.buffer_max_records", "unknown key"),
+        ({"flush_interval_ms": 200}, "kinesis.flush_interval_ms", "unknown key"),
         ({"ordering": "strict"}, "kinesis.ordering", "per_device, relaxed"),
         ({"flush_interval": 5}, "kinesis.flush_interval", "unknown key"),
         ({"select": []}, "kinesis.select", "at least one rule"),

@@ -10,11 +10,11 @@ from botocore.exceptions import ClientError, EndpointConnectionError  # type: ig
 
 from saltmarsh.contract.errors import KinesisUnavailable, Reason
 from saltmarsh.contract.topics import Channel
+from saltmarsh.runtime.backoff import BackoffPolicy
 from saltmarsh.sinks.base import DeadLetter
 from saltmarsh.sinks.kinesis.selection import Globs, Rule, Selection
 from saltmarsh.sinks.kinesis.sink import (
     MAX_RECORD_BYTES,
-    BufferedForwarder,
     KinesisForwarder,
     KinesisRecord,
     KinesisSink,
@@ -30,7 +30,7 @@ from tests.kinesis_support import (
     throttle_error,
 )
 
-POLICY = RetryPolicy(retry_max=3, backoff_base_s=0.1, backoff_cap_s=0.4)
+POLICY = RetryPolicy(retry_max=3, backoff=BackoffPolicy(base_s=0.1, cap_s=0.4))
 
 
 def records(*pairs: tuple[str, int]) -> list[KinesisRecord]:
@@ -104,7 +104,7 @@ def test_whole_call_throttling_backs_off_exponentially_then_succeeds() -> None:
 
 def test_backoff_is_capped() -> None:
     rig = Rig(fail_calls=[throttle_error() for _ in range(3)])
-    rig.forwarder.policy = RetryPolicy(retry_max=5, backoff_base_s=0.1, backoff_cap_s=0.15)
+    rig.forwarder.policy = RetryPolicy(retry_max=5, backoff=BackoffPolicy(base_s=0.1, cap_s=0.15))
     rig.forwarder.put_all(records(("a", 0)))
     assert rig.sleeps == pytest.approx([0.1, 0.15, 0.15])
 
@@ -171,45 +171,6 @@ def test_oversize_records_are_refused_up_front() -> None:
     assert rig.forwarder.counters.rejected_oversize == 1
 
 
-def test_buffered_forwarder_is_bounded_and_flushes_by_count_or_age() -> None:
-    now = [100.0]
-    rig = Rig(fail_calls=[throttle_error() for _ in range(4)])
-    buffered = BufferedForwarder(
-        rig.forwarder, flush_records=3, flush_interval_s=0.5, buffer_max_records=4, clock=lambda: now[0]
-    )
-    assert not buffered.flush_due()
-    assert buffered.offer(records(("a", 0))[0])
-    assert not buffered.flush_due()
-    now[0] += 0.5
-    assert buffered.flush_due()  # by age
-    for seq in (1, 2, 3):
-        assert buffered.offer(records(("a", seq))[0])
-    assert not buffered.offer(records(("a", 4))[0])  # full
-    assert not buffered.offer(KinesisRecord("a", b"x" * MAX_RECORD_BYTES))
-    assert (rig.forwarder.counters.dropped_buffer_full, rig.forwarder.counters.rejected_oversize) == (1, 1)
-    with pytest.raises(KinesisUnavailable):
-        buffered.flush()
-    assert buffered.depth == 4  # nothing committed, nothing lost
-    assert buffered.flush() == 4
-    assert buffered.depth == 0 and not buffered.flush_due()
-    assert rig.stored_seqs("a") == [0, 1, 2, 3]
-
-
-def test_buffered_flush_keeps_only_what_did_not_commit() -> None:
-    def always_fail_a1(doc: dict[str, Any], sent_before: int) -> str | None:
-        return "InternalFailure" if (doc["device"], doc["seq"]) == ("a", 1) and sent_before < 4 else None
-
-    rig = Rig(fail_record=always_fail_a1)
-    buffered = BufferedForwarder(rig.forwarder, flush_records=10, flush_interval_s=1, buffer_max_records=10)
-    for record in records(("a", 0), ("a", 1), ("a", 2), ("b", 0)):
-        buffered.offer(record)
-    with pytest.raises(KinesisUnavailable):
-        buffered.flush()
-    assert buffered.depth == 2  # a1 and a2; a0 and b0 are in the stream
-    assert buffered.flush() == 2
-    assert rig.stored_seqs("a") == [0, 1, 2]
-
-
 SELECT_ALERTS = Selection((Rule("alerts", kinds=frozenset({Channel.ALERT})), Rule("hot", devices=Globs(("hot-*",)))))
 
 
@@ -221,7 +182,9 @@ def test_sink_forwards_only_selected_envelopes_and_ignores_dead_letters() -> Non
         delivery(envelope("d1", 1, Channel.ALERT, name="overheat")),
         delivery(envelope("hot-2", 0)),
     ]
-    dead = DeadLetter(1, "saltmarsh/v1/marsh/d1/reading", Reason.MALFORMED_JSON, "payload", "bad", b"{")
+    dead = DeadLetter.of(
+        1, "saltmarsh/v1/marsh/d1/reading", b"{", reason=Reason.MALFORMED_JSON, field="payload", detail="bad"
+    )
     result = sink.write(deliveries, [dead])
     assert (result.written, result.duplicates, result.dead_letters) == (2, 0, 0)
     stored = stream.by_key()
@@ -250,9 +213,10 @@ def test_sink_does_not_resend_what_a_failed_write_committed() -> None:
 def test_sink_reports_oversize_envelopes_as_sink_rejected_dead_letters() -> None:
     stream = MemoryKinesis()
     sink = KinesisSink(KinesisForwarder(stream, "events"), SELECT_ALERTS)
-    # Built directly: the parser caps detail, but with a raised max_payload_bytes a big `units`
-    # table can still carry an envelope past 1 MiB.
-    huge = replace(envelope("a", 1, Channel.ALERT), detail="y" * (MAX_RECORD_BYTES + 10))
+    # With a raised max_payload_bytes a big `units` table can carry an envelope past 1 MiB: each
+    # unit is within the text limit, the table as a whole is not bounded.
+    units = {f"u{i}": "y" * 250 for i in range(MAX_RECORD_BYTES // 250 + 10)}
+    huge = replace(envelope("a", 1, Channel.ALERT), units=units)
     result = sink.write([delivery(envelope("a", 0, Channel.ALERT)), delivery(huge)], [])
     assert (result.written, result.dead_letters) == (1, 1)
     (letter,) = sink.last_rejected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import sqlite3
@@ -26,6 +27,7 @@ from saltmarsh.sinks import (
     open_audit_source,
     open_sink,
 )
+from saltmarsh.sinks.base import DEAD_LETTER_HEAD_BYTES
 
 NOW_MS = 1_700_000_000_000
 
@@ -108,9 +110,30 @@ def test_row_columns_and_envelope_round_trip(sink: SqliteSink) -> None:
 def test_dead_letters_keep_text_as_utf8_and_binary_as_base64(sink: SqliteSink) -> None:
     binary = b"\xff\xfe\x00garbage"
     letters = [
-        DeadLetter(NOW_MS, "saltmarsh/v1/s/d/reading", Reason.MALFORMED_JSON, "payload", "Expecting value", b"{oops"),
-        DeadLetter(NOW_MS, "saltmarsh/v1/s/d/reading", Reason.NOT_UTF8, "payload", "invalid UTF-8 at byte 0", binary),
-        DeadLetter(NOW_MS, "saltmarsh/v1/s/d/status", Reason.UNKNOWN_TOPIC, "topic.channel", "no data", b"{}"),
+        DeadLetter.of(
+            NOW_MS,
+            "saltmarsh/v1/s/d/reading",
+            b"{oops",
+            reason=Reason.MALFORMED_JSON,
+            field="payload",
+            detail="Expecting value",
+        ),
+        DeadLetter.of(
+            NOW_MS,
+            "saltmarsh/v1/s/d/reading",
+            binary,
+            reason=Reason.NOT_UTF8,
+            field="payload",
+            detail="invalid UTF-8 at byte 0",
+        ),
+        DeadLetter.of(
+            NOW_MS,
+            "saltmarsh/v1/s/d/status",
+            b"{}",
+            reason=Reason.UNKNOWN_TOPIC,
+            field="topic.channel",
+            detail="no data",
+        ),
     ]
     assert sink.write(deliveries("probe-1", range(1, 3)), letters) == WriteResult(2, 0, 3)
     stored = rows(sink.path, "SELECT topic, reason, field, detail, encoding, payload FROM dead_letters ORDER BY id")
@@ -123,6 +146,47 @@ def test_dead_letters_keep_text_as_utf8_and_binary_as_base64(sink: SqliteSink) -
     # Dead letters are never deduplicated: each rejected delivery is evidence.
     sink.write([], letters[:1])
     assert sink.dead_letter_counts() == {"malformed_json": 2, "not_utf8": 1, "unknown_topic": 1}
+
+
+def test_a_large_dead_letter_is_stored_as_its_head_size_and_hash(sink: SqliteSink) -> None:
+    body = b"z" * 10_000_000
+    letter = DeadLetter.of(
+        NOW_MS, "saltmarsh/v1/s/d/reading", body, reason=Reason.OVERSIZED, field="payload", detail="big"
+    )
+    sink.write([], [letter])
+    stored = rows(sink.path, "SELECT length(payload), payload_bytes, payload_sha256 FROM dead_letters")
+    assert stored == [(DEAD_LETTER_HEAD_BYTES, 10_000_000, hashlib.sha256(body).hexdigest())]
+
+
+# The dead_letters table as the first releases created it, before payload_bytes and payload_sha256.
+OLD_DEAD_LETTERS = """
+CREATE TABLE dead_letters (
+    id          INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    topic       TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    field       TEXT    NOT NULL,
+    detail      TEXT    NOT NULL,
+    encoding    TEXT    NOT NULL,
+    payload     TEXT    NOT NULL
+);
+INSERT INTO dead_letters VALUES (1, 1, 't', 'malformed_json', 'payload', 'old', 'utf-8', '{');
+"""
+
+
+def test_a_database_from_before_the_payload_columns_gets_them_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path)) as old:
+        old.executescript(OLD_DEAD_LETTERS)
+    sink = SqliteSink(path)
+    letter = DeadLetter.of(NOW_MS, "t", b"{}", reason=Reason.MALFORMED_JSON, field="payload", detail="new")
+    sink.write([], [letter])
+    sink.close()
+    SqliteSink(path).close()  # and a second open finds them there
+    assert rows(path, "SELECT detail, payload, payload_bytes, payload_sha256 FROM dead_letters ORDER BY id") == [
+        ("old", "{", None, None),
+        ("new", "{}", 2, hashlib.sha256(b"{}").hexdigest()),
+    ]
 
 
 def test_stored_keys_are_ordered_by_device_boot_seq(sink: SqliteSink) -> None:
@@ -144,7 +208,7 @@ def test_a_locked_database_raises_sink_unavailable_and_commits_nothing(tmp_path:
     sink.write(deliveries("probe-1", range(1, 4)), [])
     other = sqlite3.connect(tmp_path / "sink.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
-    letter = DeadLetter(NOW_MS, "t", Reason.OVERSIZED, "payload", "big", b"x")
+    letter = DeadLetter.of(NOW_MS, "t", b"x", reason=Reason.OVERSIZED, field="payload", detail="big")
     with pytest.raises(SinkUnavailable, match="locked"):
         sink.write(deliveries("probe-1", range(4, 10)), [letter])
     other.execute("ROLLBACK")
@@ -202,7 +266,9 @@ def test_a_parsed_envelope_is_stored_as_the_text_that_arrived(sink: SqliteSink) 
 def test_text_sqlite_cannot_take_is_escaped_instead_of_failing_every_retry(sink: SqliteSink) -> None:
     # "\ud800" is valid JSON and a valid Python string, but not Unicode that UTF-8 can carry.
     event = Envelope(Channel.EVENT, "probe-1", "marsh-1", "b1", 1, NOW_MS, name="door\ud800")
-    letter = DeadLetter(NOW_MS, "t", Reason.INVALID_VALUE, "metrics.\ud800", "'\ud800' must match", b"{}")
+    letter = DeadLetter.of(
+        NOW_MS, "t", b"{}", reason=Reason.INVALID_VALUE, field="metrics.\ud800", detail="'\ud800' must match"
+    )
     assert sink.write([Delivery(event, NOW_MS, None)], [letter]) == WriteResult(1, 0, 1)
     [(name, envelope)] = rows(sink.path, "SELECT name, envelope FROM messages")
     assert name == "door\\ud800"

@@ -4,12 +4,14 @@ In: every data message of the fleet (`saltmarsh/v1/<site>/<device>/<channel>`) f
 Mosquitto, through an MQTT 5 shared subscription at QoS 1 on a persistent session, so that
 several ingesters split the stream and a restarted one gets its unacked messages back.
 
-Out: validated envelopes and dead letters (reason, field, raw payload) committed to the sink
-chosen by `saltmarsh.sinks.open_sink`, one transaction per batch; each message is acked to the
-broker only after its batch is durable. Counters go to a status file.
+Out: validated envelopes and dead letters (reason, field, the payload's first KiB, its size and
+sha256) committed to the sink chosen by `saltmarsh.sinks.open_sink`, one transaction per batch;
+each message is acked to the broker only after its batch is durable. A message published
+retained is refused as a dead letter, once. Counters go to a status file.
 
-The parts, wired together in `service.run` and driven by one loop thread: `consumer` (the MQTT
-connection: read, ack) -> `validate` (pure) -> `batcher` (batch, write, then ack).
+The stages, each testable alone, wired together in `service.pump` and driven by one loop thread:
+`consumer` (the MQTT connection: read) -> `validate` (pure: outcomes) -> `batcher` (batch and
+write to the sink; returns what is durable) -> `consumer.ack`.
 """
 
 from cloud_ingester.service import main, run

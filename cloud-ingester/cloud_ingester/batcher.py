@@ -1,10 +1,10 @@
-"""Validate, batch, write, then ack: the part of the ingester that makes delivery exact.
+"""The ingester's sink stage: batch validated messages, write them, hand back what is durable.
 
-Messages are validated as they arrive (the future-timestamp check uses their arrival time) and
-gathered into batches of one connection each. A batch is written when it holds `max_messages`
-or `interval_s` after its first message, in one `Sink.write`, and its messages are acked only
-after that returns. When the sink fails, the same batch is retried with backoff; nothing is
-acked meanwhile, so the broker's receive maximum bounds what piles up behind it.
+Outcomes of the validate stage are gathered, with their packet ids, into batches of one
+connection each. A batch is written when it holds `max_messages` or `interval_s` after its first
+message, in one `Sink.write`; `write_due` and `drain` return the batches that committed, for the
+service to ack. When the sink fails, the same batch is retried with backoff; nothing is acked
+meanwhile, so the broker's receive maximum bounds what piles up behind it.
 """
 
 from __future__ import annotations
@@ -14,20 +14,16 @@ import statistics
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from typing import Any
 
-from cloud_ingester.consumer import gateway_of
-from cloud_ingester.validate import validate
-from saltmarsh.contract.envelope import Limits
-from saltmarsh.mqtt.wire import Publish
+from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
 from saltmarsh.runtime.status import RateMeter
 from saltmarsh.sinks.base import DeadLetter, Delivery, Sink, WriteResult
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST_S = 0.1
-BACKOFF_MAX_S = 5.0
+WRITE_BACKOFF = BackoffPolicy(base_s=0.1, cap_s=5.0)
 
 
 class IngesterCounters:
@@ -50,19 +46,20 @@ class IngesterCounters:
         self._batch_ms: deque[float] = deque(maxlen=100)
         self._write_rate = RateMeter()
 
-    def batch_committed(
-        self, result: WriteResult, dead_letters: list[DeadLetter], size: int, acked: int, ms: float
-    ) -> None:
+    def batch_committed(self, result: WriteResult, dead_letters: list[DeadLetter], size: int, ms: float) -> None:
         with self._lock:
             self.written_total += result.written
             self.duplicates_total += result.duplicates
             self.dead_letters_total += result.dead_letters
             self.dead_letters_by_reason.update(d.reason.value for d in dead_letters)
-            self.acked_total += acked
             self.sink_ok, self.sink_why = True, ""
             self.last_batch_ms, self.last_batch_size = ms, size
             self._batch_ms.append(ms)
             self._write_rate.add(result.written)
+
+    def acked(self, count: int) -> None:
+        with self._lock:
+            self.acked_total += count
 
     def received(self, count: int) -> None:
         with self._lock:
@@ -109,48 +106,47 @@ class Batch:
         return len(self.packet_ids)
 
 
-# Acks a batch's packet ids on the connection that delivered them; False if that one is gone.
-Ack = Callable[[list[int], int], bool]
-
-
 class BatchWriter:
-    """Holds the batches not yet written; `take` fills them, `write_due` writes and acks them.
+    """Holds the batches not yet written; `take` fills them, `write_due` writes them.
 
     Owned by the loop thread; the status thread reads only `held`.
     """
 
     def __init__(
-        self, sink: Sink, ack: Ack, counters: IngesterCounters, limits: Limits, *, max_messages: int, interval_s: float
+        self,
+        sink: Sink,
+        counters: IngesterCounters,
+        *,
+        max_messages: int,
+        interval_s: float,
+        backoff: Backoff | None = None,
     ) -> None:
         self.sink = sink
-        self.ack = ack
         self.counters = counters
-        self.limits = limits
         self.max_messages = max_messages
         self.interval_s = interval_s
         self.held = 0  # messages taken and not yet written
         self._batches: deque[Batch] = deque()
         self._retry_at = 0.0
-        self._backoff_s = BACKOFF_FIRST_S
+        self._backoff = backoff if backoff is not None else Backoff(WRITE_BACKOFF)
 
-    def take(self, publishes: Iterable[Publish], connection: int, received_ms: int, now: float) -> None:
-        """Validate messages that arrived on `connection` at `received_ms` into open batches."""
-        batches, limits, max_messages = self._batches, self.limits, self.max_messages
+    def take(
+        self, outcomes: Sequence[Delivery | DeadLetter], packet_ids: Sequence[int], connection: int, now: float
+    ) -> None:
+        """Add the outcomes of messages that arrived on `connection`, with their packet ids, to open batches."""
+        batches, max_messages = self._batches, self.max_messages
         batch = batches[-1] if batches else None
-        taken = 0
-        for publish in publishes:
-            if batch is None or len(batch) >= max_messages or batch.connection != connection:
+        for outcome, packet_id in zip(outcomes, packet_ids, strict=True):
+            if batch is None or len(batch.packet_ids) >= max_messages or batch.connection != connection:
                 batch = Batch(connection, now)
                 batches.append(batch)
-            outcome = validate(publish.topic, publish.payload, received_ms, gateway_of(publish), limits)
             if isinstance(outcome, Delivery):
                 batch.deliveries.append(outcome)
             else:
                 batch.dead_letters.append(outcome)
-            batch.packet_ids.append(publish.packet_id)
-            taken += 1
-        self.held += taken
-        self.counters.received(taken)
+            batch.packet_ids.append(packet_id)
+        self.held += len(packet_ids)
+        self.counters.received(len(packet_ids))
 
     def forget_before(self, connection: int) -> int:
         """Drop unwritten batches of earlier connections; how many messages were dropped.
@@ -169,23 +165,30 @@ class BatchWriter:
             return None
         return max(0.0, self._head_due_at() - now, self._retry_at - now)
 
-    def write_due(self, now: float) -> None:
-        """Write and ack the batches that are due, oldest first; stops at the first failure."""
+    def write_due(self, now: float) -> list[Batch]:
+        """Write the batches that are due, oldest first, stopping at the first failure; those written."""
+        written: list[Batch] = []
         while self._batches and now >= self._retry_at and now >= self._head_due_at():
-            if not self._write_head():
-                return
+            batch = self._write_head()
+            if batch is None:
+                break
+            written.append(batch)
+        return written
 
-    def drain(self, deadline: float) -> bool:
-        """Write every held batch, retrying until `deadline`; False if some are left unwritten."""
+    def drain(self, deadline: float) -> list[Batch]:
+        """Write every held batch, retrying until `deadline`; those written (`held` counts the rest)."""
+        written: list[Batch] = []
         while self._batches:
             now = time.monotonic()
             if now >= deadline:
-                return False
+                break
             if now < self._retry_at:
                 time.sleep(min(self._retry_at, deadline) - now)
-            else:
-                self._write_head()
-        return True
+                continue
+            batch = self._write_head()
+            if batch is not None:
+                written.append(batch)
+        return written
 
     def _head_due_at(self) -> float:
         head = self._batches[0]
@@ -193,15 +196,9 @@ class BatchWriter:
             return head.opened_at  # closed: full, or its connection is gone
         return head.opened_at + self.interval_s
 
-    def _write_head(self) -> bool:
-        head = self._batches[0]
-        if not self._commit(head):
-            return False
-        self._batches.popleft()
-        self.held -= len(head)
-        return True
-
-    def _commit(self, batch: Batch) -> bool:
+    def _write_head(self) -> Batch | None:
+        """Write the oldest batch; it, taken off the queue, once durable, else None (retry later)."""
+        batch = self._batches[0]
         started = time.perf_counter()
         try:
             result = self.sink.write(batch.deliveries, batch.dead_letters)
@@ -209,15 +206,17 @@ class BatchWriter:
             # Any failure, not only SinkUnavailable, must leave the batch unacked: acking after a
             # write we cannot vouch for is the one way to lose a reading here.
             self.counters.write_failed(f"{type(err).__name__}: {err}"[:300])
+            delay_s = self._backoff.next_delay()
             log.warning(
                 "sink write failed; retrying the same batch",
-                extra={"event": "sink_write_failed", "error": repr(err)[:300], "retry_in_s": self._backoff_s},
+                extra={"event": "sink_write_failed", "error": repr(err)[:300], "retry_in_s": round(delay_s, 3)},
             )
-            self._retry_at = time.monotonic() + self._backoff_s
-            self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
-            return False
+            self._retry_at = time.monotonic() + delay_s
+            return None
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._retry_at, self._backoff_s = 0.0, BACKOFF_FIRST_S
-        acked = len(batch) if self.ack(batch.packet_ids, batch.connection) else 0
-        self.counters.batch_committed(result, batch.dead_letters, len(batch), acked, elapsed_ms)
-        return True
+        self._retry_at = 0.0
+        self._backoff.reset()
+        self.counters.batch_committed(result, batch.dead_letters, len(batch), elapsed_ms)
+        self._batches.popleft()
+        self.held -= len(batch)
+        return batch

@@ -1,4 +1,4 @@
-"""MQTT in: a shared QoS 1 subscription on a persistent session, read by the ingester's loop.
+"""The ingester's consumer stage: a shared QoS 1 subscription on a persistent session.
 
 One `WireClient` connection, owned by the one loop thread that also validates and writes: no
 network thread and no hand-off queue, and many messages per read and many acks per write.
@@ -15,28 +15,24 @@ import time
 
 from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.contract.errors import WireError
-from saltmarsh.mqtt.codec import GATEWAY_PROPERTY, QOS_AT_LEAST_ONCE, RC_FIRST_FAILURE
+from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, RC_FIRST_FAILURE, RETAIN_AS_PUBLISHED, RETAIN_DO_NOT_SEND
 from saltmarsh.mqtt.connect import wire_client
 from saltmarsh.mqtt.wire import ConnAck, Publish, WireClient
+from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
 
 log = logging.getLogger(__name__)
 
 MAX_RECEIVE_MAXIMUM = 65_535
 CONNECT_TIMEOUT_S = 10.0
-BACKOFF_FIRST_S = 0.2
-BACKOFF_MAX_S = 5.0
+RECONNECT_BACKOFF = BackoffPolicy(base_s=0.2, cap_s=5.0)
+# Retain As Published: a message its sender retained arrives flagged, for validate to refuse.
+# Retain Handling 2: the broker's kept copy is never sent, so no restart ingests it again.
+SUBSCRIPTION_OPTIONS = QOS_AT_LEAST_ONCE | RETAIN_AS_PUBLISHED | RETAIN_DO_NOT_SEND
 CLOSE_FLUSH_S = 2.0  # how long `close` waits for the socket to take the last acks
 
 # What ends a connection: the socket's errors (ConnectionError and TimeoutError among them), the
 # broker breaking the protocol (WireError), and a value the codec cannot encode (ValueError).
 _CONNECTION_ERRORS = (OSError, WireError, ValueError)
-
-
-def gateway_of(publish: Publish) -> str | None:
-    for name, value in publish.user_properties:
-        if name == GATEWAY_PROPERTY:
-            return value
-    return None
 
 
 class Consumer:
@@ -57,7 +53,7 @@ class Consumer:
         self.subscribed = False
         self._client: WireClient | None = None
         self._retry_at = 0.0
-        self._backoff_s = BACKOFF_FIRST_S
+        self._backoff = Backoff(RECONNECT_BACKOFF)
 
     def retry_in(self, now: float) -> float:
         """Seconds until `connect` will try again (0 when connected or due)."""
@@ -74,7 +70,7 @@ class Consumer:
         try:
             connack = client.connect(CONNECT_TIMEOUT_S)
             # Subscribing again on a resumed session is harmless and covers a session the broker lost.
-            granted = client.subscribe([(self.topic_filter, QOS_AT_LEAST_ONCE)], CONNECT_TIMEOUT_S)
+            granted = client.subscribe([(self.topic_filter, SUBSCRIPTION_OPTIONS)], CONNECT_TIMEOUT_S)
             if any(code >= RC_FIRST_FAILURE for code in granted):
                 raise ConnectionRefusedError(f"subscription to {self.topic_filter} refused: {granted}")
         except _CONNECTION_ERRORS as err:
@@ -84,7 +80,7 @@ class Consumer:
         self._client = client
         self.connection += 1
         self.connected = self.subscribed = True
-        self._backoff_s = BACKOFF_FIRST_S
+        self._backoff.reset()
         log.info(
             "connected",
             extra={"event": "connected", "session_present": connack.session_present, "filter": self.topic_filter},
@@ -145,7 +141,7 @@ class Consumer:
             self._client.close()
             self._client = None
         self.connected = self.subscribed = False
-        self._retry_at = now + self._backoff_s
+        delay_s = self._backoff.next_delay()
+        self._retry_at = now + delay_s
         message, event = ("disconnected", "disconnected") if was_connected else ("connect failed", "connect_failed")
-        log.warning(message, extra={"event": event, "reason": why[:300], "retry_in_s": self._backoff_s})
-        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        log.warning(message, extra={"event": event, "reason": why[:300], "retry_in_s": round(delay_s, 3)})

@@ -1,4 +1,4 @@
-"""The ingester service: consumer -> validate -> batch writer -> sink, in one loop, with a status file."""
+"""The ingester service: consumer -> validate -> sink (batched) -> ack, in one loop, with a status file."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import threading
 import time
 from typing import Any
 
-from cloud_ingester.batcher import BatchWriter, IngesterCounters
+from cloud_ingester.batcher import Batch, BatchWriter, IngesterCounters
 from cloud_ingester.consumer import Consumer
+from cloud_ingester.validate import validate_publishes
 from saltmarsh.config.ingester import IngesterConfig, load_ingester_config
+from saltmarsh.contract.envelope import Limits
 from saltmarsh.contract.errors import SinkUnavailable
 from saltmarsh.contract.topics import ROOT, shared
 from saltmarsh.runtime.daemon import serve
+from saltmarsh.runtime.memory import return_large_buffers_to_the_os
 from saltmarsh.runtime.status import StatusPublisher
 from saltmarsh.sinks import open_sink
 
@@ -35,14 +38,7 @@ def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
     topic_filter = shared(cfg.share_group, f"{ROOT}/{cfg.site}/#")
     # Twice a batch unacked: one being written while the next arrives.
     consumer = Consumer(cfg.broker, topic_filter, cfg.receive_maximum or 2 * cfg.batch_max_messages)
-    writer = BatchWriter(
-        sink,
-        consumer.ack,
-        counters,
-        cfg.limits,
-        max_messages=cfg.batch_max_messages,
-        interval_s=cfg.batch_interval_ms / 1000,
-    )
+    writer = BatchWriter(sink, counters, max_messages=cfg.batch_max_messages, interval_s=cfg.batch_interval_ms / 1000)
 
     def snapshot() -> dict[str, Any]:
         return {
@@ -67,10 +63,11 @@ def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
     )
     status.start()
     try:
-        pump(consumer, writer, stop_event)
+        pump(consumer, writer, counters, cfg.limits, stop_event)
         log.info("stopping", extra={"event": "stopping", "held": writer.held})
         # Nothing more is read; what was taken is written and acked, or left to the broker.
-        if not writer.drain(time.monotonic() + STOP_GRACE_S):
+        ack(consumer, counters, writer.drain(time.monotonic() + STOP_GRACE_S))
+        if writer.held:
             log.warning("sink still failing at shutdown; leaving the rest unacked", extra={"event": "abandon_batch"})
     finally:
         consumer.close()
@@ -80,8 +77,10 @@ def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
     return 0
 
 
-def pump(consumer: Consumer, writer: BatchWriter, stop_event: threading.Event) -> None:
-    """The loop: (re)connect, read what arrived, write what is due, until `stop_event` is set.
+def pump(
+    consumer: Consumer, writer: BatchWriter, counters: IngesterCounters, limits: Limits, stop_event: threading.Event
+) -> None:
+    """The loop: consumer -> validate -> sink -> ack, until `stop_event` is set.
 
     One thread does it all. SQLite's commit blocks the loop, but the broker keeps sending into
     the socket meanwhile, up to the receive maximum, so the next batch is ready when it returns.
@@ -96,8 +95,22 @@ def pump(consumer: Consumer, writer: BatchWriter, stop_event: threading.Event) -
         publishes = consumer.poll(IDLE_POLL_S if wait_s is None else min(wait_s, IDLE_POLL_S))
         if publishes:
             now = time.monotonic()
-            writer.take(publishes, consumer.connection, int(time.time() * 1000), now)
-        writer.write_due(now)
+            outcomes = validate_publishes(publishes, int(time.time() * 1000), limits)
+            writer.take(outcomes, [p.packet_id for p in publishes], consumer.connection, now)
+        ack(consumer, counters, writer.write_due(now))
+
+
+def ack(consumer: Consumer, counters: IngesterCounters, written: list[Batch]) -> None:
+    """PUBACK what the sink has made durable, on the connection that delivered it."""
+    for batch in written:
+        if consumer.ack(batch.packet_ids, batch.connection):
+            counters.acked(len(batch))
+
+
+def _run_process(cfg: IngesterConfig, stop_event: threading.Event) -> int:
+    # Large messages (dead-lettered as oversized) would otherwise leave their memory in the heap.
+    return_large_buffers_to_the_os()
+    return run(cfg, stop_event)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,5 +120,5 @@ def main(argv: list[str] | None = None) -> int:
         description="Cloud MQTT -> sink ingester.",
         argv=argv,
         load=load_ingester_config,
-        run=run,
+        run=_run_process,
     )

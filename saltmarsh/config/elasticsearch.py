@@ -29,7 +29,6 @@ class ElasticsearchConfig:
     index_prefix: str = "saltmarsh"
     batch_max_docs: int = 1000
     batch_max_bytes: int = 5_000_000
-    flush_interval_ms: int = 1000
     retry_max: int = 5
     retry_backoff_base_s: float = 0.2
     retry_backoff_cap_s: float = 10.0
@@ -66,8 +65,9 @@ def elasticsearch_config(t: Table) -> ElasticsearchConfig:
     index_prefix = t.text("index_prefix", "saltmarsh")
     if not INDEX_PREFIX_PATTERN.match(index_prefix):
         raise t.error("index_prefix", f"{index_prefix!r} must match {INDEX_PREFIX_PATTERN.pattern}")
-    base_s = t.number("retry_backoff_base_s", 0.2, lo=0.0, hi=60.0)
-    cap_s = t.number("retry_backoff_cap_s", 10.0, lo=0.0, hi=600.0)
+    # A wait of 0 would retry a busy cluster in a tight loop; runtime.backoff refuses it too.
+    base_s = t.number("retry_backoff_base_s", 0.2, lo=0.001, hi=60.0)
+    cap_s = t.number("retry_backoff_cap_s", 10.0, lo=0.001, hi=600.0)
     if cap_s < base_s:
         raise t.error("retry_backoff_cap_s", f"{cap_s} is below retry_backoff_base_s {base_s}")
     delete_after_days = t.integer("ilm_delete_after_days", None, lo=0, hi=36_500)
@@ -90,7 +90,6 @@ def elasticsearch_config(t: Table) -> ElasticsearchConfig:
         batch_max_docs=t.integer("batch_max_docs", 1000, lo=1, hi=100_000),
         # Elasticsearch refuses requests above http.max_content_length, 100 MB by default.
         batch_max_bytes=t.integer("batch_max_bytes", 5_000_000, lo=1024, hi=100_000_000),
-        flush_interval_ms=t.integer("flush_interval_ms", 1000, lo=0, hi=600_000),
         retry_max=t.integer("retry_max", 5, lo=0, hi=100),
         retry_backoff_base_s=base_s,
         retry_backoff_cap_s=cap_s,

@@ -51,13 +51,9 @@ class KinesisConfig:
     session_token: Secret | None = None
     ordering: str = "per_device"
     batch_max_records: int = MAX_BATCH_RECORDS
-    flush_interval_ms: int = 200  # buffered producers (the Salt engine); the sink writes per batch
     retry_max: int = 5  # retries of one record, or of one whole call, before SinkUnavailable
     backoff_base_ms: int = 100
     backoff_cap_ms: int = 2000
-    # Bounds BufferedForwarder. The sink needs no buffer of its own: it sends within `write`, and
-    # the ingester's unacked batch is the buffer.
-    buffer_max_records: int = 10_000
     request_timeout_ms: int = 10_000
 
 
@@ -164,9 +160,6 @@ def kinesis_config(t: Table) -> KinesisConfig:
     backoff_cap_ms = t.integer("backoff_cap_ms", 2000, lo=1, hi=300_000)
     if backoff_cap_ms < backoff_base_ms:
         raise t.error("backoff_cap_ms", f"{backoff_cap_ms} is below backoff_base_ms {backoff_base_ms}")
-    buffer_max_records = t.integer("buffer_max_records", 10_000, lo=1, hi=10_000_000)
-    if buffer_max_records < batch_max_records:
-        raise t.error("buffer_max_records", f"{buffer_max_records} is below batch_max_records {batch_max_records}")
     selection = selection_config(t.tables("select"))
     if not selection.rules and not selection.tag_rules:
         raise t.error("select", "needs at least one rule, else nothing is ever forwarded")
@@ -180,11 +173,9 @@ def kinesis_config(t: Table) -> KinesisConfig:
         session_token=session_token,
         ordering=t.text("ordering", "per_device", choices=ORDERINGS),
         batch_max_records=batch_max_records,
-        flush_interval_ms=t.integer("flush_interval_ms", 200, lo=0, hi=60_000),
         retry_max=t.integer("retry_max", 5, lo=0, hi=20),
         backoff_base_ms=backoff_base_ms,
         backoff_cap_ms=backoff_cap_ms,
-        buffer_max_records=buffer_max_records,
         request_timeout_ms=t.integer("request_timeout_ms", 10_000, lo=100, hi=300_000),
     )
     t.done()

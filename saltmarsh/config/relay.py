@@ -23,8 +23,7 @@ thresholds, ...) are refused: a Salt event has only a tag.
 
 The sender batches up to `elasticsearch.batch_max_docs` events, waiting at most
 `flush_interval_ms` for a batch to fill; that batch is one bulk request and one PutRecords
-plan. `elasticsearch.flush_interval_ms`, `kinesis.flush_interval_ms` and
-`kinesis.buffer_max_records` belong to other producers and are not used here.
+plan.
 
 For OpenSearch-API servers and emulators that refuse the client's vendor media types, set
 `plain_json = true` in `[elasticsearch]`.

@@ -25,6 +25,7 @@ class Reason(StrEnum):
     TOPIC_MISMATCH = "topic_mismatch"
     UNSUPPORTED_VERSION = "unsupported_version"
     SINK_REJECTED = "sink_rejected"
+    RETAINED = "retained"  # published with the retain flag: data is a stream, never a broker's last value
 
 
 class SaltmarshError(Exception):

@@ -1,24 +1,30 @@
 """The sink interface: where validated messages and dead letters are committed.
 
-Backends (SQLite now; Elasticsearch and Kinesis later) are chosen in one place,
-`saltmarsh.sinks.open_sink`, from the ingester's SinkConfig. The contract that keeps the data
+Backends (SQLite or Elasticsearch as the store of record, Kinesis forwarding alongside it) are
+chosen in one place, `saltmarsh.sinks.open_sink`, from the ingester's SinkConfig. The contract that keeps the data
 path exact:
 
 - `write` returns only once everything it was given is durable, or raises `SinkUnavailable`
   having committed nothing the caller must not retry. The ingester acks MQTT after it returns.
 - Writes are idempotent on `Envelope.key` (device, boot, seq): a redelivery is counted as a
   duplicate and is not stored twice.
+- A dead letter keeps the first `DEAD_LETTER_HEAD_BYTES` of its payload, with the full size and
+  sha256, so a 10 MB message costs a 1 KiB row, and the ingester holds no more than that of it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from saltmarsh.contract.envelope import Envelope
 from saltmarsh.contract.errors import Reason
+
+# Enough to see what a sender got wrong; what is cut off is still identified by size and hash.
+DEAD_LETTER_HEAD_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,21 +38,49 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message that broke the contract, kept with the reason and its raw bytes."""
+    """A message that broke the contract: the reason, and the head, size and hash of its raw bytes.
+
+    Build one with `of`, which cuts the payload down; the full payload is never kept.
+    """
 
     received_ms: int
     topic: str
     reason: Reason
     field: str
     detail: str
-    payload: bytes
+    payload_head: bytes  # the first DEAD_LETTER_HEAD_BYTES of the payload at most
+    payload_bytes: int  # the size of the whole payload
+    payload_sha256: str  # hex digest of the whole payload
+
+    @classmethod
+    def of(cls, received_ms: int, topic: str, payload: bytes, *, reason: Reason, field: str, detail: str) -> DeadLetter:
+        return cls(
+            received_ms,
+            topic,
+            reason,
+            field,
+            detail,
+            payload[:DEAD_LETTER_HEAD_BYTES],
+            len(payload),
+            hashlib.sha256(payload).hexdigest(),
+        )
 
     def payload_text(self) -> tuple[str, str]:
-        """(encoding, text): the payload as UTF-8 where it is, else base64."""
+        """(encoding, text): the head as UTF-8 where it is, else base64.
+
+        A head cut inside a multi-byte character is still UTF-8: the partial character is left out.
+        """
+        head = self.payload_head
         try:
-            return "utf-8", self.payload.decode("utf-8")
-        except UnicodeDecodeError:
-            return "base64", base64.b64encode(self.payload).decode("ascii")
+            return "utf-8", head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            cut_short = self.payload_bytes > len(head) and err.start >= len(head) - 3 and err.end == len(head)
+            if cut_short:
+                try:
+                    return "utf-8", head[: err.start].decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+            return "base64", base64.b64encode(head).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     field       TEXT    NOT NULL,
     detail      TEXT    NOT NULL,
     encoding    TEXT    NOT NULL,
-    payload     TEXT    NOT NULL
+    payload     TEXT    NOT NULL,   -- the head of the payload: see DeadLetter
+    payload_bytes  INTEGER,         -- NULL in rows written before these columns existed
+    payload_sha256 TEXT
 );
 """
+# Added to dead_letters after it first shipped; a database file from then gets them at open.
+ADDED_DEAD_LETTER_COLUMNS = (("payload_bytes", "INTEGER"), ("payload_sha256", "TEXT"))
 
 # The metrics column is cut out of the envelope JSON by SQLite, in C, instead of encoding the
 # metrics twice in Python.
@@ -55,8 +59,8 @@ INSERT_MESSAGE = (
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, json_extract(?10, '$.metrics'), ?10) ON CONFLICT DO NOTHING"
 )
 INSERT_DEAD_LETTER = (
-    "INSERT INTO dead_letters (received_ms, topic, reason, field, detail, encoding, payload)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO dead_letters (received_ms, topic, reason, field, detail, encoding, payload, payload_bytes,"
+    " payload_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # Tuning for a write-mostly table fed in batches of thousands, measured with 200k readings from
@@ -122,7 +126,21 @@ def _dead_letter_row(letter: DeadLetter) -> tuple[Any, ...]:
         _storable(letter.detail),
         encoding,
         text,
+        letter.payload_bytes,
+        letter.payload_sha256,
     )
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}
+    for name, kind in ADDED_DEAD_LETTER_COLUMNS:
+        if name in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
+        except sqlite3.OperationalError as err:
+            if "duplicate column" not in str(err):  # another ingester on this file added it first
+                raise
 
 
 class SqliteSink:
@@ -150,6 +168,7 @@ class SqliteSink:
                 for pragma in PRAGMAS:
                     self._conn.execute(pragma)
                 self._conn.executescript(SCHEMA)
+                _add_missing_columns(self._conn)
         except (OSError, sqlite3.Error) as err:
             raise SinkUnavailable(f"sqlite {path}: {err}") from err
 

@@ -5,7 +5,8 @@ them share a single answer to "what does this bulk item status mean":
 
 - 201 created, 409 already there (a duplicate, which create-only semantics make harmless);
 - 429 and 5xx: the cluster is busy or a shard is missing; only those items are sent again, after
-  a capped exponential backoff with jitter, up to `retry_max` times, then `SinkUnavailable`;
+  `saltmarsh.runtime.backoff`'s capped exponential wait with jitter, up to `retry_max` times,
+  then `SinkUnavailable`;
 - any other 4xx: the document itself is wrong (a mapping conflict, a parse error) and no retry will
   fix it; it comes back as a `Refusal` for the caller to dead-letter.
 
@@ -28,6 +29,7 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
 from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.runtime.backoff import BackoffPolicy, backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,15 @@ class BulkResult:
     refused: tuple[Refusal, ...] = ()
 
 
+DEFAULT_BACKOFF = BackoffPolicy(base_s=0.2, cap_s=10.0)
+
+
 @dataclass(frozen=True, slots=True)
 class BulkPolicy:
     max_docs: int = 1000
     max_bytes: int = 5_000_000
     retry_max: int = 5
-    backoff_base_s: float = 0.2
-    backoff_cap_s: float = 10.0
+    backoff: BackoffPolicy = DEFAULT_BACKOFF
 
     @classmethod
     def from_config(cls, cfg: ElasticsearchConfig) -> BulkPolicy:
@@ -78,16 +82,8 @@ class BulkPolicy:
             max_docs=cfg.batch_max_docs,
             max_bytes=cfg.batch_max_bytes,
             retry_max=cfg.retry_max,
-            backoff_base_s=cfg.retry_backoff_base_s,
-            backoff_cap_s=cfg.retry_backoff_cap_s,
+            backoff=BackoffPolicy(base_s=cfg.retry_backoff_base_s, cap_s=cfg.retry_backoff_cap_s),
         )
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float, jitter: float) -> float:
-    """Delay before retry `attempt` (0-based): half of the capped exponential step is fixed, half
-    random (`jitter` in [0, 1)), so ingesters that failed together do not retry together."""
-    step = min(cap_s, base_s * 2.0**attempt)
-    return step / 2 + jitter * step / 2
 
 
 def is_retryable(status: int) -> bool:
@@ -179,7 +175,7 @@ class BulkWriter:
         for attempt in range(self.policy.retry_max + 1):
             if attempt:
                 self.retries += 1
-                delay = backoff_s(attempt - 1, self.policy.backoff_base_s, self.policy.backoff_cap_s, self._jitter())
+                delay = backoff_delay(attempt, self.policy.backoff, self._jitter())
                 log.warning(
                     "elasticsearch asked us to slow down; retrying part of a bulk request",
                     extra={
@@ -238,64 +234,3 @@ class BulkWriter:
             raise SinkUnavailable(f"elasticsearch bulk response has {got} items for {len(pending)} documents")
         # Each item is {"create": {...}}: one key, the op type.
         return [next(iter(item.values())) if isinstance(item, Mapping) and item else {} for item in raw_items]
-
-
-class BulkBuffer:
-    """Collects documents from a stream (the Salt engine's events) and flushes them in bulk when
-    `max_docs` or `max_bytes` is reached or the oldest has waited `flush_interval_s`.
-
-    A flush that fails keeps its documents, and `add` on a full buffer flushes first, so during a
-    cluster outage `add` raises instead of growing memory: the producer stops reading. A producer
-    with nothing to add calls `due()` and `flush()` on its idle ticks.
-    """
-
-    def __init__(
-        self, writer: BulkWriter, flush_interval_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.writer = writer
-        self.flush_interval_s = flush_interval_s
-        self._clock = clock
-        self._pending: list[Encoded] = []
-        self._pending_bytes = 0
-        self._oldest_at: float | None = None
-        self._next_position = 0
-
-    @property
-    def pending_docs(self) -> int:
-        return len(self._pending)
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._pending_bytes
-
-    def add(self, doc: BulkDoc) -> BulkResult | None:
-        """Buffer one document, first flushing what is there if it is full by count or bytes, or due;
-        the flush's result if there was one. If this raises, the document was not taken."""
-        item = encode(self._next_position, doc)
-        policy = self.writer.policy
-        result = None
-        if self._pending and (
-            len(self._pending) >= policy.max_docs
-            or self._pending_bytes + len(item.lines) > policy.max_bytes
-            or self.due()
-        ):
-            result = self.flush()
-        self._next_position += 1
-        if self._oldest_at is None:
-            self._oldest_at = self._clock()
-        self._pending.append(item)
-        self._pending_bytes += len(item.lines)
-        return result
-
-    def due(self) -> bool:
-        """True once the oldest buffered document has waited `flush_interval_s`."""
-        return self._oldest_at is not None and self._clock() - self._oldest_at >= self.flush_interval_s
-
-    def flush(self) -> BulkResult:
-        if not self._pending:
-            return BulkResult(0, 0)
-        result = self.writer.write_encoded(self._pending)
-        self._pending = []
-        self._pending_bytes = 0
-        self._oldest_at = None
-        return result

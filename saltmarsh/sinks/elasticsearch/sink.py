@@ -34,7 +34,7 @@ from saltmarsh.config.elasticsearch import ElasticsearchConfig
 from saltmarsh.contract.errors import Reason, SinkUnavailable, ValidationError
 from saltmarsh.contract.topics import Channel, Topic
 from saltmarsh.sinks.base import DeadLetter, Delivery, StoredKey, WriteResult
-from saltmarsh.sinks.elasticsearch.bulk import BulkBuffer, BulkDoc, BulkPolicy, BulkResult, BulkWriter, Refusal
+from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkPolicy, BulkResult, BulkWriter, Refusal
 from saltmarsh.sinks.elasticsearch.plain import PlainJsonNode
 from saltmarsh.sinks.elasticsearch.templates import (
     DEAD_LETTERS,
@@ -117,7 +117,8 @@ def message_document(delivery: Delivery) -> dict[str, Any]:
 
 
 def dead_letter_source(letter: DeadLetter) -> dict[str, Any]:
-    """The stored form of a dead letter: why, where it came from, and the payload as received."""
+    """The stored form of a dead letter: why, where it came from, and the head, size and hash of
+    the payload as received."""
     encoding, text = letter.payload_text()
     doc: dict[str, Any] = {
         "@timestamp": iso_ms(letter.received_ms),
@@ -127,6 +128,8 @@ def dead_letter_source(letter: DeadLetter) -> dict[str, Any]:
         "topic": letter.topic,
         "payload_encoding": encoding,
         "payload": text,
+        "payload_bytes": letter.payload_bytes,
+        "payload_sha256": letter.payload_sha256,
         "event": {"kind": "pipeline_error", "ingested": iso_ms(letter.received_ms)},
     }
     try:
@@ -146,7 +149,7 @@ def dead_letter_doc(prefix: str, letter: DeadLetter) -> BulkDoc:
     for part in (str(letter.received_ms), letter.topic, letter.reason.value, letter.field):
         digest.update(part.encode())
         digest.update(b"\0")
-    digest.update(letter.payload)
+    digest.update(letter.payload_sha256.encode())
     index = monthly_index(prefix, DEAD_LETTERS, letter.received_ms)
     return BulkDoc(index, digest.hexdigest()[:40], dead_letter_source(letter))
 
@@ -156,13 +159,13 @@ def rejected_doc(prefix: str, delivery: Delivery, status: int, error_type: str, 
     replay of the same envelope finds its dead letter already there."""
     env = delivery.envelope
     match = _FIELD_IN_REASON.search(reason)
-    letter = DeadLetter(
-        received_ms=delivery.received_ms,
-        topic=str(env.topic),
+    letter = DeadLetter.of(
+        delivery.received_ms,
+        str(env.topic),
+        env.encode(),
         reason=Reason.SINK_REJECTED,
         field=match.group(1) if match else "",
         detail=f"{error_type}: {reason}"[:2000],
-        payload=env.encode(),
     )
     source = dead_letter_source(letter)
     source["saltmarsh"] = {"key": env.key}
@@ -326,14 +329,6 @@ class ElasticsearchSink:
                 raise
             self.last_error = None
             return result
-
-    def event_buffer(self) -> BulkBuffer:
-        """A buffer for a stream of documents that are not envelopes (the Salt engine's fleet
-        events), flushed at `batch_max_docs`, `batch_max_bytes` or `flush_interval_ms` through
-        this sink's writer. Raises `SinkUnavailable` until the templates are in place."""
-        with self._lock:
-            self._ensure_templates()
-        return BulkBuffer(self.writer, self.cfg.flush_interval_ms / 1000)
 
     def _refresh(self, family: str) -> None:
         # Writes use refresh=false; an audit must see everything acknowledged before it started.

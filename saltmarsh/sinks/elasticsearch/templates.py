@@ -36,7 +36,7 @@ READINGS_TOTAL_FIELDS_LIMIT = 2000
 
 _KEYWORD = {"type": "keyword", "ignore_above": 1024}
 _DATE = {"type": "date"}
-# Kept in _source for reading, never indexed: a raw payload can be 16 KB of anything.
+# Kept in _source for reading, never indexed: a payload's head is 1 KiB of anything.
 _STORED_ONLY = {"type": "keyword", "index": False, "doc_values": False}
 
 
@@ -118,7 +118,9 @@ DEAD_LETTER_MAPPINGS: dict[str, Any] = {
         "detail": {"type": "text"},
         "topic": _KEYWORD,
         "payload_encoding": {"type": "keyword"},
-        "payload": _STORED_ONLY,
+        "payload": _STORED_ONLY,  # the head only; the size and hash are of the whole payload
+        "payload_bytes": {"type": "long"},
+        "payload_sha256": {"type": "keyword"},
         "event": {"properties": {"kind": {"type": "keyword"}, "ingested": _DATE}},
         "device": {"properties": {"id": {"type": "keyword"}}},
         "site": {"properties": {"id": {"type": "keyword"}}},

@@ -1,8 +1,7 @@
 """Forward selected envelopes to an Amazon Kinesis data stream through PutRecords.
 
 In: the ingester's validated deliveries (`KinesisSink.write`), or any producer's records
-(`KinesisForwarder.put_all`; `BufferedForwarder` for one-at-a-time producers such as the Salt
-engine). Both run the same batching and retry code.
+(`KinesisForwarder.put_all`, as the Salt relay does). Both run the same batching and retry code.
 Out: one Kinesis record per selected envelope. Partition key: the device. Data: the envelope
 JSON plus `"selected_by": {"rule", "why"}`. Unselected envelopes are skipped here; they reach
 only Elasticsearch.
@@ -19,8 +18,8 @@ ignores them and does not count them.
 
 Retries. After a partial failure (`FailedRecordCount` > 0), only the records that have an
 `ErrorCode` are sent again, in their original relative order. A throttled or failed call
-(ProvisionedThroughputExceededException, connection errors, 5xx) is retried whole. Both back
-off exponentially, capped, with jitter. Once any record has failed `retry_max` retries,
+(ProvisionedThroughputExceededException, connection errors, 5xx) is retried whole. Both wait
+as `saltmarsh.runtime.backoff` says: exponential, capped, with jitter. Once any record has failed `retry_max` retries,
 `SinkUnavailable` is raised. Errors that a retry cannot fix (missing stream, bad credentials)
 raise it at once. botocore's own retries are off, so the counters see every attempt.
 
@@ -62,6 +61,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 
 from saltmarsh.config.kinesis import KinesisConfig
 from saltmarsh.contract.errors import KinesisUnavailable, Reason
+from saltmarsh.runtime.backoff import BackoffPolicy, backoff_delay
 from saltmarsh.sinks.base import DeadLetter, Delivery, WriteResult
 from saltmarsh.sinks.kinesis.selection import Selection
 
@@ -142,18 +142,19 @@ class ForwarderCounters:
     rejected_oversize: int = 0
     batches: int = 0  # PutRecords calls made
     out_of_order: int = 0  # relaxed mode: records committed ahead of an earlier failed one of their device
-    dropped_buffer_full: int = 0  # BufferedForwarder.offer refusals
     last_error: str | None = None  # the latest failure; kept after recovery
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+DEFAULT_BACKOFF = BackoffPolicy(base_s=0.1, cap_s=2.0)
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     retry_max: int = 5
-    backoff_base_s: float = 0.1
-    backoff_cap_s: float = 2.0
+    backoff: BackoffPolicy = DEFAULT_BACKOFF
 
 
 def plan_call(
@@ -193,12 +194,6 @@ def count_overtakes(outcomes: Iterable[tuple[str, bool]]) -> int:
         elif key in failed_keys:
             overtakes += 1
     return overtakes
-
-
-def backoff_s(attempt: int, policy: RetryPolicy, rand: float) -> float:
-    """Capped exponential with equal jitter: at least half the step, so retries do spread out."""
-    step = min(policy.backoff_cap_s, policy.backoff_base_s * 2.0 ** min(attempt - 1, 30))
-    return step / 2 + step / 2 * rand
 
 
 class _Pending:
@@ -298,7 +293,7 @@ class KinesisForwarder:
                     committed,
                 )
             self.counters.records_retried += len(failed)
-            self._sleep(backoff_s(worst, self.policy, self._rand()))
+            self._sleep(backoff_delay(worst, self.policy.backoff, self._rand()))
         return PutOutcome(len(committed), rejected)
 
     def _call(self, records: Sequence[KinesisRecord], chosen: list[int], committed: list[int]) -> dict[int, str]:
@@ -341,75 +336,6 @@ class KinesisForwarder:
 
     def close(self) -> None:
         self.client.close()
-
-
-class BufferedForwarder:
-    """Collects records handed over one at a time, for a flush by count or by age.
-
-    Bounded: `offer` refuses a record when `buffer_max_records` are waiting (a flush keeps
-    failing) and counts the refusal, so a Kinesis outage cannot grow the producer without
-    limit. Records over the record limit are refused too. Use from one thread.
-    """
-
-    def __init__(
-        self,
-        forwarder: KinesisForwarder,
-        *,
-        flush_records: int,
-        flush_interval_s: float,
-        buffer_max_records: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.forwarder = forwarder
-        self.flush_records = flush_records
-        self.flush_interval_s = flush_interval_s
-        self.buffer_max_records = buffer_max_records
-        self._clock = clock
-        self._buffer: list[KinesisRecord] = []
-        self._oldest: float | None = None
-
-    @classmethod
-    def from_config(cls, cfg: KinesisConfig, client: KinesisClient | None = None) -> BufferedForwarder:
-        return cls(
-            forwarder_from_config(cfg, client),
-            flush_records=cfg.batch_max_records,
-            flush_interval_s=cfg.flush_interval_ms / 1000,
-            buffer_max_records=cfg.buffer_max_records,
-        )
-
-    @property
-    def depth(self) -> int:
-        return len(self._buffer)
-
-    def offer(self, record: KinesisRecord) -> bool:
-        """Queue `record`; False, counted, when it is over the record limit or the buffer is full."""
-        if record.size > MAX_RECORD_BYTES:
-            self.forwarder.counters.rejected_oversize += 1
-            return False
-        if len(self._buffer) >= self.buffer_max_records:
-            self.forwarder.counters.dropped_buffer_full += 1
-            return False
-        if not self._buffer:
-            self._oldest = self._clock()
-        self._buffer.append(record)
-        return True
-
-    def flush_due(self) -> bool:
-        if not self._buffer or self._oldest is None:
-            return False
-        return len(self._buffer) >= self.flush_records or self._clock() - self._oldest >= self.flush_interval_s
-
-    def flush(self) -> int:
-        """Send everything buffered; on failure keep what was not committed and re-raise."""
-        batch, self._buffer = self._buffer, []
-        try:
-            outcome = self.forwarder.put_all(batch)
-        except KinesisUnavailable as err:
-            done = set(err.committed)
-            self._buffer = [record for i, record in enumerate(batch) if i not in done] + self._buffer
-            raise
-        self._oldest = None
-        return outcome.committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,13 +420,13 @@ class KinesisSink:
 
 def _rejected_letter(delivery: Delivery, record: KinesisRecord) -> DeadLetter:
     envelope = delivery.envelope
-    return DeadLetter(
-        received_ms=delivery.received_ms,
-        topic=str(envelope.topic),
+    return DeadLetter.of(
+        delivery.received_ms,
+        str(envelope.topic),
+        envelope.encode(),
         reason=Reason.SINK_REJECTED,
         field="payload",
         detail=f"kinesis: record of {record.size} bytes is over the {MAX_RECORD_BYTES}-byte record limit",
-        payload=envelope.encode(),
     )
 
 
@@ -533,5 +459,7 @@ def forwarder_from_config(cfg: KinesisConfig, client: KinesisClient | None = Non
         cfg.stream_name,
         per_device_order=cfg.ordering == "per_device",
         batch_max_records=cfg.batch_max_records,
-        policy=RetryPolicy(cfg.retry_max, cfg.backoff_base_ms / 1000, cfg.backoff_cap_ms / 1000),
+        policy=RetryPolicy(
+            cfg.retry_max, BackoffPolicy(base_s=cfg.backoff_base_ms / 1000, cap_s=cfg.backoff_cap_ms / 1000)
+        ),
     )
