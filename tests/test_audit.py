@@ -26,6 +26,7 @@ class Case:
     lost: int
     duplicated: int
     boots: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    suspicious: tuple[Gap, ...] = ()  # every device's, in device order
 
 
 CASES = [
@@ -90,6 +91,77 @@ CASES = [
         boots={"z": ("b7",)},
     ),
     Case("device expected at seq 0 sent nothing", [], {"z": ("b1", 0)}, {"z": (0, (), 0)}, 0, 0),
+    # seq jumps no real loss explains: listed apart, not lost
+    Case(
+        "int64 seq",
+        keys("a", "b1", 1, 2, 2**63 - 1),
+        None,
+        {"a": (3, (), 0)},
+        0,
+        0,
+        suspicious=(Gap("b1", 3, 2**63 - 2),),
+    ),
+    Case(
+        "jump past a million",
+        keys("a", "b1", 1, 1_000_003),
+        None,
+        {"a": (2, (), 0)},
+        0,
+        0,
+        suspicious=(Gap("b1", 2, 1_000_002),),
+    ),
+    Case(
+        "jump of a million is a loss",
+        keys("a", "b1", 1, 1_000_002),
+        None,
+        {"a": (2, (Gap("b1", 2, 1_000_001),), 0)},
+        1_000_000,
+        0,
+    ),
+    Case(
+        "big gap in a big boot is a loss",
+        keys("a", "b1", *range(1, 2001), 1_500_000),
+        None,
+        {"a": (2001, (Gap("b1", 2001, 1_499_999),), 0)},
+        1_497_999,
+        0,
+    ),
+    Case(
+        "jump past the sensor's last seq",
+        keys("a", "b1", 1, 2, 3, 90),
+        {"a": ("b1", 3)},
+        {"a": (4, (), 0)},
+        0,
+        0,
+        suspicious=(Gap("b1", 4, 89),),
+    ),
+    Case(
+        "jump straddling the last seq",
+        keys("a", "b1", 1, 2, 90),
+        {"a": ("b1", 5)},
+        {"a": (3, (Gap("b1", 3, 5),), 0)},
+        3,
+        0,
+        suspicious=(Gap("b1", 6, 89),),
+    ),
+    Case(
+        "small gap past a stale last seq",
+        keys("a", "b1", 1, 2, 3, 4, 6),
+        {"a": ("b1", 3)},
+        {"a": (5, (Gap("b1", 5, 5),), 0)},
+        1,
+        0,
+    ),
+    Case(
+        "jump in another boot than expected",
+        keys("a", "b1", 1, 2**53 - 1) + keys("a", "b2", 1),
+        {"a": ("b2", 1)},
+        {"a": (3, (), 0)},
+        0,
+        0,
+        boots={"a": ("b1", "b2")},
+        suspicious=(Gap("b1", 2, 2**53 - 2),),
+    ),
     Case(
         "several devices",
         keys("a", "b1", 1, 2) + keys("b", "b1", 1, 3) + keys("c", "x", 1),
@@ -111,6 +183,8 @@ def test_audit(case: Case) -> None:
     assert report.readings == sum(count for count, _, _ in case.devices.values())
     for device, boots in case.boots.items():
         assert report.device(device).boots == boots
+    assert tuple(gap for d in report.devices for gap in d.suspicious) == case.suspicious
+    assert report.suspicious == len(case.suspicious)
 
 
 def test_first_and_last_ts_span_all_boots() -> None:
@@ -167,3 +241,17 @@ def test_format_report_caps_the_gap_list() -> None:
     text = format_report(run_audit(stored), max_gaps=5)
     assert sum(line.startswith("gap: a ") for line in text.splitlines()) == 5
     assert "gap: ... and 94 more" in text
+
+
+def test_format_report_lists_suspicious_jumps_apart_from_losses() -> None:
+    report = run_audit(keys("probe-1", "b1", 1, 3, 2**53 - 1))
+    assert (report.lost, report.suspicious, report.ok) == (1, 1, False)
+    lines = format_report(report).splitlines()
+    assert lines[2].split()[:5] == ["probe-1", "1", "3", "1", "0"]
+    assert "gap: probe-1 boot b1 seq 2..2 (1 lost)" in lines
+    assert (
+        "suspicious: probe-1 boot b1 seq 4..9007199254740990 missing (9007199254740987): "
+        "more than any real loss explains; not counted as lost"
+    ) in lines
+    assert lines[-1] == "audit: 1 device, 3 readings, 1 lost, 0 duplicated, 1 suspicious seq jump"
+    assert run_audit(keys("probe-1", "b1", 1, 2, 2**53 - 1)).ok

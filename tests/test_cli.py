@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,7 +80,131 @@ def _reaped_pid() -> int:
 
 
 def test_status_with_no_services_exits_1(tmp_path: Path) -> None:
-    assert cli.main(["status", "--status-dir", str(tmp_path / "none")]) == 1
+    assert cli.main(["status", "--status-dir", str(tmp_path)]) == 1
+
+
+def test_status_names_a_damaged_status_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_status(tmp_path, "ingester", "i1", {"written_total": 40})
+    (tmp_path / "forwarder-gw1.json").write_bytes(b"\xff{")
+    assert cli.main(["status", "--status-dir", str(tmp_path)]) == 0
+    assert f"skipped {tmp_path / 'forwarder-gw1.json'}" in capsys.readouterr().err
+
+
+def _empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def _not_sqlite(path: Path) -> Path:
+    path.write_bytes(b"device,boot,seq\n" * 100)
+    return path
+
+
+def _other_schema(path: Path) -> Path:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, value REAL)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def _text_seqs(path: Path) -> Path:
+    _store(path, [1])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE messages SET seq = 'one'")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def _non_utf8_config(path: Path) -> Path:
+    path.write_bytes(b'ingester_id = "\xff"\n')
+    return path
+
+
+def _missing(path: Path) -> Path:
+    return path
+
+
+def _directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _a_file(path: Path) -> Path:
+    path.write_text("x")
+    return path
+
+
+# Files the verb cannot use: exit 2 and a message naming the file, never a traceback or exit 1.
+BAD_FILES = [
+    ("audit empty db", ["audit", "--db", "{p}"], _empty, "not a saltmarsh sink database"),
+    ("audit non-sqlite db", ["audit", "--db", "{p}"], _not_sqlite, "not a saltmarsh sink database"),
+    ("audit other schema", ["audit", "--db", "{p}"], _other_schema, "not a saltmarsh sink database"),
+    ("audit text seqs", ["audit", "--db", "{p}"], _text_seqs, "cannot audit its stored keys"),
+    ("audit missing db", ["audit", "--db", "{p}"], _missing, "no such file"),
+    ("audit db is a directory", ["audit", "--db", "{p}"], _directory, "not a file"),
+    ("audit missing status dir", ["audit", "--db", "{db}", "--status-dir", "{p}"], _missing, "does not exist"),
+    ("audit status dir is a file", ["audit", "--db", "{db}", "--status-dir", "{p}"], _a_file, "is not a directory"),
+    ("audit non-utf8 config", ["audit", "--config", "{p}"], _non_utf8_config, "not UTF-8"),
+    ("audit missing config", ["audit", "--config", "{p}"], _missing, "cannot read"),
+    ("status missing dir", ["status", "--status-dir", "{p}"], _missing, "does not exist"),
+    ("status dir is a file", ["status", "--status-dir", "{p}", "--json"], _a_file, "is not a directory"),
+    ("es-templates non-utf8 config", ["es-templates", "--config", "{p}"], _non_utf8_config, "not UTF-8"),
+    ("es-templates missing config", ["es-templates", "--config", "{p}"], _missing, "cannot read"),
+    ("new-site missing pillar dir", ["pillar", "new-site", "x", "--pillar-dir", "{p}"], _missing, "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("argv", "make", "message"), [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES])
+def test_bad_files_exit_2_naming_the_file(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    make: Callable[[Path], Path],
+    message: str,
+) -> None:
+    db = tmp_path / "good.db"
+    _store(db, [1, 2])
+    path = make(tmp_path / "input")
+    assert cli.main([arg.format(p=path, db=db) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err
+
+
+BAD_ARGUMENTS = [
+    ("demo zero sensors", ["demo", "--sensors", "0"]),
+    ("demo negative rate", ["demo", "--rate", "-1"]),
+    ("demo NaN duration", ["demo", "--duration", "nan"]),
+    ("demo infinite outage", ["demo", "--outage", "inf"]),
+    ("demo text drain rate", ["demo", "--drain-rate", "fast"]),
+    ("new-site zero sensors", ["pillar", "new-site", "x", "--sensors", "0"]),
+]
+
+
+@pytest.mark.parametrize("argv", [c[1] for c in BAD_ARGUMENTS], ids=[c[0] for c in BAD_ARGUMENTS])
+def test_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    assert caught.value.code == 2
+
+
+def test_a_forged_seq_is_suspicious_not_lost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "sink.db"
+    _store(db, [1, 2, 3])
+    # Written before the contract bounded seq at 2**53-1, or by something else.
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "INSERT INTO messages SELECT device, boot, ?, site, kind, ts_ms, received_ms, gateway, name, metrics, envelope"
+        " FROM messages WHERE seq = 3",
+        (2**63 - 1,),
+    )
+    conn.commit()
+    conn.close()
+    assert cli.main(["audit", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "4 readings, 0 lost, 0 duplicated, 1 suspicious seq jump" in out
+    assert "suspicious: d1 boot b1 seq 4..9223372036854775806" in out
 
 
 def test_pillar_new_site_writes_secret_files_readable_by_owner_only(

@@ -133,6 +133,7 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
 def test_password_from_file_is_stripped_and_hidden(tmp_path: Path) -> None:
     secret_file = tmp_path / "pw"
     secret_file.write_text("s3cret\n")
+    secret_file.chmod(0o600)
     cfg = load(tmp_path, with_broker(username="ingest", password_file=str(secret_file)))
     assert cfg.broker.username == "ingest"
     assert cfg.broker.password == Secret("s3cret")

@@ -105,7 +105,7 @@ def test_engine_config_inline_or_from_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "key", "detail"),
     [
-        ({"config": "/nonexistent/relay.toml"}, "config", "cannot read"),
+        ({"config": "/nonexistent/relay.toml"}, "<file>", "cannot read"),
         ({"config": "/x.toml", "queue_max": 1}, "queue_max", "either config"),
     ],
 )
@@ -114,6 +114,14 @@ def test_engine_config_errors(options: dict[str, Any], key: str, detail: str) ->
         engine_config(options)
     assert caught.value.key == key
     assert detail in caught.value.detail
+
+
+def test_engine_config_reads_its_file_with_the_one_toml_loader(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_bytes(b'queue_max = 9\nrelay_tags = ["\xff"]\n')
+    with pytest.raises(ConfigError, match=r"relay.toml: not UTF-8: byte 0xff at byte offset 29") as caught:
+        engine_config({"config": str(path)})
+    assert caught.value.source == str(path)
 
 
 def test_engine_config_names_the_file_of_a_bad_key(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,8 @@ GOOD_TABLE: list[tuple[str, str, list[tuple[float, dict[str, float]]]]] = [
     ("row of empty cells: a dropout", H + "1,\n", [(1.0, {})]),
     ("blank lines and spaces", " timestamp , temperature \n\n1, 21 \n\n", [(1.0, T21)]),
     ("CRLF and negative values", "timestamp,temperature\r\n1,-4.5\r\n", [(1.0, {"temperature": -4.5})]),
+    ("byte-order mark", "\ufefftimestamp,temperature\n1,21\n", [(1.0, T21)]),
+    ("field at the limit", H + "1," + "0" * 1023 + "5\n", [(1.0, {"temperature": 5.0})]),
 ]
 
 
@@ -53,6 +57,9 @@ BAD_TABLE: list[tuple[str, str, int, str | None, str]] = [
     ("too many fields", "timestamp,temperature\n1,21,5\n", 2, None, "expected 2 fields, got 3"),
     ("too few fields", "timestamp,temperature,humidity\n1,21\n", 2, None, "expected 3 fields, got 2"),
     ("line counts blank lines", "timestamp,temperature\n\n1,21\n\n2,x\n", 5, "temperature", "x"),
+    ("field over the limit", H + "1,21\n2," + "0" * 1025 + "\n", 3, None, "a field is longer than 1024 characters"),
+    ("field over csv's limit", H + "1," + "0" * 131_073 + "\n", 2, None, "a field is longer than 1024 characters"),
+    ("header field over the limit", "timestamp," + "t" * 2000 + "\n1,2\n", 1, None, "longer than 1024"),
 ]
 
 
@@ -149,3 +156,33 @@ def test_open_driver_names_the_bad_line_of_the_file(tmp_path: Path) -> None:
     path.write_text("timestamp,temperature\n1,21\n2,oops\n")
     with pytest.raises(ReplayError, match=rf"{path}: line 3, column 'temperature'"):
         open_driver(DriverConfig(type="replay", replay_file=path))
+
+
+def test_a_file_with_a_byte_order_mark_replays(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + rows(0, 1).encode())
+    driver = open_driver(DriverConfig(type="replay", replay_file=path))
+    try:
+        assert driver.read(0.0) == Sample({"temperature": 20.0}, {"temperature": "°C"})
+    finally:
+        driver.close()
+
+
+def test_an_oversized_field_stops_the_sensor_at_start_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    path.write_text(rows(0, 1) + "2," + "1" * 200_000 + "\n")
+    config = tmp_path / "sensor.toml"
+    config.write_text(
+        f'device = "d1"\nsite = "s1"\nstate_dir = "{tmp_path}/state"\nstatus_dir = "{tmp_path}/status"\n'
+        f'[driver]\ntype = "replay"\nreplay_file = "{path}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "sensor", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{path}: line 4: a field is longer than 1024 characters" in done.stderr
+    assert "Traceback" not in done.stderr

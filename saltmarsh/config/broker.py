@@ -34,7 +34,7 @@ class BrokerConfig:
             tls=t.flag("tls", False),
             ca_file=t.path("ca_file", None),
             cert_file=t.path("cert_file", None),
-            key_file=t.path("key_file", None),
+            key_file=t.private_file("key_file", None),
             tls_insecure=t.flag("tls_insecure", False),
             keepalive_s=t.integer("keepalive_s", 30, lo=5, hi=3600),
             session_expiry_s=t.integer("session_expiry_s", 7 * 24 * 3600, lo=0, hi=2**32 - 1),

@@ -31,7 +31,6 @@ For OpenSearch-API servers and emulators that refuse the client's vendor media t
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 
 from saltmarsh.config.elasticsearch import ElasticsearchConfig, elasticsearch_config
 from saltmarsh.config.kinesis import KinesisConfig, kinesis_config
-from saltmarsh.config.table import Table
+from saltmarsh.config.table import Table, read_toml
 from saltmarsh.contract.errors import ConfigError
 from saltmarsh.sinks.kinesis.selection import Globs, Selection
 
@@ -140,11 +139,4 @@ def engine_config(options: Mapping[str, Any]) -> RelayConfig:
         other = sorted(k for k in options if k != "config")[0]
         raise ConfigError(other, "set either config (a file) or inline options, not both", "engines.saltmarsh_relay")
     path = Path(str(options["config"]))
-    try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except OSError as err:
-        raise ConfigError("config", f"cannot read {path}: {err.strerror}", "engines.saltmarsh_relay") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError("<file>", f"not valid TOML: {err}", str(path)) from None
-    return relay_config(doc, str(path))
+    return relay_config(read_toml(path), str(path))

@@ -1,12 +1,19 @@
 """Typed, strict reading of one TOML table, with errors that name the dotted key.
 
 Unknown keys are errors too: a typo such as `quota_byte` must not silently fall back to a default.
+Every service's config file, and the relay's, is read by `load_toml` here: a file that is missing,
+not UTF-8 (the byte offset is named) or not TOML is a ConfigError, so the service exits 2.
+
+Secret files (`<name>_file`) and TLS private keys (`private_file`) must be readable by their owner
+only, as ssh insists for its keys: any group or other permission bit is refused, naming the file
+and its mode. The Salt formula writes them 0600, owned by the service user.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,6 +123,13 @@ class Table:
         value = self.text(name, default)
         return None if value is None else Path(value)
 
+    def private_file(self, name: str, default: Any = _MISSING) -> Any:
+        """A path to a file holding a private key: it must exist and be readable by its owner only."""
+        path = self.path(name, default)
+        if path is not None:
+            check_private_file(path, self.key(name), self._source)
+        return path
+
     def array(self, name: str, default: Any = _MISSING) -> Any:
         value = self._get(name, default)
         if not isinstance(value, list):
@@ -145,10 +159,19 @@ class Table:
         if file_name and env_name:
             raise self.error(name, f"set only one of {name}_file and {name}_env")
         if file_name:
+            path = Path(file_name)
+            check_private_file(path, self.key(f"{name}_file"), self._source)
             try:
-                return Secret(Path(file_name).read_text().strip())
+                data = path.read_bytes()
             except OSError as err:
                 raise self.error(f"{name}_file", f"cannot read {file_name}: {err.strerror}") from None
+            try:
+                value = data.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise self.error(f"{name}_file", f"{file_name} is not UTF-8 at byte offset {err.start}") from None
+            if not value:
+                raise self.error(f"{name}_file", f"{file_name} is empty")
+            return Secret(value)
         if env_name:
             if env_name not in os.environ:
                 raise self.error(f"{name}_env", f"environment variable {env_name} is not set")
@@ -162,11 +185,39 @@ class Table:
             raise self.error(unknown[0], "unknown key")
 
 
-def load_toml(path: Path) -> Table:
+def check_private_file(path: Path, key: str, source: str = "") -> None:
+    """Refuse a secret or private-key file that anyone but its owner may read, like ssh does."""
     try:
-        with path.open("rb") as fh:
-            return Table(tomllib.load(fh), "", str(path))
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as err:
+        raise ConfigError(key, f"cannot read {path}: {err.strerror}", source) from None
+    if not path.is_file():
+        raise ConfigError(key, f"{path} is not a file", source)
+    if mode & 0o077:
+        raise ConfigError(
+            key,
+            f"permissions {mode:04o} for '{path}' are too open: it must be readable by its owner only (0600)",
+            source,
+        )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's document; a ConfigError naming the file (and the byte offset, if not UTF-8) if not."""
+    try:
+        data = path.read_bytes()
     except OSError as err:
         raise ConfigError("<file>", f"cannot read: {err.strerror}", str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            "<file>", f"not UTF-8: byte 0x{data[err.start]:02x} at byte offset {err.start}", str(path)
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("<file>", f"not valid TOML: {err}", str(path)) from None
+
+
+def load_toml(path: Path) -> Table:
+    return Table(read_toml(path), "", str(path))

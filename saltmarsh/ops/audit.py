@@ -5,6 +5,19 @@ of a device numbers its messages from 1, so any hole in 1..max(seq) is a lost me
 highest seq a device sent is only known from outside (the sensor's own counter), so
 `expectations` may name, per device, the boot and last seq it reached: stored seqs short of it
 are lost too, and an expected device with nothing stored lost everything.
+
+A seq jump no real loss explains is *suspicious*, not lost: one message with a forged or
+corrupted seq (say 2**53-1) must not make the audit report nine quadrillion lost readings. A gap
+is suspicious when
+
+- the sensor's own last seq for that boot is known, the gap goes beyond it, and the gap is larger
+  than the readings stored for that boot (the sensor never minted those seqs: lost up to its
+  last seq, suspicious after; the size test keeps a status written a moment before the last
+  few readings from hiding their gaps), or
+- it is larger than both SUSPICIOUS_MIN_GAP and SUSPICIOUS_FACTOR times the readings stored for
+  that boot: a million missing around three stored is not an outage, it is a bad seq.
+
+Suspicious gaps are listed apart and do not count in `lost`, so they do not fail the audit.
 """
 
 from __future__ import annotations
@@ -16,6 +29,9 @@ from datetime import UTC, datetime
 from saltmarsh.sinks.base import StoredKey
 
 Expectations = Mapping[str, tuple[str, int]]  # device -> (boot, last seq it sent)
+
+SUSPICIOUS_MIN_GAP = 1_000_000  # about 11.5 days of one reading a second
+SUSPICIOUS_FACTOR = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +56,7 @@ class DeviceAudit:
     duplicates: int  # keys seen more than once
     first_ts_ms: int | None
     last_ts_ms: int | None
+    suspicious: tuple[Gap, ...] = ()  # seq jumps no real loss explains; not counted as lost
 
     @property
     def lost(self) -> int:
@@ -66,6 +83,10 @@ class AuditReport:
         return sum(d.duplicates for d in self.devices)
 
     @property
+    def suspicious(self) -> int:
+        return sum(len(d.suspicious) for d in self.devices)
+
+    @property
     def ok(self) -> bool:
         return self.lost == 0 and self.duplicated == 0
 
@@ -83,6 +104,7 @@ class _DeviceTally:
         self.device = device
         # Highest seq stored per boot, in arrival (sorted) order; seqs start at 1, so 0 means none.
         self.last_seq_by_boot: dict[str, int] = {}
+        self.count_by_boot: dict[str, int] = {}
         self.count = 0
         self.gaps: list[Gap] = []
         self.duplicates = 0
@@ -107,6 +129,7 @@ class _DeviceTally:
         if key.seq > last_seq + 1:
             self.gaps.append(Gap(key.boot, last_seq + 1, key.seq - 1))
         self.last_seq_by_boot[key.boot] = key.seq
+        self.count_by_boot[key.boot] = self.count_by_boot.get(key.boot, 0) + 1
         self.count += 1
         if self.first_ts_ms is None or key.ts_ms < self.first_ts_ms:
             self.first_ts_ms = key.ts_ms
@@ -114,15 +137,27 @@ class _DeviceTally:
             self.last_ts_ms = key.ts_ms
 
     def finish(self, expected: tuple[str, int] | None) -> DeviceAudit:
-        gaps = list(self.gaps)
+        gaps: list[Gap] = []
+        suspicious: list[Gap] = []
+        expected_boot, expected_last = expected if expected is not None else ("", 0)
+        for gap in self.gaps:
+            stored = self.count_by_boot[gap.boot]
+            if gap.boot == expected_boot and gap.last_missing > expected_last and gap.size > stored:
+                # The sensor never got this far: lost up to its last seq, suspicious beyond it.
+                if gap.first_missing <= expected_last:
+                    gaps.append(Gap(gap.boot, gap.first_missing, expected_last))
+                suspicious.append(Gap(gap.boot, max(gap.first_missing, expected_last + 1), gap.last_missing))
+            elif gap.size > max(SUSPICIOUS_MIN_GAP, SUSPICIOUS_FACTOR * stored):
+                suspicious.append(gap)
+            else:
+                gaps.append(gap)
         boots = list(self.last_seq_by_boot)
         if expected is not None:
-            boot, last_seq = expected
-            stored_last = self.last_seq_by_boot.get(boot, 0)
-            if last_seq > stored_last:
-                gaps.append(Gap(boot, stored_last + 1, last_seq))
-            if boot not in self.last_seq_by_boot:
-                boots.append(boot)
+            stored_last = self.last_seq_by_boot.get(expected_boot, 0)
+            if expected_last > stored_last:
+                gaps.append(Gap(expected_boot, stored_last + 1, expected_last))
+            if expected_boot not in self.last_seq_by_boot:
+                boots.append(expected_boot)
         return DeviceAudit(
             device=self.device,
             boots=tuple(boots),
@@ -131,6 +166,7 @@ class _DeviceTally:
             duplicates=self.duplicates,
             first_ts_ms=self.first_ts_ms,
             last_ts_ms=self.last_ts_ms,
+            suspicious=tuple(suspicious),
         )
 
 
@@ -208,11 +244,20 @@ def format_report(report: AuditReport, max_gaps: int = 20) -> str:
         out.append(f"gap: {device} boot {gap.boot} seq {gap.first_missing}..{gap.last_missing} ({gap.size} lost)")
     if len(gaps) > max_gaps:
         out.append(f"gap: ... and {len(gaps) - max_gaps} more")
+    jumps = [(d.device, gap) for d in report.devices for gap in d.suspicious]
+    for device, gap in jumps[:max_gaps]:
+        out.append(
+            f"suspicious: {device} boot {gap.boot} seq {gap.first_missing}..{gap.last_missing} missing "
+            f"({gap.size}): more than any real loss explains; not counted as lost"
+        )
+    if len(jumps) > max_gaps:
+        out.append(f"suspicious: ... and {len(jumps) - max_gaps} more")
     if report.dead_letters:
         by_reason = ", ".join(f"{reason} {count}" for reason, count in sorted(report.dead_letters.items()))
         out.append(f"dead letters: {sum(report.dead_letters.values())} ({by_reason})")
+    suspicious = f", {_plural(report.suspicious, 'suspicious seq jump')}" if report.suspicious else ""
     out.append(
         f"audit: {_plural(len(report.devices), 'device')}, {_plural(report.readings, 'reading')}, "
-        f"{report.lost} lost, {report.duplicated} duplicated"
+        f"{report.lost} lost, {report.duplicated} duplicated{suspicious}"
     )
     return "\n".join(out)

@@ -1,31 +1,62 @@
-"""The `saltmarsh` command: demo, audit, status."""
+"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site.
+
+Every verb exits
+    0  done, and all is well
+    1  it checked and found something wrong (audit: losses or duplicates; status: no service has
+       written status; demo: the audit failed), or the action itself failed (es-templates)
+    2  it could not check: bad arguments, or a file or directory that is missing, unreadable or
+       not what it should be (the message names it)
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
-from saltmarsh.contract.errors import SaltmarshError
+from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
 from saltmarsh.ops.audit import AuditReport, format_report, run_audit
 from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 from saltmarsh.ops.progress import fleet_progress_line
-from saltmarsh.runtime.status import read_statuses
+from saltmarsh.runtime.status import ServiceStatus, read_statuses
 from saltmarsh.sinks import open_audit_source
 
 DEFAULT_STATUS_DIR = Path("/run/saltmarsh/status")
 
 
 def _audit(source_spec: Path | SinkConfig, expectations: dict[str, tuple[str, int]] | None) -> AuditReport:
+    if isinstance(source_spec, Path) and not source_spec.is_file():
+        raise SinkUnavailable(f"sqlite {source_spec}: {'not a file' if source_spec.exists() else 'no such file'}")
     source = open_audit_source(source_spec)
     try:
         return run_audit(source.stored_keys(), expectations, source.dead_letter_counts())
+    except sqlite3.Error as err:
+        # An empty file, another program's database or an older schema: nothing to audit.
+        raise SinkUnavailable(f"sqlite {source_spec}: not a saltmarsh sink database: {err}") from None
+    except (ValueError, TypeError) as err:
+        # Keys out of order or of the wrong type: the store is not one this audit can read.
+        raise SinkUnavailable(f"{source_spec}: cannot audit its stored keys: {err}") from None
     finally:
         source.close()
+
+
+def _not_a_directory(directory: Path) -> str | None:
+    """Why `directory` cannot be read as a status directory, or None if it can."""
+    if directory.is_dir():
+        return None
+    return f"status directory {directory} {'is not a directory' if directory.exists() else 'does not exist'}"
+
+
+def _unreadable_status_files(directory: Path, statuses: Sequence[ServiceStatus]) -> list[Path]:
+    """Status files in `directory` that read_statuses skipped: damaged, or not a service's."""
+    read = {f"{s.service}-{s.instance}.json" for s in statuses}
+    return [path for path in sorted(directory.glob("*.json")) if path.name not in read]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -69,9 +100,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 cloud_down_since = None
             dead = [p for p in fleet.processes() if p.returncode() not in (None, 0)]
             if dead:
+                # The run was checked, and it is wrong: a service the demo relies on died (1).
+                # 2 is kept for what stops the demo from running at all: usage, mosquitto missing.
                 for process in dead:
                     print(f"demo: {process.name} exited {process.returncode()}:\n{process.log_tail()}", file=sys.stderr)
-                return 3
+                return 1
             print(fleet_progress_line(elapsed, fleet.statuses(), total), flush=True)
             if cloud_down_since is None and fleet.sensors_done():
                 report = fleet.audit_if_stored()
@@ -94,16 +127,29 @@ def _sink_text(plan: FleetPlan) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    expectations = None
-    if args.status_dir:
-        expectations = {
-            s.instance: (str(s.counters["boot"]), int(s.counters["last_seq"]))
-            for s in read_statuses(Path(args.status_dir))
-            if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters
-        }
     if bool(args.db) == bool(args.config):
         print("saltmarsh audit: give exactly one of --db and --config", file=sys.stderr)
         return 2
+    expectations: dict[str, tuple[str, int]] | None = None
+    if args.status_dir:
+        status_dir = Path(args.status_dir)
+        problem = _not_a_directory(status_dir)
+        if problem:
+            print(f"saltmarsh audit: {problem}", file=sys.stderr)
+            return 2
+        statuses = read_statuses(status_dir)
+        for path in _unreadable_status_files(status_dir, statuses):
+            print(f"saltmarsh audit: skipped {path}: not a readable service status", file=sys.stderr)
+        expectations = {}
+        for s in statuses:
+            if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters:
+                try:
+                    expectations[s.instance] = (str(s.counters["boot"]), int(s.counters["last_seq"]))
+                except (TypeError, ValueError):
+                    print(
+                        f"saltmarsh audit: {status_dir}: sensor {s.instance}: last_seq is not a number", file=sys.stderr
+                    )
+                    return 2
     spec = Path(args.db) if args.db else load_ingester_config(Path(args.config)).sink
     report = _audit(spec, expectations)
     print(format_report(report))
@@ -111,7 +157,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = read_statuses(Path(args.status_dir))
+    status_dir = Path(args.status_dir)
+    problem = _not_a_directory(status_dir)
+    if problem:
+        print(f"saltmarsh status: {problem}", file=sys.stderr)
+        return 2
+    statuses = read_statuses(status_dir)
+    for path in _unreadable_status_files(status_dir, statuses):
+        print(f"saltmarsh status: skipped {path}: not a readable service status", file=sys.stderr)
     if args.json:
         now_ms = int(time.time() * 1000)
         rows = [
@@ -159,7 +212,15 @@ def cmd_es_templates(args: argparse.Namespace) -> int:
 def cmd_pillar_new_site(args: argparse.Namespace) -> int:
     from saltmarsh.ops.pillar import new_site
 
-    written = new_site(args.name, args.sensors, Path(args.pillar_dir))
+    pillar_dir = Path(args.pillar_dir)
+    if not pillar_dir.is_dir():
+        print(f"saltmarsh pillar new-site: pillar directory {pillar_dir} does not exist", file=sys.stderr)
+        return 2
+    try:
+        written = new_site(args.name, args.sensors, pillar_dir)
+    except UnicodeDecodeError as err:
+        print(f"saltmarsh pillar new-site: {pillar_dir / 'fleet.yaml'}: not UTF-8 at byte {err.start}", file=sys.stderr)
+        return 2
     for path in written:
         print(f"wrote {path}")
     print(
@@ -169,17 +230,37 @@ def cmd_pillar_new_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number_type(convert: Callable[[str], float], lo: float, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse type: a number at least (or, if not `inclusive`, above) `lo`."""
+
+    def check(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not (value >= lo if inclusive else value > lo):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'at least' if inclusive else 'above'} {lo:g}")
+        return value
+
+    return check
+
+
+_count = _number_type(int, 1)
+_positive = _number_type(float, 0, inclusive=False)
+_non_negative = _number_type(float, 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="saltmarsh", description="IoT fleet store-and-forward, end to end.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     demo = verbs.add_parser("demo", help="run a local fleet through a cut uplink and audit the sink")
-    demo.add_argument("--sensors", type=int, default=5, help="simulated sensor agents (default 5)")
-    demo.add_argument("--rate", type=float, default=2.0, help="readings per second per sensor (default 2)")
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds each sensor produces (default 30)")
-    demo.add_argument("--outage", type=float, default=10.0, help="seconds the cloud broker is down (0: none)")
-    demo.add_argument("--drain-rate", type=float, default=2000.0, help="backlog drain limit, msg/s")
-    demo.add_argument("--drain-timeout", type=float, default=120.0, help="seconds allowed to drain at the end")
+    demo.add_argument("--sensors", type=_count, default=5, help="simulated sensor agents (default 5)")
+    demo.add_argument("--rate", type=_positive, default=2.0, help="readings per second per sensor (default 2)")
+    demo.add_argument("--duration", type=_positive, default=30.0, help="seconds each sensor produces (default 30)")
+    demo.add_argument("--outage", type=_non_negative, default=10.0, help="seconds the cloud broker is down (0: none)")
+    demo.add_argument("--drain-rate", type=_positive, default=2000.0, help="backlog drain limit, msg/s")
+    demo.add_argument("--drain-timeout", type=_non_negative, default=120.0, help="seconds allowed to drain at the end")
     demo.add_argument("--dir", default="var/demo", help="where configs, spools, logs and the database go")
     demo.add_argument("--sink", choices=("sqlite", "elasticsearch"), default="sqlite", help="store of record")
     demo.add_argument("--es-url", help="Elasticsearch URL for --sink elasticsearch")
@@ -202,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     pillar_verbs = pillar.add_subparsers(dest="pillar_verb", required=True)
     new_site = pillar_verbs.add_parser("new-site", help="a new site's pillar with freshly generated secrets")
     new_site.add_argument("name", help="site id, e.g. brisbane")
-    new_site.add_argument("--sensors", type=int, default=4, help="sensors at the site (default 4)")
+    new_site.add_argument("--sensors", type=_count, default=4, help="sensors at the site (default 4)")
     new_site.add_argument("--pillar-dir", default="pillar", help="the pillar tree to write into (default pillar/)")
     new_site.set_defaults(func=cmd_pillar_new_site)
 
@@ -219,6 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except SaltmarshError as err:
         print(f"saltmarsh {args.verb}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A file or directory the verb was given (or writes to) is missing, unreadable or full.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"saltmarsh {args.verb}: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

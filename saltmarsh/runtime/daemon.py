@@ -2,13 +2,16 @@
 
 exit 0  stopped on SIGTERM/SIGINT after a clean shutdown
 exit 1  the service failed while running (its log says why)
-exit 2  it cannot start: bad config (the key is named on stderr) or missing hardware
+exit 2  it cannot start: bad config (the key is named on stderr), a config, secret or key file
+        that is missing, unreadable, not UTF-8 or readable by others (the file is named), a
+        state or status directory it cannot create, or missing hardware
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,6 +48,7 @@ def serve(
     logs.setup(service, args.log_level)
     try:
         cfg = load(args.config)
+        _prepare_directories(cfg, str(args.config))
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_CANNOT_START
@@ -61,3 +65,23 @@ def serve(
     except cannot_start as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_CANNOT_START
+
+
+def _prepare_directories(cfg: object, source: str) -> None:
+    """Create the state and status directories a config names, or say which one cannot be used.
+
+    A service finding out only when its spool or first status write fails would die with a
+    traceback and exit 1, as if it had failed while running.
+    """
+    for key in ("state_dir", "status_dir"):
+        directory = getattr(cfg, key, None)
+        if not isinstance(directory, Path):
+            continue
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError(key, f"{directory} is not a directory", source)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(key, f"cannot create {directory}: {err.strerror}", source) from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(key, f"{directory} is not writable by this user", source)

@@ -1,5 +1,6 @@
 """Replay of a CSV file: a `timestamp` column plus one column per metric.
 
+The file is UTF-8, with or without a byte-order mark, and no field is longer than MAX_FIELD_CHARS.
 Timestamps may be epoch seconds, epoch milliseconds or ISO 8601 (naive means UTC). The file is
 replayed either one row per agent interval, or paced by its own timestamps divided by a speed
 factor. Parsing is pure: text in, rows or a `ReplayError` naming the line and column out.
@@ -26,6 +27,10 @@ TIMESTAMP_COLUMN = "timestamp"
 # 1e11 seconds is the year 5138 and 1e11 milliseconds is 1973, so the two cannot be confused.
 EPOCH_MS_ABOVE = 1e11
 KNOWN_UNITS = {"temperature": "°C", "humidity": "%", "pressure": "hPa", "light": "lx"}
+# A timestamp or a number fits in a few dozen characters; a longer field is not a reading. (The
+# csv module's own limit, 131,072, is reported with the same message.)
+MAX_FIELD_CHARS = 1024
+_BOM = "\ufeff"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +67,33 @@ def _parse_value(text: str) -> float:
     return value
 
 
+def _records(lines: Iterable[str], source: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) per CSV record; a field too long, or CSV the reader refuses, is a ReplayError."""
+    reader = csv.reader(lines)
+    while True:
+        try:
+            cells = next(reader, None)
+        except csv.Error as err:
+            line = reader.line_num or 1
+            if "field limit" in str(err):
+                raise ReplayError(source, line, None, f"a field is longer than {MAX_FIELD_CHARS} characters") from None
+            raise ReplayError(source, line, None, f"not valid CSV: {err}") from None
+        if cells is None:
+            return
+        if any(len(cell) > MAX_FIELD_CHARS for cell in cells):
+            raise ReplayError(source, reader.line_num, None, f"a field is longer than {MAX_FIELD_CHARS} characters")
+        yield reader.line_num, cells
+
+
 def iter_replay(lines: Iterable[str], source: str = "<replay>") -> Iterator[ReplayRow]:
     """CSV lines to rows in file order, lazily. Empty cells mean that metric is absent from that row."""
-    reader = csv.reader(lines)
-    header = next(reader, None)
-    if header is None:
+    records = _records(lines, source)
+    first = next(records, None)
+    if first is None:
         raise ReplayError(source, 1, None, "empty file: expected a header with a timestamp column")
-    header = [name.strip() for name in header]
+    header = [name.strip() for name in first[1]]
+    if header and header[0].startswith(_BOM):  # text handed in already decoded, BOM and all
+        header[0] = header[0][1:].strip()
     if TIMESTAMP_COLUMN not in header:
         raise ReplayError(source, 1, None, f"no {TIMESTAMP_COLUMN!r} column in header {header!r}")
     for name in header:
@@ -80,8 +105,8 @@ def iter_replay(lines: Iterable[str], source: str = "<replay>") -> Iterator[Repl
             raise ReplayError(source, 1, name, "metric names are letters, digits, '_', '.' or '-'") from None
     ts_index = header.index(TIMESTAMP_COLUMN)
     any_rows = False
-    for cells in reader:
-        line = reader.line_num
+    line = first[0]
+    for line, cells in records:
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(header):
@@ -101,7 +126,7 @@ def iter_replay(lines: Iterable[str], source: str = "<replay>") -> Iterator[Repl
         any_rows = True
         yield ReplayRow(line, ts_s, metrics)
     if not any_rows:
-        raise ReplayError(source, reader.line_num or 1, None, "no data rows")
+        raise ReplayError(source, line, None, "no data rows")
 
 
 def parse_replay(text: str, source: str = "<replay>") -> list[ReplayRow]:
@@ -128,7 +153,7 @@ def units_for(metric_names: Iterable[str]) -> dict[str, str]:
 
 def _open(path: Path) -> TextIO:
     try:
-        return path.open(encoding="utf-8", newline="")
+        return path.open(encoding="utf-8-sig", newline="")  # a BOM, if there is one, is not the header
     except OSError as err:
         raise DriverError(f"replay file {path}: cannot read: {err.strerror}") from None
 
