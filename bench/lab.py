@@ -1,8 +1,9 @@
 """One bench run's processes and files: brokers, services, publishers and counters.
 
 Everything started through a `Lab` is stopped by PID when the `with` block ends, in reverse
-order, whatever happened inside it. Files live in a fresh temporary directory, removed at the
-end unless `keep` is set (to read logs after a failure).
+order, whatever happened inside it. Files live in a fresh temporary directory laid out as the
+local fleet's (`saltmarsh.ops.localfleet.layout`), removed at the end unless `keep` is set (to
+read logs after a failure).
 """
 
 from __future__ import annotations
@@ -13,26 +14,23 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-import tomli_w
-
+from saltmarsh.ops.localfleet.configs import write_config
+from saltmarsh.ops.localfleet.layout import Layout
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto
-from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.ops.localfleet.processes import ServiceProcess, StopList, StoppableT
 from saltmarsh.runtime.status import ServiceStatus, read_statuses
-
-
-class Stoppable(Protocol):
-    def stop(self) -> Any: ...
 
 
 class Lab:
     def __init__(self, name: str, keep: bool = False) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix=f"saltmarsh-bench-{name}-"))
+        self.layout = Layout(Path(tempfile.mkdtemp(prefix=f"saltmarsh-bench-{name}-")))
+        self.base = self.layout.base
         self.keep = keep
-        self.status_dir = self.base / "status"
-        self.logs = self.base / "logs"
-        self._started: list[Stoppable] = []
+        self.status_dir = self.layout.status_dir
+        self.logs = self.layout.logs_dir
+        self._started = StopList()
 
     def __enter__(self) -> Lab:
         return self
@@ -40,24 +38,17 @@ class Lab:
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.close(failed=err is not None)
 
-    def track(self, thing: Stoppable) -> None:
-        self._started.append(thing)
+    def track(self, thing: StoppableT) -> StoppableT:
+        return self._started.track(thing)
 
     def broker(self, name: str, **spec_args: object) -> Mosquitto:
-        broker = Mosquitto.on_free_port(name, self.base / "brokers", **spec_args)
-        self.track(broker)
-        return broker.start()
+        return self.track(Mosquitto.on_free_port(name, self.layout.brokers_dir, **spec_args)).start()
 
     def config(self, name: str, doc: Mapping[str, Any]) -> Path:
-        path = self.base / "etc" / f"{name}.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(tomli_w.dumps(dict(doc)))
-        return path
+        return write_config(self.layout.config_path(name), doc)
 
     def service(self, name: str, module: str, config: Path) -> ServiceProcess:
-        process = ServiceProcess.python_module(name, module, ["--config", str(config)], self.logs / f"{name}.log")
-        self.track(process)
-        return process.start()
+        return self.track(ServiceProcess.service(name, module, config, self.layout.log_path(name))).start()
 
     def status(self, service: str, instance: str) -> ServiceStatus | None:
         return next((s for s in read_statuses(self.status_dir) if (s.service, s.instance) == (service, instance)), None)
@@ -82,12 +73,8 @@ class Lab:
         raise TimeoutError(f"{service}-{instance} not ready within {timeout_s:.0f} s; see {self.logs}")
 
     def close(self, failed: bool = False) -> None:
-        for thing in reversed(self._started):
-            try:
-                thing.stop()
-            except Exception as err:  # keep stopping the rest
-                print(f"    warning: stopping {thing!r} failed: {err!r}")
-        self._started.clear()
+        for thing, err in self._started.stop_all():
+            print(f"    warning: stopping {thing!r} failed: {err!r}")
         if failed or self.keep:
             print(f"    files kept in {self.base}")
         else:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from saltmarsh.ops.audit import AuditReport
 from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
+from saltmarsh.ops.localfleet.processes import ServiceProcess
 
 
 def wait_until_audited(fleet: LocalFleet, timeout_s: float) -> AuditReport:
@@ -23,6 +24,15 @@ def wait_until_audited(fleet: LocalFleet, timeout_s: float) -> AuditReport:
                 return report
         time.sleep(0.5)
     return fleet.audit()
+
+
+def kill9_and_restart(fleet: LocalFleet, process: ServiceProcess, times: int, up_s: float, down_s: float) -> None:
+    """The crash under test, `times` over: `up_s` running, kill -9, `down_s` dead, started again."""
+    for _ in range(times):
+        time.sleep(up_s)
+        process.kill9()
+        time.sleep(down_s)
+        fleet.restart(process)
 
 
 @contextmanager

@@ -1,4 +1,8 @@
-"""`make demo` on the embedded default: a short run through a cut uplink must audit clean."""
+"""`make demo` on the embedded default: a short run through a cut uplink must audit clean.
+
+And its exit codes: 1 when a service it started dies (the run is checked, and it is wrong), 2
+when it cannot run at all.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from saltmarsh.ops.cli import main
+from saltmarsh.ops.localfleet.fleet import LocalFleet
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_make_demo_runs_and_audits_clean(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
     result = subprocess.run(
@@ -34,3 +40,24 @@ def test_make_demo_runs_and_audits_clean(tmp_path: Path) -> None:
     assert "cloud broker back" in out
     assert "180 readings, 0 lost, 0 duplicated" in out, out
     assert (demo_dir / "state" / "ingester" / "saltmarsh.db").exists()
+
+
+@pytest.mark.slow
+def test_a_service_dying_mid_run_exits_1_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = LocalFleet.start
+
+    def start_then_kill_the_forwarder(fleet: LocalFleet) -> None:
+        start(fleet)
+        fleet.forwarder.kill9()
+
+    monkeypatch.setattr(LocalFleet, "start", start_then_kill_the_forwarder)
+    argv = ["demo", "--sensors", "1", "--rate", "5", "--duration", "5", "--outage", "0", "--dir", str(tmp_path)]
+    assert main(argv) == 1
+    assert "demo: forwarder exited -9" in capsys.readouterr().err
+
+
+def test_elasticsearch_without_a_url_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    assert main(["demo", "--sink", "elasticsearch", "--dir", str(tmp_path / "demo")]) == 2
+    assert not (tmp_path / "demo").exists()

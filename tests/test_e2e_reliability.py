@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.ops.localfleet.fleet import LocalFleet
-from tests.e2e import running_fleet, wait_until_audited
+from tests.e2e import kill9_and_restart, running_fleet, wait_until_audited
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +47,7 @@ def test_cloud_broker_stopped_for_30s_mid_run(tmp_path: Path) -> None:
 
 def test_forwarder_kill9_five_times(tmp_path: Path) -> None:
     with running_fleet(tmp_path / "fleet", sensors=SENSORS, rate_hz=RATE_HZ, readings_per_sensor=600) as fleet:
-        for _ in range(5):
-            time.sleep(2.5)
-            fleet.forwarder.kill9()
-            time.sleep(0.5)
-            fleet.restart(fleet.forwarder)
+        kill9_and_restart(fleet, fleet.forwarder, times=5, up_s=2.5, down_s=0.5)
         _assert_clean(fleet)
 
 
@@ -72,11 +68,7 @@ def test_forwarder_restarted_while_cloud_down(tmp_path: Path) -> None:
 
 def test_ingester_kill9(tmp_path: Path) -> None:
     with running_fleet(tmp_path / "fleet", sensors=SENSORS, rate_hz=RATE_HZ, readings_per_sensor=400) as fleet:
-        for _ in range(3):
-            time.sleep(3)
-            fleet.ingester.kill9()
-            time.sleep(1)
-            fleet.restart(fleet.ingester)
+        kill9_and_restart(fleet, fleet.ingester, times=3, up_s=3, down_s=1)
         _assert_clean(fleet)
 
 

@@ -12,21 +12,20 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 
 from saltmarsh.contract.envelope import Envelope
 from saltmarsh.contract.topics import Channel
-from saltmarsh.ops.localfleet.mosquitto import Mosquitto
-from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.ops.localfleet.configs import broker_table, forwarder_config, write_config
+from saltmarsh.ops.localfleet.layout import Layout
+from saltmarsh.ops.localfleet.mosquitto import BrokerPair
+from saltmarsh.ops.localfleet.processes import ServiceProcess, wait_until
 from saltmarsh.runtime.status import read_statuses
-from tests.conftest import BrokerFactory
 from tests.support import Collector, publish_all
 
 GATEWAY_ID = "gw-test"
@@ -77,46 +76,34 @@ def probe_seen(port: int, collector: Collector) -> bool:
     return collector.wait_for(lambda msgs: any(m.topic == PROBE_TOPIC for m in msgs), 1.0)
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
-
-
-@dataclass
 class Gateway:
     """A site broker, a cloud broker, a cloud collector and forwarder processes, all cleaned up."""
 
-    tmp: Path
-    local: Mosquitto
-    cloud: Mosquitto
-    config_path: Path
-    status_dir: Path
-    state_dir: Path
-    processes: list[ServiceProcess] = field(default_factory=list)
-    extra_brokers: list[Mosquitto] = field(default_factory=list)
-    collectors: list[Collector] = field(default_factory=list)
+    def __init__(self, layout: Layout, brokers: BrokerPair) -> None:
+        self.layout = layout
+        self.brokers = brokers
+        self.local, self.cloud = brokers.gateway, brokers.cloud
+        self.config_path = layout.config_path("forwarder")
+        self.status_dir = layout.status_dir
+        self.state_dir = layout.state_dir("forwarder")
+        self.processes: list[ServiceProcess] = []
+        self.collectors: list[Collector] = []
 
     def write_config(self, **overrides: Any) -> None:
-        doc: dict[str, Any] = {
-            "gateway_id": GATEWAY_ID,
-            "site": "+",
-            "state_dir": str(self.state_dir),
-            "status_dir": str(self.status_dir),
-            "local": {"host": "127.0.0.1", "port": self.local.port},
-            "uplink": {"host": "127.0.0.1", "port": self.cloud.port},
-        }
-        doc.update(overrides)
-        self.config_path.write_text(tomli_w.dumps(doc))
+        doc = forwarder_config(
+            gateway_id=GATEWAY_ID,
+            site="+",
+            local=broker_table(self.local.port),
+            uplink=broker_table(self.cloud.port),
+            state_dir=self.state_dir,
+            status_dir=self.status_dir,
+            **overrides,
+        )
+        write_config(self.config_path, doc)
 
     def start_forwarder(self, wait_subscribed: bool = True) -> ServiceProcess:
-        proc = ServiceProcess.python_module(
-            "forwarder", "gateway", ["--config", str(self.config_path)], self.tmp / "logs" / "forwarder.log"
-        ).start()
-        self.processes.append(proc)
+        proc = ServiceProcess.service("forwarder", "gateway", self.config_path, self.layout.log_path("forwarder"))
+        self.processes.append(proc.start())
         if wait_subscribed:
             started = time.time() * 1000
             assert self.wait_status(lambda c, s: bool(c.get("local_connected")) and s >= started, 15), (
@@ -131,7 +118,7 @@ class Gateway:
         return {}, 0
 
     def wait_status(self, predicate: Callable[[Mapping[str, Any], int], bool], timeout_s: float) -> bool:
-        return wait_until(lambda: predicate(*self.status()), timeout_s)
+        return wait_until(lambda: predicate(*self.status()), timeout_s, interval_s=0.1)
 
     def collector(self) -> Collector:
         collector = Collector(self.cloud.port, "saltmarsh/v1/#", client_id="cloud-collector", clean_start=False)
@@ -139,28 +126,20 @@ class Gateway:
         return collector
 
     def restart_cloud(self) -> None:
-        self.cloud = Mosquitto(self.cloud.spec, self.cloud.log_dir).start()
-        self.extra_brokers.append(self.cloud)
+        self.cloud.start()
 
     def close(self) -> None:
         for proc in self.processes:
             proc.stop()
         for collector in self.collectors:
             collector.close()
-        for broker in self.extra_brokers:
-            broker.stop()
+        self.brokers.stop()
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, broker_factory: BrokerFactory) -> Iterator[Gateway]:
-    gw = Gateway(
-        tmp=tmp_path,
-        local=broker_factory("site"),
-        cloud=broker_factory("cloud"),
-        config_path=tmp_path / "forwarder.toml",
-        status_dir=tmp_path / "status",
-        state_dir=tmp_path / "state",
-    )
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    layout = Layout(tmp_path)
+    gw = Gateway(layout, BrokerPair.on_free_ports(layout.brokers_dir).start())
     gw.write_config()
     yield gw
     gw.close()

@@ -18,6 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from saltmarsh.ops.audit import AuditReport, run_audit
+from saltmarsh.ops.localfleet.configs import broker_table, ingester_config, sqlite_sink, write_config
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 from saltmarsh.runtime.status import read_statuses
@@ -59,26 +60,20 @@ class Ingesters:
         self.started: list[ServiceProcess] = []
 
     def config(self, ingester_id: str, **extra: str | int) -> Path:
-        path = self.tmp_path / f"{ingester_id}.toml"
-        lines = [
-            f'ingester_id = "{ingester_id}"',
-            f'status_dir = "{self.status_dir}"',
-            'share_group = "cloud"',
-            *(f"{key} = {json.dumps(value)}" for key, value in extra.items()),
-            "[broker]",
-            f"port = {self.broker.port}",
-            "[sink]",
-            f'path = "{self.db}"',
-        ]
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        doc = ingester_config(
+            ingester_id=ingester_id,
+            broker=broker_table(self.broker.port),
+            sink=sqlite_sink(self.db),
+            status_dir=self.status_dir,
+            share_group="cloud",
+            **extra,
+        )
+        return write_config(self.tmp_path / f"{ingester_id}.toml", doc)
 
     def start(self, ingester_id: str, **extra: str | int) -> ServiceProcess:
         config = self.config(ingester_id, **extra)
         log = self.tmp_path / "logs" / f"{ingester_id}.log"
-        process = ServiceProcess.python_module(
-            f"ingester-{ingester_id}", "cloud_ingester", ["--config", str(config)], log
-        )
+        process = ServiceProcess.service(f"ingester-{ingester_id}", "cloud_ingester", config, log)
         self.started.append(process.start())
         wait_until(lambda: self.counters(ingester_id).get("subscribed") is True, 15, process)
         return process

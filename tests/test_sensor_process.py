@@ -12,12 +12,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import tomli_w
 
 from saltmarsh.contract.envelope import Envelope, parse
 from saltmarsh.contract.topics import ID_PATTERN
+from saltmarsh.ops.localfleet import configs
 from saltmarsh.ops.localfleet.mosquitto import BrokerSpec, Mosquitto
-from saltmarsh.ops.localfleet.processes import ServiceProcess, free_port
+from saltmarsh.ops.localfleet.processes import ServiceProcess, free_port, wait_until
 from saltmarsh.runtime.status import read_statuses
 from tests.conftest import BrokerFactory
 from tests.support import Collector
@@ -27,22 +27,23 @@ STATUS = "saltmarsh/v1/marsh/pi-1/status"
 
 
 def write_config(tmp_path: Path, port: int, **overrides: Any) -> Path:
-    doc: dict[str, Any] = {
-        "device": "pi-1",
-        "site": "marsh",
-        "state_dir": str(tmp_path / "state"),
-        "status_dir": str(tmp_path / "status"),
+    settings: dict[str, Any] = {
         "interval_s": 0.01,
         "max_readings": 100,
         "publish_window": 20,
         "model": "DHT22",
-        "broker": {"port": port, "keepalive_s": 5},
         "driver": {"type": "simulated", "seed": 3},
+        **overrides,
     }
-    doc.update(overrides)
-    path = tmp_path / f"sensor-{time.monotonic_ns()}.toml"
-    path.write_text(tomli_w.dumps(doc))
-    return path
+    doc = configs.sensor_config(
+        device=settings.pop("device", "pi-1"),
+        site="marsh",
+        broker=configs.broker_table(port, keepalive_s=5),
+        state_dir=tmp_path / "state",
+        status_dir=tmp_path / "status",
+        **settings,
+    )
+    return configs.write_config(tmp_path / f"sensor-{time.monotonic_ns()}.toml", doc)
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def sensors(tmp_path: Path) -> Iterator[list[ServiceProcess]]:
 
 
 def start_sensor(sensors: list[ServiceProcess], config: Path) -> ServiceProcess:
-    proc = ServiceProcess.python_module("sensor", "sensor", ["--config", str(config)], config.with_suffix(".log"))
+    proc = ServiceProcess.service("sensor", "sensor", config, config.with_suffix(".log"))
     sensors.append(proc.start())
     return proc
 
@@ -68,15 +69,6 @@ def counters(tmp_path: Path, written_after_ms: int = 0) -> dict[str, Any]:
     (status,) = [s for s in read_statuses(tmp_path / "status") if s.name == "sensor-pi-1"]
     assert status.updated_ms > written_after_ms, "status file not rewritten yet"
     return dict(status.counters)
-
-
-def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_every_reading_arrives_once_in_order(tmp_path: Path, broker_factory: BrokerFactory) -> None:
@@ -239,13 +231,7 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("overrides", "named"), [row[1:] for row in BAD_CONFIGS], ids=[row[0] for row in BAD_CONFIGS])
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path, overrides: dict[str, Any], named: str) -> None:
     config = write_config(tmp_path, free_port(), **overrides)
-    done = subprocess.run(
-        [sys.executable, "-m", "sensor", "--config", str(config)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_sensor_cli(config)
     assert done.returncode == 2, done.stderr
     assert named in done.stderr
     assert not (tmp_path / "state").exists()  # refused before touching anything
@@ -253,12 +239,6 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path, overrides: dict[str, 
 
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    done = subprocess.run(
-        [sys.executable, "-m", "sensor", "--config", str(missing)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_sensor_cli(missing)
     assert done.returncode == 2
     assert str(missing) in done.stderr

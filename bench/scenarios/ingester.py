@@ -26,6 +26,7 @@ from bench.procstat import CpuMeter, memory_bytes
 from bench.progress import Progress
 from bench.results import BenchReport, environment, figures_from_runs, ratio
 from bench.stats import rate_between
+from saltmarsh.ops.localfleet.configs import broker_table, ingester_config, sqlite_sink
 
 NAME = "ingester"
 TITLE = "cloud ingester into its sinks, vs a bare counting subscriber"
@@ -59,7 +60,7 @@ def _sqlite_stored(lab: Lab) -> int:
 
 
 SINK_BENCHES: dict[str, SinkBench] = {
-    "sqlite": SinkBench("sqlite", lambda lab: {"type": "sqlite", "path": str(_sqlite_path(lab))}, _sqlite_stored),
+    "sqlite": SinkBench("sqlite", lambda lab: sqlite_sink(_sqlite_path(lab)), _sqlite_stored),
     # "elasticsearch": osmem-server on a free port (`osmem-server -addr 127.0.0.1:PORT -no-stdin-watch`),
     #     stored = GET /saltmarsh-readings-*/_count after a refresh.
     # "kinesis": moto_server or kinesalite on a free port, stored = records read back from the stream.
@@ -73,12 +74,12 @@ def measure_sink(bench: SinkBench, total: int, cap_s: float) -> dict[str, float]
         cloud = lab.broker("cloud")
         config = lab.config(
             "ingester",
-            {
-                "ingester_id": INGESTER_ID,
-                "status_dir": str(lab.status_dir),
-                "broker": {"host": "127.0.0.1", "port": cloud.port},
-                "sink": bench.sink_table(lab),
-            },
+            ingester_config(
+                ingester_id=INGESTER_ID,
+                broker=broker_table(cloud.port),
+                sink=bench.sink_table(lab),
+                status_dir=lab.status_dir,
+            ),
         )
         ingester = lab.service("ingester", "cloud_ingester", config)
         lab.wait_status("ingester", INGESTER_ID, lambda c: bool(c.get("subscribed")), 30, ingester.alive)

@@ -13,6 +13,7 @@ from bench.lab import Lab
 from bench.options import BenchOptions
 from bench.procstat import CpuMeter, memory_bytes
 from bench.results import BenchReport, environment, figures_from_runs, ratio
+from saltmarsh.ops.localfleet.configs import broker_table, sensor_config
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 
 NAME = "sensor"
@@ -32,18 +33,18 @@ def measure_once(window_s: float) -> dict[str, float]:
         counter.start()
         config = lab.config(
             "sensor",
-            {
-                "device": DEVICE,
-                "site": "bench",
-                "state_dir": str(lab.base / "state" / "sensor"),
-                "status_dir": str(lab.status_dir),
-                "interval_s": 1.0,
-                "model": "HW-MD202",
-                "firmware": "1.0.0",
-                "location": {"lat": -27.4698, "lon": 153.0251, "place": "garden"},
-                "driver": {"type": "simulated", "seed": 7},
-                "broker": {"host": "127.0.0.1", "port": gateway.port},
-            },
+            sensor_config(
+                device=DEVICE,
+                site="bench",
+                broker=broker_table(gateway.port),
+                state_dir=lab.layout.state_dir("sensor"),
+                status_dir=lab.status_dir,
+                interval_s=1.0,
+                model="HW-MD202",
+                firmware="1.0.0",
+                location={"lat": -27.4698, "lon": 153.0251, "place": "garden"},
+                driver={"type": "simulated", "seed": 7},
+            ),
         )
         sensor = lab.service("sensor", "sensor", config)
         peer = ServiceProcess.python_module(

@@ -16,6 +16,7 @@ from bench.lab import Lab
 from bench.reading import SITE
 from saltmarsh.contract.errors import WireError
 from saltmarsh.mqtt.wire import WireClient
+from saltmarsh.ops.localfleet.configs import ConfigDoc, broker_table, forwarder_config
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto, bridge_lines
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 
@@ -62,17 +63,17 @@ def bridge_spec(system: str, cloud_port: int) -> dict[str, object]:
     }
 
 
-def forwarder_config(lab: Lab, gateway_port: int, cloud_port: int, drain_rate_limit: float) -> dict[str, object]:
-    return {
-        "gateway_id": GATEWAY_ID,
-        "site": SITE,
-        "state_dir": str(lab.base / "state" / "forwarder"),
-        "status_dir": str(lab.status_dir),
-        "spool_quota_bytes": 20_000_000_000,
-        "drain_rate_limit": drain_rate_limit,
-        "local": {"host": "127.0.0.1", "port": gateway_port},
-        "uplink": {"host": "127.0.0.1", "port": cloud_port},
-    }
+def hop_forwarder_config(lab: Lab, gateway_port: int, cloud_port: int, drain_rate_limit: float) -> ConfigDoc:
+    return forwarder_config(
+        gateway_id=GATEWAY_ID,
+        site=SITE,
+        local=broker_table(gateway_port),
+        uplink=broker_table(cloud_port),
+        state_dir=lab.layout.state_dir("forwarder"),
+        status_dir=lab.status_dir,
+        spool_quota_bytes=20_000_000_000,
+        drain_rate_limit=drain_rate_limit,
+    )
 
 
 def start_hop(
@@ -81,7 +82,7 @@ def start_hop(
     """Start the gateway broker and whatever forwards from it; return once it is forwarding."""
     if system == OURS:
         gateway = lab.broker("gateway")
-        config = lab.config("forwarder", forwarder_config(lab, gateway.port, cloud_port, drain_rate_limit))
+        config = lab.config("forwarder", hop_forwarder_config(lab, gateway.port, cloud_port, drain_rate_limit))
         forwarder = lab.service("forwarder", "gateway", config)
         key = "uplink_connected" if wait_uplink else "local_connected"
         lab.wait_status(

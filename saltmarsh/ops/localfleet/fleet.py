@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import tomli_w
 
 from saltmarsh.config.ingester import load_ingester_config
 from saltmarsh.contract.errors import SinkUnavailable
 from saltmarsh.ops.audit import AuditReport, run_audit
-from saltmarsh.ops.localfleet.mosquitto import Mosquitto
-from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.ops.localfleet.configs import (
+    ConfigDoc,
+    broker_table,
+    forwarder_config,
+    ingester_config,
+    sensor_config,
+    sqlite_sink,
+    write_config,
+)
+from saltmarsh.ops.localfleet.layout import Layout
+from saltmarsh.ops.localfleet.mosquitto import BrokerPair
+from saltmarsh.ops.localfleet.processes import ServiceProcess, wait_until
 from saltmarsh.runtime.status import ServiceStatus, read_statuses
 from saltmarsh.sinks import open_audit_source
 
@@ -48,47 +54,29 @@ class FleetPlan:
 
     @property
     def status_dir(self) -> Path:
-        return self.base_dir / "status"
+        return Layout(self.base_dir).status_dir
 
     @property
     def sink_path(self) -> Path:
-        return self.base_dir / "state" / "ingester" / "saltmarsh.db"
+        return Layout(self.base_dir).state_dir("ingester") / "saltmarsh.db"
 
     def device(self, index: int) -> str:
         return f"{self.site}-s{index + 1:03d}"
 
 
-def _write_toml(path: Path, doc: Mapping[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(dict(doc)))
-    return path
-
-
 class LocalFleet:
     def __init__(self, plan: FleetPlan) -> None:
         self.plan = plan
-        base = plan.base_dir
-        self.etc = base / "etc"
-        self.logs = base / "logs"
-        self.gateway_broker = Mosquitto.on_free_port("gateway", base / "brokers")
-        self.cloud_broker = Mosquitto.on_free_port("cloud", base / "brokers")
-        self.sensors: list[ServiceProcess] = []
-        self.forwarder = ServiceProcess.python_module(
-            "forwarder", "gateway", ["--config", str(self._forwarder_config())], self.logs / "forwarder.log"
-        )
-        self.ingester = ServiceProcess.python_module(
-            "ingester", "cloud_ingester", ["--config", str(self._ingester_config())], self.logs / "ingester.log"
-        )
-        for index in range(plan.sensors):
-            device = plan.device(index)
-            self.sensors.append(
-                ServiceProcess.python_module(
-                    f"sensor-{device}",
-                    "sensor",
-                    ["--config", str(self._sensor_config(index))],
-                    self.logs / f"sensor-{device}.log",
-                )
-            )
+        self.layout = Layout(plan.base_dir)
+        self.brokers = BrokerPair.on_free_ports(self.layout.brokers_dir)
+        self.gateway_broker = self.brokers.gateway
+        self.cloud_broker = self.brokers.cloud
+        self.forwarder = self._service("forwarder", "gateway", self._forwarder_config())
+        self.ingester = self._service("ingester", "cloud_ingester", self._ingester_config())
+        self.sensors = [
+            self._service(f"sensor-{plan.device(index)}", "sensor", self._sensor_config(index))
+            for index in range(plan.sensors)
+        ]
 
     @classmethod
     def fresh(cls, plan: FleetPlan) -> LocalFleet:
@@ -97,47 +85,45 @@ class LocalFleet:
         plan.base_dir.mkdir(parents=True)
         return cls(plan)
 
-    def _sensor_config(self, index: int) -> Path:
+    def _service(self, name: str, module: str, doc: ConfigDoc) -> ServiceProcess:
+        config = write_config(self.layout.config_path(name), doc)
+        return ServiceProcess.service(name, module, config, self.layout.log_path(name))
+
+    def _sensor_config(self, index: int) -> ConfigDoc:
         plan = self.plan
         device = plan.device(index)
         place, lat, lon = SENSOR_PLACES[index % len(SENSOR_PLACES)]
-        return _write_toml(
-            self.etc / f"sensor-{device}.toml",
-            {
-                "device": device,
-                "site": plan.site,
-                "state_dir": str(plan.base_dir / "state" / f"sensor-{device}"),
-                "status_dir": str(plan.status_dir),
-                "interval_s": 1.0 / plan.rate_hz,
-                "max_readings": plan.readings_per_sensor,
-                "model": "HW-MD202",
-                "firmware": "1.0.0",
-                "location": {"lat": lat, "lon": lon, "place": place},
-                "driver": {"type": "simulated", "seed": plan.seed + index},
-                "broker": {"host": "127.0.0.1", "port": self.gateway_broker.port},
-            },
+        return sensor_config(
+            device=device,
+            site=plan.site,
+            broker=broker_table(self.gateway_broker.port),
+            state_dir=self.layout.state_dir(f"sensor-{device}"),
+            status_dir=plan.status_dir,
+            interval_s=1.0 / plan.rate_hz,
+            max_readings=plan.readings_per_sensor,
+            model="HW-MD202",
+            firmware="1.0.0",
+            location={"lat": lat, "lon": lon, "place": place},
+            driver={"type": "simulated", "seed": plan.seed + index},
         )
 
-    def _forwarder_config(self) -> Path:
+    def _forwarder_config(self) -> ConfigDoc:
         plan = self.plan
-        return _write_toml(
-            self.etc / "forwarder.toml",
-            {
-                "gateway_id": plan.gateway_id,
-                "site": plan.site,
-                "state_dir": str(plan.base_dir / "state" / "forwarder"),
-                "status_dir": str(plan.status_dir),
-                "spool_quota_bytes": plan.spool_quota_bytes,
-                "drain_rate_limit": plan.drain_rate_limit,
-                "local": {"host": "127.0.0.1", "port": self.gateway_broker.port},
-                "uplink": {"host": "127.0.0.1", "port": self.cloud_broker.port},
-            },
+        return forwarder_config(
+            gateway_id=plan.gateway_id,
+            site=plan.site,
+            local=broker_table(self.gateway_broker.port),
+            uplink=broker_table(self.cloud_broker.port),
+            state_dir=self.layout.state_dir("forwarder"),
+            status_dir=plan.status_dir,
+            spool_quota_bytes=plan.spool_quota_bytes,
+            drain_rate_limit=plan.drain_rate_limit,
         )
 
-    def _sink_table(self) -> dict[str, Any]:
+    def _sink_table(self) -> ConfigDoc:
         plan = self.plan
         if plan.es_url is None:
-            return {"type": "sqlite", "path": str(plan.sink_path)}
+            return sqlite_sink(plan.sink_path)
         return {
             "type": "elasticsearch",
             # A fresh prefix per run, so the audit sees only this run's readings.
@@ -148,21 +134,17 @@ class LocalFleet:
             },
         }
 
-    def _ingester_config(self) -> Path:
-        plan = self.plan
-        return _write_toml(
-            self.etc / "ingester.toml",
-            {
-                "ingester_id": "ingester1",
-                "status_dir": str(plan.status_dir),
-                "broker": {"host": "127.0.0.1", "port": self.cloud_broker.port},
-                "sink": self._sink_table(),
-            },
+    def _ingester_config(self) -> ConfigDoc:
+        return ingester_config(
+            ingester_id="ingester1",
+            broker=broker_table(self.cloud_broker.port),
+            sink=self._sink_table(),
+            status_dir=self.plan.status_dir,
         )
 
     @property
     def ingester_config_path(self) -> Path:
-        return self.etc / "ingester.toml"
+        return self.layout.config_path("ingester")
 
     def audit_if_stored(self) -> AuditReport | None:
         """The audit, or None while the sink holds nothing yet."""
@@ -180,8 +162,7 @@ class LocalFleet:
             source.close()
 
     def start(self) -> None:
-        self.cloud_broker.start()
-        self.gateway_broker.start()
+        self.brokers.start()
         # Subscribers first, so that their persistent sessions exist before anything is
         # published to them. The senders would cope anyway (a "no matching subscribers" PUBACK
         # is retried, never taken as delivered), but only after a retry delay.
@@ -193,12 +174,7 @@ class LocalFleet:
             sensor.start()
 
     def wait_for_counter(self, service: str, key: str, timeout_s: float = 15.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(bool(s.counters.get(key)) for s in self.status_of(service)):
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_until(lambda: any(bool(s.counters.get(key)) for s in self.status_of(service)), timeout_s)
 
     def stop_cloud(self) -> None:
         self.cloud_broker.stop()
@@ -241,5 +217,4 @@ class LocalFleet:
             process.stop()
         self.forwarder.stop()
         self.ingester.stop()
-        self.gateway_broker.stop()
-        self.cloud_broker.stop()
+        self.brokers.stop()

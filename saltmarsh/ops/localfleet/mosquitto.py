@@ -1,7 +1,8 @@
-"""A real Mosquitto broker as a child process, with a config written for its role.
+"""Real Mosquitto brokers as child processes, with a config written for each one's role.
 
-Used by `saltmarsh demo`, the tests and the benches. Production configs are rendered by Salt;
-the settings that matter for not losing messages are the same in both and explained here.
+A `BrokerPair` is a site's gateway broker and its cloud broker. Used by `saltmarsh demo`, the
+tests and the benches. Production configs are rendered by Salt; the settings that matter for not
+losing messages are the same in both and explained here.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class BrokerSpec:
     max_inflight_messages: int = 1000
     persistence: bool = True
     autosave_interval_s: int = 60
+    max_packet_size: int = 16_384 + 1024  # as the formula renders it: max_message_bytes + 1024
     extra_lines: tuple[str, ...] = ()
 
     def render(self) -> str:
@@ -49,6 +51,7 @@ class BrokerSpec:
             f"user {getpass.getuser()}",
             f"max_queued_messages {self.max_queued_messages}",
             f"max_inflight_messages {self.max_inflight_messages}",
+            f"max_packet_size {self.max_packet_size}",
             "set_tcp_nodelay true",
             "log_dest stdout",
             "log_type error",
@@ -118,3 +121,24 @@ class Mosquitto:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPair:
+    """A site's gateway broker and the cloud broker its forwarder sends up to."""
+
+    gateway: Mosquitto
+    cloud: Mosquitto
+
+    @classmethod
+    def on_free_ports(cls, brokers_dir: Path) -> BrokerPair:
+        return cls(Mosquitto.on_free_port("gateway", brokers_dir), Mosquitto.on_free_port("cloud", brokers_dir))
+
+    def start(self) -> BrokerPair:
+        self.cloud.start()
+        self.gateway.start()
+        return self
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.cloud.stop()

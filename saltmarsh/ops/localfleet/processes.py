@@ -1,7 +1,8 @@
 """Starting and stopping the real processes of a local fleet, always by PID.
 
 Shared by `saltmarsh demo`, the tests and the benches, so that every one of them cleans up the
-same way: SIGTERM, a bounded wait, then SIGKILL.
+same way: SIGTERM, a bounded wait, then SIGKILL. A `StopList` holds what one run started and
+stops it all, newest first.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 
 def free_port() -> int:
@@ -21,6 +23,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll until `predicate()` holds; whether it does at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> bool:
@@ -47,6 +59,11 @@ class ServiceProcess:
     @classmethod
     def python_module(cls, name: str, module: str, args: Sequence[str], log_path: Path) -> ServiceProcess:
         return cls(name, [sys.executable, "-m", module, *args], log_path)
+
+    @classmethod
+    def service(cls, name: str, module: str, config: Path, log_path: Path) -> ServiceProcess:
+        """A saltmarsh service (`python -m sensor|gateway|cloud_ingester`) reading one config file."""
+        return cls.python_module(name, module, ["--config", str(config)], log_path)
 
     def start(self) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,3 +123,32 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class Stoppable(Protocol):
+    def stop(self) -> object: ...
+
+
+StoppableT = TypeVar("StoppableT", bound=Stoppable)
+
+
+class StopList:
+    """What one run started (brokers, services, publishers), stopped newest first."""
+
+    def __init__(self) -> None:
+        self._started: list[Stoppable] = []
+
+    def track(self, thing: StoppableT) -> StoppableT:
+        self._started.append(thing)
+        return thing
+
+    def stop_all(self) -> list[tuple[Stoppable, Exception]]:
+        """Stop everything, going on past a failure; returns what failed to stop, and why."""
+        failed: list[tuple[Stoppable, Exception]] = []
+        while self._started:
+            thing = self._started.pop()
+            try:
+                thing.stop()
+            except Exception as err:  # keep stopping the rest
+                failed.append((thing, err))
+        return failed
