@@ -3,7 +3,8 @@
 Every verb exits
     0  done, and all is well
     1  it checked and found something wrong (audit: losses or duplicates; status: no service has
-       written status; demo: the audit failed), or the action itself failed (es-templates)
+       written status; demo: the audit failed, or a service it started died), or the action
+       itself failed (es-templates)
     2  it could not check: bad arguments, or a file or directory that is missing, unreadable or
        not what it should be (the message names it)
 """
