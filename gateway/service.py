@@ -60,6 +60,7 @@ def forwarder_counters(
     return {
         "received_total": source.received_total,
         "skipped_total": source.skipped_total,
+        "oversized_total": source.oversized_total,
         "spooled_total": committer.spooled_total,
         "forwarded_total": sender.forwarded_total,
         "refused_total": sender.refused_total,

@@ -103,6 +103,7 @@ class LocalSource:
         self.gathering = Inbound(0)
         self.received_total = 0  # forwarded channels only
         self.skipped_total = 0  # status and cmd
+        self.oversized_total = 0  # larger than max_message_bytes: acked, logged, not forwarded
         # A site has a bounded set of topics (devices x channels), each seen over and over.
         self._lane_by_topic: dict[str, Lane | None] = {}
 
@@ -146,8 +147,14 @@ class LocalSource:
             lanes.clear()
         skipped: list[int] = []
         received = 0
+        max_bytes = self._cfg.max_message_bytes
         for msg in publishes:
             topic = msg.topic
+            if len(msg.payload) > max_bytes:
+                self._refuse_oversized(msg)
+                if msg.packet_id:
+                    skipped.append(msg.packet_id)
+                continue
             try:
                 lane = lanes[topic]
             except KeyError:
@@ -170,6 +177,24 @@ class LocalSource:
             if client is not None:
                 for packet_id in skipped:
                     client.ack(packet_id)
+
+    def _refuse_oversized(self, msg: Publish) -> None:
+        # Acked with the skipped ones, so the site broker does not redeliver it; the ingester,
+        # and the cloud broker's max_packet_size, would refuse it anyway.
+        self.oversized_total += 1
+        log.warning(
+            "not forwarded: %d bytes on %s is over max_message_bytes %d",
+            len(msg.payload),
+            msg.topic,
+            self._cfg.max_message_bytes,
+            extra={
+                "event": "oversized_refused",
+                "topic": msg.topic,
+                "size_bytes": len(msg.payload),
+                "max_message_bytes": self._cfg.max_message_bytes,
+                "oversized_total": self.oversized_total,
+            },
+        )
 
     def cut(self) -> Inbound | None:
         """Hand the gathered batch to the committer and start a new one; None when it is empty."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from saltmarsh.config.sensor import SensorConfig
 from saltmarsh.contract.envelope import Envelope
-from saltmarsh.contract.errors import SpoolError
+from saltmarsh.contract.errors import SpoolError, ValidationError
 from saltmarsh.contract.mint import mint
 from saltmarsh.runtime.spool import Lane, Spool
 from sensor.drivers.base import Driver
@@ -39,6 +39,8 @@ class Agent:
         self.on_spooled = on_spooled
         self.last_seq = 0
         self.spool_errors = 0
+        self.invalid_total = 0  # readings the contract refused (a driver's bad metric name or value)
+        self.oversized_total = 0  # readings larger than max_message_bytes
 
     @property
     def done(self) -> bool:
@@ -51,20 +53,44 @@ class Agent:
         sample = self.driver.read(now_s)
         if sample is None or not sample.metrics:
             return None
-        envelope = mint(
-            device=self.cfg.device,
-            site=self.cfg.site,
-            boot=self.boot,
-            seq=self.last_seq + 1,
-            ts_ms=int(now_s * 1000),
-            metrics=sample.metrics,
-            units=sample.units,
-            model=self.cfg.model,
-            firmware=self.cfg.firmware,
-            location=self.cfg.location,
-        )
         try:
-            self.spool.append([(Lane.BULK, [(str(envelope.topic), envelope.encode())])])
+            envelope = mint(
+                device=self.cfg.device,
+                site=self.cfg.site,
+                boot=self.boot,
+                seq=self.last_seq + 1,
+                ts_ms=int(now_s * 1000),
+                metrics=sample.metrics,
+                units=sample.units,
+                model=self.cfg.model,
+                firmware=self.cfg.firmware,
+                location=self.cfg.location,
+            )
+        except ValidationError as err:
+            # Refused before it has a seq, like the oversized below: the audit sees no gap.
+            self.invalid_total += 1
+            log.error("reading refused", extra={"event": "reading_invalid", "why": str(err)})
+            return None
+        topic, payload = str(envelope.topic), envelope.encode()
+        if len(payload) > self.cfg.max_message_bytes:
+            # Every broker and the ingester would refuse it, and the sender would retry it for ever.
+            self.oversized_total += 1
+            log.warning(
+                "reading refused: %d bytes on %s is over max_message_bytes %d",
+                len(payload),
+                topic,
+                self.cfg.max_message_bytes,
+                extra={
+                    "event": "reading_oversized",
+                    "topic": topic,
+                    "size_bytes": len(payload),
+                    "max_message_bytes": self.cfg.max_message_bytes,
+                    "oversized_total": self.oversized_total,
+                },
+            )
+            return None
+        try:
+            self.spool.append([(Lane.BULK, [(topic, payload)])])
         except (SpoolError, OSError, sqlite3.Error) as err:
             # A full or failing disk must not kill the agent; the reading is lost, `seq` does not
             # advance, so the audit shows fewer readings rather than a gap.

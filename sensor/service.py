@@ -44,6 +44,8 @@ def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
         "read_failures": agent.driver.counters.failures,
         "read_retries": agent.driver.counters.retries,
         "spool_errors": agent.spool_errors,
+        "invalid_total": agent.invalid_total,
+        "oversized_total": agent.oversized_total,
         "spool_depth": stats.depth_messages,
         "spool_bytes": stats.depth_bytes,
         "spool_evicted": stats.evicted_messages,

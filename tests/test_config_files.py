@@ -173,4 +173,4 @@ def test_a_state_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
     config.write_text(_sensor(tmp_path, "").replace(f"{tmp_path}/state", str(config)))
     done = _run("sensor", config)
     assert done.returncode == 2, done.stderr
-    assert f"config key 'state_dir' in {config}: {config} is not a directory" in done.stderr
+    assert f"config key 'state_dir' in {config}: cannot use {config}: {config} is not a directory" in done.stderr

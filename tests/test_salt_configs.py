@@ -96,6 +96,24 @@ def test_ingester_configs_load(applied: Applied) -> None:
     assert configs[0].broker.password.reveal() == "example-ingester-placeholder-password"
 
 
+def test_one_message_size_reaches_both_brokers_and_every_service(applied: Applied) -> None:
+    # saltmarsh:max_message_bytes (16384 by default), plus 1024 for the MQTT header, topic and properties.
+    for minion_id in ("gw1", "master"):
+        conf = (applied.roots[minion_id] / "etc/mosquitto/mosquitto.conf").read_text()
+        assert "\nmax_packet_size 17408\n" in conf, minion_id
+    assert load_sensor_config(applied.roots["sensor1"] / "etc/saltmarsh/sensor.toml").max_message_bytes == 16384
+    assert load_gateway_config(applied.roots["gw1"] / "etc/saltmarsh/forwarder.toml").max_message_bytes == 16384
+    ingester = load_ingester_config(applied.roots["master"] / "etc/saltmarsh/ingester-1.toml")
+    assert ingester.limits.max_payload_bytes == 16384
+
+
+def test_secret_files_are_written_for_their_owner_only(applied: Applied) -> None:
+    secrets = [path for root in applied.roots.values() for path in (root / "etc/saltmarsh/secrets").glob("*")]
+    secrets += list((applied.roots["gw1"] / "etc/saltmarsh/tls").glob("*key*"))
+    assert len(secrets) >= 4
+    assert {path: oct(path.stat().st_mode & 0o777) for path in secrets} == dict.fromkeys(secrets, "0o600")
+
+
 def test_cloud_acl_confines_each_gateway_to_its_site(applied: Applied) -> None:
     acl = (applied.roots["master"] / "etc/mosquitto/saltmarsh.acl").read_text()
     assert "user gateway-gw1\ntopic write saltmarsh/v1/example/#\ntopic read saltmarsh/v1/example/+/cmd" in acl
@@ -190,6 +208,20 @@ def test_rendered_acl_and_credentials_hold(gateway_broker: int) -> None:
         assert sensor.received == [own_cmd], "the sensor reads its own command topic"
     finally:
         forwarder.close()
+        sensor.close()
+
+
+def test_rendered_broker_refuses_a_message_over_max_packet_size(gateway_broker: int) -> None:
+    sensor = Probe(gateway_broker, "sensor-big", "sensor1", "example-sensor1-placeholder-password")
+    try:
+        assert sensor.publish("saltmarsh/v1/example/sensor1/reading") < 0x80  # taken (no subscriber yet)
+        info = sensor.client.publish("saltmarsh/v1/example/sensor1/reading", b"x" * 17408, qos=1)
+        # paho refuses to send it (the broker announced its limit in CONNACK), or the broker drops
+        # the connection: either way no PUBACK says it was taken.
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            with sensor.acked:
+                assert not sensor.acked.wait_for(lambda: info.mid in sensor.pubacks, 3)
+    finally:
         sensor.close()
 
 

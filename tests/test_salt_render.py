@@ -91,6 +91,21 @@ BAD_PILLAR = {
         "saltmarsh pillar: saltmarsh:sites:example:devices:sensor1:driver:pin 'GPIO4' "
         "is not a board pin name such as D4",
     ),
+    "bad-max-message-bytes": (
+        "cloud.sls",
+        "saltmarsh:\n  cloud:\n",
+        "saltmarsh:\n  max_message_bytes: 10\n  cloud:\n",
+        "master",
+        "saltmarsh pillar: saltmarsh:max_message_bytes 10 is not an integer between 64 and 10000000",
+    ),
+    "old-max-payload-bytes": (
+        "cloud.sls",
+        "    ingester:\n      instances: 2\n",
+        "    ingester:\n      instances: 2\n      limits: {max_payload_bytes: 4096}\n",
+        "master",
+        "saltmarsh pillar: saltmarsh:cloud:ingester:limits:max_payload_bytes "
+        "is replaced by saltmarsh:max_message_bytes",
+    ),
     "unknown-driver": (
         "sites/example.sls",
         "type: simulated, pin: D17",

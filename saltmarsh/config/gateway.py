@@ -26,6 +26,9 @@ class GatewayConfig:
     inflight_window: int = 1000  # uplink QoS 1 messages awaiting PUBACK
     drain_rate_limit: float = 5000.0  # backlog messages per second; live traffic is not limited
     drain_burst: int = 1000
+    # The fleet's one message size limit (pillar saltmarsh:max_message_bytes): a larger message
+    # from the site broker is acked, counted and logged, but not forwarded.
+    max_message_bytes: int = 16_384
 
     @property
     def spool_dir(self) -> Path:
@@ -51,6 +54,7 @@ def gateway_config(t: Table) -> GatewayConfig:
         inflight_window=t.integer("inflight_window", 1000, lo=1, hi=65535),
         drain_rate_limit=t.number("drain_rate_limit", 5000.0, lo=1),
         drain_burst=t.integer("drain_burst", 1000, lo=1),
+        max_message_bytes=t.integer("max_message_bytes", 16_384, lo=64, hi=10_000_000),
     )
     t.done()
     return cfg

@@ -53,6 +53,9 @@ class SensorConfig:
     max_readings: int = 0  # 0 = run until stopped
     publish_window: int = 100
     spool_quota_bytes: int = 50_000_000
+    # The fleet's one message size limit (pillar saltmarsh:max_message_bytes): a larger reading is
+    # refused and counted, never spooled, since the broker would refuse it on every retry.
+    max_message_bytes: int = 16_384
     model: str | None = None
     firmware: str | None = None
     location: Location | None = None
@@ -121,6 +124,7 @@ def sensor_config(t: Table) -> SensorConfig:
         max_readings=t.integer("max_readings", 0, lo=0),
         publish_window=t.integer("publish_window", 100, lo=1, hi=65535),
         spool_quota_bytes=t.integer("spool_quota_bytes", 50_000_000, lo=0),
+        max_message_bytes=t.integer("max_message_bytes", 16_384, lo=64, hi=10_000_000),
         model=t.text("model", None),
         firmware=t.text("firmware", None),
         location=_location(t.table("location")),

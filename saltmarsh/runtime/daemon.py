@@ -48,7 +48,7 @@ def serve(
     logs.setup(service, args.log_level)
     try:
         cfg = load(args.config)
-        _prepare_directories(cfg, str(args.config))
+        _check_directories(cfg, str(args.config))
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_CANNOT_START
@@ -67,21 +67,22 @@ def serve(
         return EXIT_CANNOT_START
 
 
-def _prepare_directories(cfg: object, source: str) -> None:
-    """Create the state and status directories a config names, or say which one cannot be used.
+def _check_directories(cfg: object, source: str) -> None:
+    """Say which state or status directory of the config cannot be used, before anything is touched.
 
-    A service finding out only when its spool or first status write fails would die with a
-    traceback and exit 1, as if it had failed while running.
+    Without this a service would find out only when its spool or first status write fails, and die
+    with a traceback and exit 1, as if it had failed while running. Nothing is created here: a
+    missing directory is fine if the service can create it (its nearest existing parent is a
+    writable directory).
     """
     for key in ("state_dir", "status_dir"):
         directory = getattr(cfg, key, None)
         if not isinstance(directory, Path):
             continue
-        if directory.exists() and not directory.is_dir():
-            raise ConfigError(key, f"{directory} is not a directory", source)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(key, f"cannot create {directory}: {err.strerror}", source) from None
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise ConfigError(key, f"{directory} is not writable by this user", source)
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError(key, f"cannot use {directory}: {existing} is not a directory", source)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(key, f"cannot use {directory}: {existing} is not writable by this user", source)

@@ -94,6 +94,7 @@ saltmarsh-cloud-config-mosquitto-file-managed:
     - context:
         role: cloud
         settings: {{ public.broker | json }}
+        max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
         listeners:
           - port: {{ cloud.broker.local_port }}
             bind: 127.0.0.1
@@ -121,9 +122,10 @@ saltmarsh-cloud-config-{{ path.split('/')[-1] }}-file-managed:
   file.managed:
     - name: {{ path }}
     - contents_pillar: {{ key }}
-    - user: root
+    {#- The ingester refuses a secret file with any group or other permission bits, as ssh does. #}
+    - user: {{ saltmarsh.user.name }}
     - group: {{ group }}
-    - mode: '0640'
+    - mode: '0600'
     - show_changes: false
     - require:
       - file: saltmarsh-common-config-secrets-dir-file-directory
@@ -150,6 +152,7 @@ saltmarsh-cloud-config-ingester-{{ loop.index }}-file-managed:
     - context:
         instance: {{ instance | json }}
         settings: {{ public.ingester | json }}
+        max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
         elasticsearch: {{ public.elasticsearch | json }}
         kinesis: {{ public.kinesis | json }}
         sites: {{ public_sites | json }}

@@ -87,6 +87,7 @@ saltmarsh-gateway-config-mosquitto-file-managed:
     - context:
         role: gateway
         settings: {{ mosquitto | json }}
+        max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
         listeners:
           - port: {{ mosquitto.port }}
             bind: {{ mosquitto.bind }}
@@ -103,9 +104,10 @@ saltmarsh-gateway-config-{{ name }}-password-file-managed:
   file.managed:
     - name: {{ path }}
     - contents_pillar: {{ pillar_site }}:gateways:{{ gateway_id }}:{{ 'forwarder_password' if name == 'local' else 'uplink_password' }}
-    - user: root
+    {#- The forwarder refuses a secret file with any group or other permission bits, as ssh does. #}
+    - user: {{ saltmarsh.user.name }}
     - group: {{ group }}
-    - mode: '0640'
+    - mode: '0600'
     - show_changes: false
     - require:
       - file: saltmarsh-common-config-secrets-dir-file-directory
@@ -132,9 +134,9 @@ saltmarsh-gateway-config-uplink-key-file-managed:
   file.managed:
     - name: {{ tls.key_file }}
     - contents_pillar: {{ pillar_site }}:gateways:{{ gateway_id }}:tls_key
-    - user: root
+    - user: {{ saltmarsh.user.name }}
     - group: {{ group }}
-    - mode: '0640'
+    - mode: '0600'
     - show_changes: false
     - require:
       - file: saltmarsh-common-config-tls-dir-file-directory
@@ -161,6 +163,7 @@ saltmarsh-gateway-config-forwarder-file-managed:
         gateway_id: {{ gateway_id | json }}
         site_id: {{ site_id | json }}
         settings: {{ forwarder | json }}
+        max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
         state_dir: {{ (paths.state_dir ~ '/forwarder') | json }}
         status_dir: {{ paths.status_dir | json }}
         local_port: {{ mosquitto.port }}

@@ -10,9 +10,10 @@ saltmarsh-sensor-config-password-file-managed:
   file.managed:
     - name: {{ sensor_password }}
     - contents_pillar: saltmarsh:sites:{{ site_id }}:devices:{{ device }}:password
-    - user: root
+    {#- The agent refuses a secret file with any group or other permission bits, as ssh does. #}
+    - user: {{ saltmarsh.user.name }}
     - group: {{ saltmarsh.user.group }}
-    - mode: '0640'
+    - mode: '0600'
     - show_changes: false
     - require:
       - file: saltmarsh-common-config-secrets-dir-file-directory
@@ -42,6 +43,7 @@ saltmarsh-sensor-config-file-managed:
         driver: {{ spec.get('driver', {}) | json }}
         broker: {{ broker | json }}
         settings: {{ saltmarsh.sensor | json }}
+        max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
         state_dir: {{ (paths.state_dir ~ '/sensor') | json }}
         status_dir: {{ paths.status_dir | json }}
         password_file: {{ sensor_password | json }}
