@@ -174,3 +174,13 @@ def test_a_state_dir_that_is_a_file_exits_2(tmp_path: Path) -> None:
     done = _run("sensor", config)
     assert done.returncode == 2, done.stderr
     assert f"config key 'state_dir' in {config}: cannot use {config}: {config} is not a directory" in done.stderr
+
+
+def test_a_sink_file_that_is_not_sqlite_stops_the_ingester_with_exit_2(tmp_path: Path) -> None:
+    sink = tmp_path / "sink.db"
+    sink.write_bytes(b"not a database " * 100)
+    config = tmp_path / "c.toml"
+    config.write_text(_ingester(tmp_path, "port = 1\n"))
+    done = _run("cloud_ingester", config)
+    assert done.returncode == 2, done.stderr
+    assert f"sqlite {sink}: file is not a database" in done.stderr + done.stdout

@@ -28,12 +28,12 @@ IDLE_POLL_S = 0.5  # how long an idle loop waits for traffic before looking at t
 
 
 def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
-    """Ingest until `stop_event` is set; 0 after a clean drain, 1 if the sink could not be opened."""
+    """Ingest until `stop_event` is set; 0 after a clean drain, 2 if the sink could not be opened."""
     try:
         sink = open_sink(cfg.sink)
     except SinkUnavailable as err:
         log.error("cannot open sink", extra={"event": "sink_open_failed", "error": str(err)})
-        return 1
+        return 2  # cannot start (saltmarsh.runtime.daemon): the sink's file or address is unusable
     counters = IngesterCounters(sink.name)
     topic_filter = shared(cfg.share_group, f"{ROOT}/{cfg.site}/#")
     # Twice a batch unacked: one being written while the next arrives.
