@@ -100,21 +100,21 @@ def _not_sqlite(path: Path) -> Path:
     return path
 
 
-def _other_schema(path: Path) -> Path:
+def _execute(path: Path, statement: str, *params: object) -> Path:
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, value REAL)")
+    conn.execute(statement, params)
     conn.commit()
     conn.close()
     return path
+
+
+def _other_schema(path: Path) -> Path:
+    return _execute(path, "CREATE TABLE readings (id INTEGER PRIMARY KEY, value REAL)")
 
 
 def _text_seqs(path: Path) -> Path:
     _store(path, [1])
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE messages SET seq = 'one'")
-    conn.commit()
-    conn.close()
-    return path
+    return _execute(path, "UPDATE messages SET seq = 'one'")
 
 
 def _non_utf8_config(path: Path) -> Path:
@@ -193,14 +193,12 @@ def test_a_forged_seq_is_suspicious_not_lost(tmp_path: Path, capsys: pytest.Capt
     db = tmp_path / "sink.db"
     _store(db, [1, 2, 3])
     # Written before the contract bounded seq at 2**53-1, or by something else.
-    conn = sqlite3.connect(db)
-    conn.execute(
+    _execute(
+        db,
         "INSERT INTO messages SELECT device, boot, ?, site, kind, ts_ms, received_ms, gateway, name, metrics, envelope"
         " FROM messages WHERE seq = 3",
-        (2**63 - 1,),
+        2**63 - 1,
     )
-    conn.commit()
-    conn.close()
     assert cli.main(["audit", "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "4 readings, 0 lost, 0 duplicated, 1 suspicious seq jump" in out

@@ -47,17 +47,18 @@ def _audit(source_spec: Path | SinkConfig, expectations: dict[str, tuple[str, in
         source.close()
 
 
-def _not_a_directory(directory: Path) -> str | None:
-    """Why `directory` cannot be read as a status directory, or None if it can."""
-    if directory.is_dir():
+def _read_status_dir(directory: Path, verb: str) -> list[ServiceStatus] | None:
+    """Every service status in `directory`, naming on stderr each file skipped; None if it is no directory."""
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        print(f"saltmarsh {verb}: status directory {directory} {what}", file=sys.stderr)
         return None
-    return f"status directory {directory} {'is not a directory' if directory.exists() else 'does not exist'}"
-
-
-def _unreadable_status_files(directory: Path, statuses: Sequence[ServiceStatus]) -> list[Path]:
-    """Status files in `directory` that read_statuses skipped: damaged, or not a service's."""
+    statuses = read_statuses(directory)
     read = {f"{s.service}-{s.instance}.json" for s in statuses}
-    return [path for path in sorted(directory.glob("*.json")) if path.name not in read]
+    for path in sorted(directory.glob("*.json")):
+        if path.name not in read:  # damaged, or not a service's
+            print(f"saltmarsh {verb}: skipped {path}: not a readable service status", file=sys.stderr)
+    return statuses
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -134,13 +135,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     expectations: dict[str, tuple[str, int]] | None = None
     if args.status_dir:
         status_dir = Path(args.status_dir)
-        problem = _not_a_directory(status_dir)
-        if problem:
-            print(f"saltmarsh audit: {problem}", file=sys.stderr)
+        statuses = _read_status_dir(status_dir, "audit")
+        if statuses is None:
             return 2
-        statuses = read_statuses(status_dir)
-        for path in _unreadable_status_files(status_dir, statuses):
-            print(f"saltmarsh audit: skipped {path}: not a readable service status", file=sys.stderr)
         expectations = {}
         for s in statuses:
             if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters:
@@ -158,14 +155,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status_dir = Path(args.status_dir)
-    problem = _not_a_directory(status_dir)
-    if problem:
-        print(f"saltmarsh status: {problem}", file=sys.stderr)
+    statuses = _read_status_dir(Path(args.status_dir), "status")
+    if statuses is None:
         return 2
-    statuses = read_statuses(status_dir)
-    for path in _unreadable_status_files(status_dir, statuses):
-        print(f"saltmarsh status: skipped {path}: not a readable service status", file=sys.stderr)
     if args.json:
         now_ms = int(time.time() * 1000)
         rows = [
