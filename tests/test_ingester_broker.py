@@ -121,19 +121,28 @@ def ingesters(tmp_path: Path, broker_factory: BrokerFactory) -> Iterator[Ingeste
     fleet.stop_all()
 
 
-def publish_via_gateway(port: int, messages: list[tuple[str, bytes]], gateway: str) -> None:
-    """Publish as the forwarder does: QoS 1 with the gateway id as an MQTT 5 user property."""
+def publish_messages(
+    port: int, messages: list[tuple[str, bytes]], *, gateway: str | None = None, retain: bool = False
+) -> None:
+    """Publish at QoS 1 and wait for every PUBACK; `gateway` adds the forwarder's user property."""
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="fwd", protocol=mqtt.MQTTv5)
     client.connect("127.0.0.1", port)
     client.loop_start()
     props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.UserProperty = ("gw", gateway)
+    if gateway is not None:
+        props.UserProperty = ("gw", gateway)
     try:
-        for info in [client.publish(topic, body, qos=1, properties=props) for topic, body in messages]:
-            info.wait_for_publish(timeout=10)
+        infos = [client.publish(topic, body, qos=1, retain=retain, properties=props) for topic, body in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def publish_via_gateway(port: int, messages: list[tuple[str, bytes]], gateway: str) -> None:
+    """Publish as the forwarder does: QoS 1 with the gateway id as an MQTT 5 user property."""
+    publish_messages(port, messages, gateway=gateway)
 
 
 def publish_paced(port: int, messages: list[tuple[str, bytes]], chunk: int, pause_s: float) -> threading.Thread:

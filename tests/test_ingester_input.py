@@ -8,35 +8,25 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from saltmarsh.sinks.base import DEAD_LETTER_HEAD_BYTES
 from tests.conftest import BrokerFactory
 from tests.test_ingester_broker import Ingesters, reading, wait_until
+from tests.test_ingester_broker import publish_messages as publish
 
 TOPIC = "saltmarsh/v1/s/d/reading"
 TEN_MB = 10_000_000
+MQTT_MAX_PACKET = 268_435_455  # the protocol's own limit
 
 
 @pytest.fixture
 def ingesters(tmp_path: Path, broker_factory: BrokerFactory) -> Iterator[Ingesters]:
-    fleet = Ingesters(tmp_path, broker_factory("cloud"))
+    # The brokers the formula renders refuse packets over max_message_bytes; the ingester must
+    # still bound what a broker without that limit hands it, so this one has none to speak of.
+    fleet = Ingesters(tmp_path, broker_factory("cloud", max_packet_size=MQTT_MAX_PACKET))
     yield fleet
     fleet.stop_all()
-
-
-def publish(port: int, messages: list[tuple[str, bytes]], *, retain: bool = False) -> None:
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="hostile", protocol=mqtt.MQTTv5)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        for info in [client.publish(topic, body, qos=1, retain=retain) for topic, body in messages]:
-            info.wait_for_publish(timeout=60)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def dead_letters(db: Path) -> list[tuple[str, int, int, str]]:
