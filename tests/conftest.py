@@ -1,15 +1,21 @@
-"""Shared fixtures: real Mosquitto brokers on ephemeral loopback ports, cleaned up by PID."""
+"""Shared fixtures: real Mosquitto brokers on ephemeral loopback ports, cleaned up by PID; the Salt
+event recorder; and a root logger that every test gets back as it found it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto
+from tests.salt_support import EventRecorder
 
 BrokerFactory = Callable[..., Mosquitto]
+# Salt and salt-factories log everything at debug in the test process (salt sets the root logger's
+# level to 1): keep their warnings and worse for the people reading a failure.
+QUIET_LOGGERS = ("salt", "saltfactories")
 
 
 @pytest.fixture
@@ -32,9 +38,34 @@ def broker(broker_factory: BrokerFactory) -> Mosquitto:
     return broker_factory("cloud")
 
 
+@pytest.fixture(scope="session")
+def event_listener() -> Iterator[EventRecorder]:
+    """What salt-factories' daemons forward their events to (salt_factories asks for it by this name)."""
+    with EventRecorder() as recorder:
+        yield recorder
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """Give the root logger back as the test found it: a test that runs a service's `main()` in
+    process gets `logs.setup`'s JSON handler on the root logger, which would otherwise print every
+    later record, Salt's included, under that service's name. This wraps setup, call and teardown,
+    outside the handlers pytest adds for each phase."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return (yield)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Salt's pytest plugin leaves a deferred stderr handler on the root logger that replays every
-    record at interpreter exit, into a stream pytest has closed by then: remove it."""
+    """Quiet Salt's loggers. Salt's pytest plugin also leaves a deferred stderr handler on the root
+    logger that replays every record at interpreter exit, into a stream pytest has closed by then:
+    remove it."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         from salt._logging.impl import shutdown_temp_handler  # type: ignore[import-untyped]
     except ImportError:

@@ -5,6 +5,9 @@ loads `salt/engines/saltmarsh_relay.py` from `engines_dirs`, configured inline, 
 `plain_json = true` because osmem refuses the client's vendor media types. Every process is stopped by PID:
 the Salt daemons by salt-factories, osmem and moto by their Popen handles.
 
+The daemons forward their events to `tests.salt_support.EventRecorder`, not to salt-factories' own
+listener, which races with itself under the flood (see EventRecorder), and only their warnings.
+
 The outage test restarts osmem on the same port, and osmem keeps everything in memory, so it
 runs last: after it the index holds only what was backfilled.
 """
@@ -40,6 +43,7 @@ from tests.kinesis_support import (
     read_stream,
 )
 from tests.kinesis_support import moto_server as start_moto
+from tests.salt_support import EventRecorder, forwarded_logs
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINES_DIR = REPO / "salt" / "engines"
@@ -100,7 +104,7 @@ class Fleet:
     minion: Any  # saltfactories SaltMinion
     osmem: Osmem
     kinesis: Any  # boto3 Kinesis client on moto
-    events: Any  # saltfactories EventListener
+    events: EventRecorder
 
     def es(self) -> Elasticsearch:
         return Elasticsearch(self.osmem.url, node_class=PlainJsonNode, request_timeout=10)
@@ -159,7 +163,9 @@ def wait_for(
 
 
 @pytest.fixture(scope="module")
-def fleet(salt_factories: Any, event_listener: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(
+    salt_factories: Any, event_listener: EventRecorder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("relay-salt")
     osmem = Osmem(free_port())
     osmem.start()
@@ -202,6 +208,7 @@ def fleet(salt_factories: Any, event_listener: Any, tmp_path_factory: pytest.Tem
                 "interface": "127.0.0.1",
                 "engines_dirs": [str(ENGINES_DIR)],
                 "engines": [{"saltmarsh_relay": relay_options}],
+                **forwarded_logs("master"),
             },
         )
         # The engine reads its AWS keys from these (access_key_id_env, secret_access_key_env).
@@ -214,6 +221,7 @@ def fleet(salt_factories: Any, event_listener: Any, tmp_path_factory: pytest.Tem
                 "enable_fqdns_grains": False,
                 "acceptance_wait_time": 0.5,
                 "random_reauth_delay": 0,
+                **forwarded_logs("minion"),
             },
         )
         with master.started(), minion.started():

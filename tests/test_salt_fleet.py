@@ -21,7 +21,15 @@ from typing import Any
 import pytest
 
 from saltmarsh.ops.localfleet.processes import free_port, wait_for_port
-from tests.salt_support import PILLAR, STATES, changed_states, failed_states, grains_for, sandbox_pillar
+from tests.salt_support import (
+    PILLAR,
+    STATES,
+    changed_states,
+    failed_states,
+    forwarded_logs,
+    grains_for,
+    sandbox_pillar,
+)
 
 MINIONS = {"gw1": ["gateway"], "sensor1": ["sensor"], "sensor2": ["sensor"]}
 GATEWAY_UNITS = ("mosquitto.service", "saltmarsh-forwarder.service")
@@ -75,6 +83,7 @@ def fleet(salt_factories: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "file_roots": {"base": [str(STATES)]},
             "pillar_roots": {"base": [str(PILLAR)]},
             "log_level_logfile": "warning",
+            **forwarded_logs("master"),
         },
     )
     roots = {minion_id: base / minion_id / "sandbox" for minion_id in MINIONS}
@@ -90,6 +99,7 @@ def fleet(salt_factories: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     "state_dir": str(svc_dirs[minion_id]),
                 },
                 "log_level_logfile": "warning",
+                **forwarded_logs("minion"),
             },
         )
         for minion_id, roles in MINIONS.items()

@@ -2,17 +2,32 @@
 
 Fields passed through `extra=` land at the top level, so `journalctl -o cat | jq 'select(.event==...)'`
 works. Secrets are never passed to a logger; config objects hide them in their repr.
+
+`service` says whose record it is: the service's name for what the project's own loggers emit in
+the service's process, otherwise the logger's top-level package (`salt`, `paho`, `urllib3`). A
+library's record, or one relayed from another process (salt-factories relays its daemons' records
+into the test process), never passes for the service that configured logging.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# The packages whose loggers speak for the service that runs them: the shared core and the services' own.
+OWN_PACKAGES = frozenset({"saltmarsh", "gateway", "sensor", "cloud_ingester"})
+
+
+def origin(record: logging.LogRecord, service: str) -> str:
+    """Whose record this is: `service` if one of the project's loggers made it in this process, else
+    the logger's top-level package."""
+    package = record.name.partition(".")[0]
+    return service if package in OWN_PACKAGES and record.process == os.getpid() else package
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         doc: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "service": self.service,
+            "service": origin(record, self.service),
             "logger": record.name,
             "msg": record.getMessage(),
         }
