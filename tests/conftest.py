@@ -14,8 +14,9 @@ from tests.salt_support import EventRecorder
 
 BrokerFactory = Callable[..., Mosquitto]
 # Salt and salt-factories log everything at debug in the test process (salt sets the root logger's
-# level to 1): keep their warnings and worse for the people reading a failure.
-QUIET_LOGGERS = ("salt", "saltfactories")
+# level to 1), and so then do the HTTP clients the Kinesis and Elasticsearch tests poll with: keep
+# their warnings and worse for the people reading a failure.
+QUIET_LOGGERS = ("salt", "saltfactories", "pytestshellutils", "botocore", "boto3", "urllib3", "elastic_transport")
 
 
 @pytest.fixture

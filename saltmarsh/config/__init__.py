@@ -1,4 +1,11 @@
-"""One typed, validated config object per service, loaded here and nowhere else."""
+"""One typed, validated config object per service, loaded here and nowhere else.
+
+In: a TOML file that Salt rendered (or the demo wrote), read through the one loader in `table`
+(UTF-8 checked, unknown keys refused, secrets only from 0600 files or the environment).
+Out: frozen config objects (`SensorConfig`, `GatewayConfig`, `IngesterConfig` with its sink's
+Elasticsearch and Kinesis parts, `RelayConfig`, `BrokerConfig`), or a `ConfigError` naming the
+key and the file.
+"""
 
 from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.config.gateway import GatewayConfig, load_gateway_config

@@ -86,7 +86,7 @@ def _driver(t: Table) -> DriverConfig:
         type=kind,
         pin=pin,
         retries=t.integer("retries", 3, lo=0, hi=20),
-        retry_backoff_s=t.number("retry_backoff_s", 0.5, lo=0),
+        retry_backoff_s=t.number("retry_backoff_s", 0.5, lo=0.001),
         seed=t.integer("seed", None),
         base_temperature_c=t.number("base_temperature_c", 21.0),
         base_humidity_pct=t.number("base_humidity_pct", 55.0, lo=0, hi=100),

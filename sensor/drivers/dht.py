@@ -13,6 +13,7 @@ from typing import Protocol
 
 from saltmarsh.config.sensor import DriverConfig
 from saltmarsh.contract.errors import DriverError
+from saltmarsh.runtime.backoff import BackoffPolicy, backoff_delay
 from sensor.drivers.base import Driver, Sample, Wait, plain_sleep
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ class DhtDriver(Driver):
         self.model = cfg.type
         self.pin = cfg.pin
         self.retries = cfg.retries
-        self.backoff_s = cfg.retry_backoff_s
+        # Doubling, without jitter: one sensor on its own pin has no herd to spread out.
+        self.backoff = BackoffPolicy(
+            base_s=cfg.retry_backoff_s, cap_s=cfg.retry_backoff_s * 2 ** max(cfg.retries - 1, 0), jitter=False
+        )
         self._wait = wait
         self._device = factory(cfg.type, cfg.pin)
 
@@ -71,7 +75,7 @@ class DhtDriver(Driver):
         for attempt in range(self.retries + 1):
             if attempt:
                 self.counters.retries += 1
-                if self._wait(self.backoff_s * 2 ** (attempt - 1)):
+                if self._wait(backoff_delay(attempt, self.backoff, 0.0)):
                     return None  # stopping: an unfinished read is not a sensor failure
             try:
                 temperature = self._device.temperature
