@@ -20,7 +20,7 @@ from saltmarsh.ops.localfleet.configs import write_config
 from saltmarsh.ops.localfleet.layout import Layout
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto
 from saltmarsh.ops.localfleet.processes import ServiceProcess, StopList, StoppableT
-from saltmarsh.runtime.status import ServiceStatus, read_statuses
+from saltmarsh.runtime.status import ServiceStatus, find_status
 
 
 class Lab:
@@ -51,7 +51,7 @@ class Lab:
         return self.track(ServiceProcess.service(name, module, config, self.layout.log_path(name))).start()
 
     def status(self, service: str, instance: str) -> ServiceStatus | None:
-        return next((s for s in read_statuses(self.status_dir) if (s.service, s.instance) == (service, instance)), None)
+        return find_status(self.status_dir, service, instance)
 
     def wait_status(
         self,

@@ -29,7 +29,7 @@ from gateway.committer import GroupCommitter
 from gateway.connector import LINK_ERRORS, Connector
 from gateway.sender import Sender
 from gateway.source import LocalSource
-from saltmarsh.mqtt.wire import ConnAck, WireClient
+from saltmarsh.mqtt.wire import CLOSE_LINGER_S, ConnAck, WireClient
 
 _MAX_SELECT_S = 0.25  # how late a stop request or a keepalive may be noticed
 _KEEPALIVE_POLL_S = 1.0
@@ -137,7 +137,7 @@ class ForwarderLoop:
         # gets a moment for in-flight PUBACKs, then the deletes are committed.
         self._local_link.stop()
         self._uplink_link.stop()
-        self.source.detach("stopping")
+        self.source.detach("stopping", CLOSE_LINGER_S)
         batch = self.source.cut()
         if batch is not None:
             self.committer.submit(batch)

@@ -123,11 +123,11 @@ class LocalSource:
             extra={"event": "local_connected", "filter": subscription_filter(self._cfg.site)},
         )
 
-    def detach(self, why: str) -> None:
-        """The connection is gone (or we are stopping): nothing more is acked on it."""
+    def detach(self, why: str, linger_s: float = 0.0) -> None:
+        """The connection is gone (or we are stopping: `linger_s`, so the last acks count)."""
         if self.client is None:
             return
-        self.client.close()
+        self.client.close(linger_s)
         self.client = None
         self.generation += 1
         self.gathering.packet_ids = []

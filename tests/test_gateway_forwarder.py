@@ -25,7 +25,7 @@ from saltmarsh.ops.localfleet.configs import broker_table, forwarder_config, wri
 from saltmarsh.ops.localfleet.layout import Layout
 from saltmarsh.ops.localfleet.mosquitto import BrokerPair
 from saltmarsh.ops.localfleet.processes import ServiceProcess, wait_until
-from saltmarsh.runtime.status import read_statuses
+from saltmarsh.runtime.status import find_status
 from tests.support import Collector, publish_all
 
 GATEWAY_ID = "gw-test"
@@ -112,10 +112,8 @@ class Gateway:
         return proc
 
     def status(self) -> tuple[Mapping[str, Any], int]:
-        for status in read_statuses(self.status_dir):
-            if status.service == "forwarder":
-                return status.counters, status.updated_ms
-        return {}, 0
+        status = find_status(self.status_dir, "forwarder")
+        return (status.counters, status.updated_ms) if status is not None else ({}, 0)
 
     def wait_status(self, predicate: Callable[[Mapping[str, Any], int], bool], timeout_s: float) -> bool:
         return wait_until(lambda: predicate(*self.status()), timeout_s, interval_s=0.1)
@@ -275,7 +273,12 @@ def test_restart_while_cloud_down_loses_nothing(gateway: Gateway) -> None:
 def test_quota_evicts_only_readings_and_counts_exactly(gateway: Gateway) -> None:
     collector = gateway.collector()
     gateway.cloud.stop()
-    gateway.write_config(spool_quota_bytes=30_000, commit_max_messages=50)
+    # The quota must hold every alert (about 17 kB) plus the newest reading segment, or that
+    # segment is evicted too and nothing is left to show that only the oldest go. A segment is
+    # at most one batch, and a batch at most the 100 messages the site broker may have unacked
+    # (receive maximum, twice commit_max_messages): about 17 kB of readings. 60 kB holds both
+    # whatever the batching, and is far below the 255 kB of readings, so eviction is certain.
+    gateway.write_config(spool_quota_bytes=60_000, commit_max_messages=50)
     proc = gateway.start_forwarder()
     readings = envelopes("dev", 1500)
     alerts = envelopes("alarm", 100, kind=Channel.ALERT)

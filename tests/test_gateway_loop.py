@@ -85,7 +85,7 @@ class FakeSiteBroker:
     def flush(self) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
         self.closed = True
         self._sock.close()
         self._peer.close()

@@ -21,7 +21,7 @@ from saltmarsh.ops.audit import AuditReport, run_audit
 from saltmarsh.ops.localfleet.configs import broker_table, ingester_config, sqlite_sink, write_config
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto
 from saltmarsh.ops.localfleet.processes import ServiceProcess
-from saltmarsh.runtime.status import read_statuses
+from saltmarsh.runtime.status import find_status
 from saltmarsh.sinks import open_audit_source
 from tests.conftest import BrokerFactory
 from tests.support import publish_all
@@ -79,10 +79,8 @@ class Ingesters:
         return process
 
     def counters(self, ingester_id: str) -> dict[str, Any]:
-        for status in read_statuses(self.status_dir):
-            if status.service == "ingester" and status.instance == ingester_id:
-                return dict(status.counters)
-        return {}
+        status = find_status(self.status_dir, "ingester", ingester_id)
+        return dict(status.counters) if status is not None else {}
 
     def stored(self) -> int:
         if not self.db.exists():

@@ -18,7 +18,7 @@ from saltmarsh.contract.topics import ID_PATTERN
 from saltmarsh.ops.localfleet import configs
 from saltmarsh.ops.localfleet.mosquitto import BrokerSpec, Mosquitto
 from saltmarsh.ops.localfleet.processes import ServiceProcess, free_port, wait_until
-from saltmarsh.runtime.status import read_statuses
+from saltmarsh.runtime.status import find_status
 from tests.conftest import BrokerFactory
 from tests.support import Collector
 
@@ -66,7 +66,8 @@ def envelopes(messages: list[mqtt.MQTTMessage]) -> list[Envelope]:
 
 
 def counters(tmp_path: Path, written_after_ms: int = 0) -> dict[str, Any]:
-    (status,) = [s for s in read_statuses(tmp_path / "status") if s.name == "sensor-pi-1"]
+    status = find_status(tmp_path / "status", "sensor", "pi-1")
+    assert status is not None, "no status file yet"
     assert status.updated_ms > written_after_ms, "status file not rewritten yet"
     return dict(status.counters)
 

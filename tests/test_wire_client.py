@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.mqtt.codec import RC_NO_MATCHING_SUBSCRIBERS, RETAIN_SEND_IF_NEW_SUB, Publish, properties, user_property
-from saltmarsh.mqtt.wire import WireClient
+from saltmarsh.mqtt.wire import CLOSE_LINGER_S, WireClient
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto
 from tests.conftest import BrokerFactory
 
@@ -192,3 +192,31 @@ def test_tls(broker_factory: BrokerFactory, tls_files: tuple[Path, Path, Path]) 
 
     with pytest.raises(ssl.SSLCertVerificationError):
         client(broker.port, "untrusting", tls_context=ssl.create_default_context())
+
+
+def test_a_clean_close_keeps_the_last_acks_even_with_unread_input(broker: Mosquitto) -> None:
+    """Closing with messages still unread resets the connection, and Mosquitto then drops the
+    PUBACKs it had not read yet: measured, 1,343 acked messages came back over 10 runs of this.
+    A clean close lingers until the broker hangs up, so none may come back."""
+    for trial in range(3):
+        topic = f"linger/{trial}"
+        sub = client(broker.port, f"sub-{trial}", session_expiry_s=600, receive_maximum=2000)
+        sub.subscribe([(f"{topic}/#", 1)])
+        pub = client(broker.port, f"pub-{trial}")
+        for i in range(4000):
+            pub.publish(f"{topic}/x".encode(), str(i).encode().ljust(200))
+        acked: set[int] = set()
+        deadline = time.monotonic() + 10
+        while len(acked) < 1500 and time.monotonic() < deadline:
+            pub.flush()
+            pub.poll(0)
+            for message in sub.poll(0.05)[0]:
+                sub.ack(message.packet_id)
+                acked.add(int(message.payload))
+            sub.flush()
+        assert len(acked) >= 1500
+        sub.close(linger_s=CLOSE_LINGER_S)  # with input unread: the broker is still sending
+
+        again = client(broker.port, f"sub-{trial}", clean_start=False, session_expiry_s=600, receive_maximum=2000)
+        redelivered, _ = collect(again, publishes=4000 - len(acked), timeout_s=10, ack=True)
+        assert {int(m.payload) for m in redelivered} == set(range(4000)) - acked

@@ -17,7 +17,7 @@ from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.contract.errors import WireError
 from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, RC_FIRST_FAILURE, RETAIN_AS_PUBLISHED, RETAIN_DO_NOT_SEND
 from saltmarsh.mqtt.connect import wire_client
-from saltmarsh.mqtt.wire import ConnAck, Publish, WireClient
+from saltmarsh.mqtt.wire import CLOSE_LINGER_S, ConnAck, Publish, WireClient
 from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Consumer:
                 client.flush()
         except _CONNECTION_ERRORS:
             pass  # unacked messages are redelivered after the restart
-        client.close()
+        client.close(linger_s=CLOSE_LINGER_S)
         self._client = None
         self.connected = self.subscribed = False
 

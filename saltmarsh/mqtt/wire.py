@@ -48,6 +48,9 @@ _RECV_BYTES = 256 * 1024
 _MAX_RECVS_PER_POLL = 8  # bounds one poll's work so that a busy peer cannot starve the other socket
 
 
+CLOSE_LINGER_S = 1.0  # how long a clean `close` waits for the broker to hang up after our DISCONNECT
+
+
 class WireClient:
     """One MQTT 5 connection; see the module docstring for who does what."""
 
@@ -153,8 +156,16 @@ class WireClient:
         finally:
             self._inflight.discard(packet_id)
 
-    def close(self) -> None:
-        """Send DISCONNECT if the socket will take it, then close; safe to call twice."""
+    def close(self, linger_s: float = 0.0) -> None:
+        """Send DISCONNECT, wait (at most `linger_s`) for the broker to close its side, then close.
+
+        Safe to call twice. The wait is what makes the last PUBACKs count: a socket closed with
+        unread input (messages the broker sent after our last poll) ends in a TCP reset, and the
+        broker's kernel then discards whatever the broker had not read yet, acks included, so
+        it redelivers what was already committed. Once the broker has closed its side it has
+        read everything up to the DISCONNECT. A clean shutdown that acked what it took lingers
+        (`CLOSE_LINGER_S`); dropping a link that failed does not wait on it.
+        """
         sock = self._sock
         if sock is None:
             return
@@ -162,6 +173,13 @@ class WireClient:
         # Already gone is fine: the broker then treats it as an unclean disconnect.
         with contextlib.suppress(OSError):
             sock.send(DISCONNECT_PACKET)
+            if linger_s > 0:
+                sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + linger_s
+            while (remaining := deadline - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                if not sock.recv(65_536):
+                    break
         sock.close()
 
     def fileno(self) -> int:

@@ -81,6 +81,11 @@ def read_statuses(directory: Path) -> list[ServiceStatus]:
     return out
 
 
+def find_status(directory: Path, service: str, instance: str | None = None) -> ServiceStatus | None:
+    """The status file of `service` (and `instance`, if given) in `directory`, or None."""
+    return next((s for s in read_statuses(directory) if s.service == service and instance in (None, s.instance)), None)
+
+
 class StatusPublisher:
     """Writes a service's counters every `interval_s` from a daemon thread, and once at stop."""
 
