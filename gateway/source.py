@@ -21,6 +21,7 @@ from saltmarsh.contract.topics import ROOT, Channel
 from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, RETAIN_SEND_IF_NEW_SUB, Publish
 from saltmarsh.mqtt.connect import wire_client
 from saltmarsh.mqtt.wire import WireClient
+from saltmarsh.runtime.logs import log_oversized
 from saltmarsh.runtime.spool import Lane, Record
 
 # Channels not in this table (typos, future ones) go to BULK and on to the cloud, whose ingester
@@ -182,18 +183,14 @@ class LocalSource:
         # Acked with the skipped ones, so the site broker does not redeliver it; the ingester,
         # and the cloud broker's max_packet_size, would refuse it anyway.
         self.oversized_total += 1
-        log.warning(
-            "not forwarded: %d bytes on %s is over max_message_bytes %d",
-            len(msg.payload),
-            msg.topic,
-            self._cfg.max_message_bytes,
-            extra={
-                "event": "oversized_refused",
-                "topic": msg.topic,
-                "size_bytes": len(msg.payload),
-                "max_message_bytes": self._cfg.max_message_bytes,
-                "oversized_total": self.oversized_total,
-            },
+        log_oversized(
+            log,
+            refused="not forwarded",
+            event="oversized_refused",
+            topic=msg.topic,
+            size_bytes=len(msg.payload),
+            limit=self._cfg.max_message_bytes,
+            total=self.oversized_total,
         )
 
     def cut(self) -> Inbound | None:

@@ -17,6 +17,7 @@ from saltmarsh.config.sensor import SensorConfig
 from saltmarsh.contract.envelope import Envelope
 from saltmarsh.contract.errors import SpoolError, ValidationError
 from saltmarsh.contract.mint import mint
+from saltmarsh.runtime.logs import log_oversized
 from saltmarsh.runtime.spool import Lane, Spool
 from sensor.drivers.base import Driver
 
@@ -75,18 +76,14 @@ class Agent:
         if len(payload) > self.cfg.max_message_bytes:
             # Every broker and the ingester would refuse it, and the sender would retry it for ever.
             self.oversized_total += 1
-            log.warning(
-                "reading refused: %d bytes on %s is over max_message_bytes %d",
-                len(payload),
-                topic,
-                self.cfg.max_message_bytes,
-                extra={
-                    "event": "reading_oversized",
-                    "topic": topic,
-                    "size_bytes": len(payload),
-                    "max_message_bytes": self.cfg.max_message_bytes,
-                    "oversized_total": self.oversized_total,
-                },
+            log_oversized(
+                log,
+                refused="reading refused",
+                event="reading_oversized",
+                topic=topic,
+                size_bytes=len(payload),
+                limit=self.cfg.max_message_bytes,
+                total=self.oversized_total,
             )
             return None
         try:

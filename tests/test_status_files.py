@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from saltmarsh.runtime.status import find_status, read_statuses, write_status
+from saltmarsh.runtime.status import find_status, read_status_dir, read_statuses, write_status
 
 WRITTEN = [("forwarder", "gw1", 1), ("ingester", "ing-1", 2), ("ingester", "ing-2", 3), ("sensor", "pi-1", 4)]
 
@@ -44,3 +44,4 @@ def test_read_statuses_skips_unreadable_files_and_a_missing_directory(status_dir
         "sensor-pi-1",
     ]
     assert read_statuses(status_dir / "missing") == []
+    assert read_status_dir(status_dir)[1] == [status_dir / "torn.json"]

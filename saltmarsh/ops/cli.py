@@ -25,7 +25,7 @@ from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
 from saltmarsh.ops.audit import AuditReport, format_report, run_audit
 from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 from saltmarsh.ops.progress import fleet_progress_line
-from saltmarsh.runtime.status import ServiceStatus, read_statuses
+from saltmarsh.runtime.status import ServiceStatus, read_status_dir
 from saltmarsh.sinks import open_audit_source
 
 DEFAULT_STATUS_DIR = Path("/run/saltmarsh/status")
@@ -53,11 +53,9 @@ def _read_status_dir(directory: Path, verb: str) -> list[ServiceStatus] | None:
         what = "is not a directory" if directory.exists() else "does not exist"
         print(f"saltmarsh {verb}: status directory {directory} {what}", file=sys.stderr)
         return None
-    statuses = read_statuses(directory)
-    read = {f"{s.service}-{s.instance}.json" for s in statuses}
-    for path in sorted(directory.glob("*.json")):
-        if path.name not in read:  # damaged, or not a service's
-            print(f"saltmarsh {verb}: skipped {path}: not a readable service status", file=sys.stderr)
+    statuses, skipped = read_status_dir(directory)
+    for path in skipped:  # damaged, or not a service's
+        print(f"saltmarsh {verb}: skipped {path}: not a readable service status", file=sys.stderr)
     return statuses
 
 

@@ -73,3 +73,23 @@ def setup(service: str, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def log_oversized(
+    logger: logging.Logger, *, refused: str, event: str, topic: str, size_bytes: int, limit: int, total: int
+) -> None:
+    """The one line every edge writes when it refuses a message over `max_message_bytes`."""
+    logger.warning(
+        "%s: %d bytes on %s is over max_message_bytes %d",
+        refused,
+        size_bytes,
+        topic,
+        limit,
+        extra={
+            "event": event,
+            "topic": topic,
+            "size_bytes": size_bytes,
+            "max_message_bytes": limit,
+            "oversized_total": total,
+        },
+    )

@@ -61,9 +61,15 @@ def write_status(directory: Path, service: str, instance: str, counters: Mapping
 
 
 def read_statuses(directory: Path) -> list[ServiceStatus]:
+    return read_status_dir(directory)[0]
+
+
+def read_status_dir(directory: Path) -> tuple[list[ServiceStatus], list[Path]]:
+    """Every readable service status in `directory`, and the status files that were not."""
     out: list[ServiceStatus] = []
+    skipped: list[Path] = []
     if not directory.is_dir():
-        return out
+        return out, skipped
     for path in sorted(directory.glob("*.json")):
         try:
             doc = json.loads(path.read_text())
@@ -77,8 +83,8 @@ def read_statuses(directory: Path) -> list[ServiceStatus]:
                 )
             )
         except (OSError, ValueError, KeyError, TypeError):
-            continue  # a file being replaced or not ours; the next read gets it
-    return out
+            skipped.append(path)  # a file being replaced or not ours; the next read gets it
+    return out, skipped
 
 
 def find_status(directory: Path, service: str, instance: str | None = None) -> ServiceStatus | None:

@@ -15,6 +15,7 @@ path exact:
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -71,15 +72,11 @@ class DeadLetter:
         A head cut inside a multi-byte character is still UTF-8: the partial character is left out.
         """
         head = self.payload_head
+        cut_short = self.payload_bytes > len(head)
         try:
-            return "utf-8", head.decode("utf-8")
-        except UnicodeDecodeError as err:
-            cut_short = self.payload_bytes > len(head) and err.start >= len(head) - 3 and err.end == len(head)
-            if cut_short:
-                try:
-                    return "utf-8", head[: err.start].decode("utf-8")
-                except UnicodeDecodeError:
-                    pass
+            # Not final when cut short: the decoder then keeps back an incomplete last character.
+            return "utf-8", codecs.getincrementaldecoder("utf-8")().decode(head, final=not cut_short)
+        except UnicodeDecodeError:
             return "base64", base64.b64encode(head).decode("ascii")
 
 
