@@ -43,8 +43,9 @@ def gather_deadline(
 ) -> float:
     """When the gathered batch must go to the committer, if nothing else sends it sooner.
 
-    Online, one batch waits for the committer at most: while it writes, the next one grows, so
-    a busy forwarder commits big batches and an idle one commits at once. Offline nothing is
+    Online (uplink up, unconfirmed window open), one batch waits for the committer at most:
+    while it writes, the next one grows, so a busy forwarder commits big batches and an idle
+    one commits at once. Offline nothing is
     waiting for the data, so batches grow into big segments: spool memory is per segment, and
     an outage at 1,000 msg/s in 5 ms commits would be 150,000 segments per million messages.
     The batch goes when it is full, half a second old (`offline_commit_interval_ms`), or when
@@ -112,6 +113,7 @@ class ForwarderLoop:
         self._offline_gather_s = offline_gather_s
         self._last_poll = {"local": 0.0, "uplink": 0.0}
         self._last_local_data = 0.0
+        self._last_tick = 0.0
 
     def run(self, stop_event: threading.Event, grace_s: float = 2.0) -> bool:
         """Forward until `stop_event` is set (True) or the committer has died (False)."""
@@ -122,7 +124,7 @@ class ForwarderLoop:
             while not stop_event.is_set():
                 now = time.monotonic()
                 timeout_s = self.sender.idle_wait(now)
-                if len(self.source.gathering) and not self.sender.connected:
+                if len(self.source.gathering) and not self.sender.can_send:
                     timeout_s = min(timeout_s, self._gather_deadline(now) - now)
                 self._step(timeout_s)
                 if not self.committer.alive():
@@ -143,7 +145,12 @@ class ForwarderLoop:
             self.committer.submit(batch)
         self.sender.stopping = True
         deadline = time.monotonic() + grace_s
-        while self.sender.inflight and self.sender.connected and time.monotonic() < deadline:
+        # Confirmations, too: each one spares the sink a duplicate after the restart.
+        while (
+            (self.sender.inflight or self.sender.unconfirmed.count)
+            and self.sender.connected
+            and time.monotonic() < deadline
+        ):
             self._step(0.05)
         self.committer.remove(self.sender.take_delivered())
         self.sender.release_all()
@@ -207,7 +214,8 @@ class ForwarderLoop:
         size = len(self.source.gathering)
         if not size or (self.committer.queued and size < self._commit_max_messages):
             return
-        if self.sender.connected or size >= self._commit_max_messages or now >= self._gather_deadline(now):
+        online = self.sender.can_send
+        if online or size >= self._commit_max_messages or now >= self._gather_deadline(now):
             batch = self.source.cut()
             if batch is not None:
                 self.committer.submit(batch)
@@ -215,7 +223,7 @@ class ForwarderLoop:
     def _gather_deadline(self, now: float) -> float:
         gathering = self.source.gathering
         return gather_deadline(
-            online=self.sender.connected,
+            online=self.sender.can_send,
             size=len(gathering),
             first_at=gathering.first_at,
             last_local_data=self._last_local_data,
@@ -226,12 +234,17 @@ class ForwarderLoop:
     def _read_uplink(self, uplink: WireClient, now: float) -> None:
         self._last_poll["uplink"] = now
         try:
-            _, pubacks = uplink.poll(0)
+            confirmations, pubacks = uplink.poll(0)
         except LINK_ERRORS as err:
             self._uplink_down(repr(err))
             return
         if pubacks:
             self.sender.settle(pubacks, now)
+        if confirmations:
+            self.sender.confirm(confirmations, now)
+        if now - self._last_tick >= 1.0:
+            self._last_tick = now
+            self.sender.tick()
 
     def _flush(self) -> None:
         local = self.source.client

@@ -1,23 +1,31 @@
-"""The cloud side: spooled segments up to the uplink broker at QoS 1, deleted only when PUBACKed.
+"""The cloud side: spooled segments up to the uplink broker, deleted only when the sink confirms them.
 
-A segment is leased from the spool, its records are published (never more than the PUBACK
-window at once), and it is deleted only when every one of its messages has a successful PUBACK.
-A refused message (a failure reason code, or "no matching subscribers") is not a delivery: its
-segment is released and sent again later, whole.
+A segment is leased from the spool and its records are published at QoS 1, each numbered in the
+`msg` user property (`saltmarsh.contract.confirmation`). The cloud broker's PUBACK only frees a
+slot of the MQTT window; the segment is deleted when the ingester has confirmed, on this
+gateway's `ack` topic, that every one of its messages is committed to the sink (or, with
+`confirmations.mode = "broker"`, when every PUBACK is in). What is not confirmed is sent again
+(`saltmarsh.runtime.unconfirmed` says when), whole messages with their numbers, so a
+confirmation of either copy releases it and the sink counts the copy as a duplicate.
+
+Flow control: no new message goes up while the unconfirmed window (`confirmations.max_messages`,
+`max_bytes`) is full. A slow or absent sink therefore fills the gateway's spool, under its quota,
+and never the cloud broker. What is spooled while the window is full is backlog when it opens.
 
 Segments that have just been committed come with their records still in memory, so live
 traffic is never read back from disk; the backlog is. Everything here runs on the forwarder's
-loop thread, which also owns the uplink connection, so a PUBACK can never race the bookkeeping
-of its own publish and there are no locks on the per-message path.
+loop thread, which also owns the uplink connection, so a PUBACK or a confirmation can never race
+the bookkeeping of its own publish and there are no locks on the per-message path.
 
-Uplink outages: everything in flight is released back to the spool at once (the new
-connection gets new packet ids, so nothing the old one held is resumed); the reconnect takes
-a fresh look at the spool, all of it backlog.
+Uplink outages: open segments stay leased and tracked; on the new connection every unconfirmed
+message is sent again (the broker may have restarted without them), and a fresh look at the
+spool makes the rest backlog.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections import deque
@@ -26,54 +34,77 @@ from collections.abc import Callable
 from gateway.schedule import Phase, SendQueue, batch_size
 from gateway.token_bucket import TokenBucket
 from saltmarsh.config.gateway import GatewayConfig
-from saltmarsh.mqtt.codec import GATEWAY_PROPERTY, properties, puback_delivered, user_property
+from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, Confirmation, ack_topic
+from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.mqtt.codec import (
+    GATEWAY_PROPERTY,
+    PROP_USER_PROPERTY,
+    QOS_AT_MOST_ONCE,
+    Publish,
+    puback_delivered,
+    user_property,
+    utf8,
+    varint,
+)
 from saltmarsh.mqtt.connect import wire_client
 from saltmarsh.mqtt.wire import ConnAck, WireClient
 from saltmarsh.runtime.spool import Record, Segment, Spool
 from saltmarsh.runtime.status import RateMeter
+from saltmarsh.runtime.unconfirmed import OpenSegment, Unconfirmed
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_S = 1.0  # a refused segment waits this long before it is sent again
+RETRY_AFTER_S = 1.0  # a refused message waits this long before it is sent again
+DUE_CHECK_S = 0.25  # how often the unconfirmed window is searched for messages to resend
 _IDLE_WAIT_S = 0.5
 _MIN_WAIT_S = 0.001
+_U16 = struct.Struct(">H")
 
 
-def gateway_properties(gateway_id: str) -> bytes:
-    """The PUBLISH property block every forwarded message carries, encoded once."""
-    return properties(user_property(GATEWAY_PROPERTY, gateway_id))
+def uplink_ack_topic(cfg: GatewayConfig) -> str:
+    """Where the ingesters confirm this gateway's messages; `site` "+" gateways are one site's too."""
+    return ack_topic(cfg.site if cfg.site != "+" else "+", cfg.gateway_id)
 
 
 def connect_uplink(cfg: GatewayConfig) -> tuple[WireClient, ConnAck]:
-    """Connect (blocking; run by a connector thread, never the loop)."""
+    """Connect and subscribe to the confirmations (blocking; run by a connector thread, never the loop)."""
     client = wire_client(cfg.uplink, clean_start=False)
-    return client, client.connect()
+    connack = client.connect()
+    if cfg.confirmations.end_to_end:
+        topic = uplink_ack_topic(cfg)
+        try:
+            # QoS 0: a confirmation that finds us away is worth nothing later (a new run, or a
+            # resend already under way), so the broker need not keep it.
+            granted = client.subscribe([(topic, QOS_AT_MOST_ONCE)])
+            if any(code >= 0x80 for code in granted):
+                raise ConnectionRefusedError(f"cloud broker refused the subscription to {topic}: {granted}")
+        except BaseException:
+            client.close()
+            raise
+    return client, connack
 
 
-class OpenSegment:
-    """A leased segment on its way up: how far it is published, and how many PUBACKs are missing."""
+class MessageProperties:
+    """The PUBLISH property block of each forwarded message: `gw`, then its number in `msg`."""
 
-    __slots__ = ("failed", "phase", "records", "seg", "sent", "unacked")
+    def __init__(self, gateway_id: str, run: str) -> None:
+        self._gateway = user_property(GATEWAY_PROPERTY, gateway_id)
+        self._msg_key = bytes((PROP_USER_PROPERTY,)) + utf8(MESSAGE_PROPERTY)
+        self._run = f"{run}:"
+        self._plain = varint(len(self._gateway)) + self._gateway
 
-    def __init__(self, seg: Segment, records: list[Record], phase: Phase) -> None:
-        self.seg = seg
-        self.records = records
-        self.phase = phase
-        self.sent = 0
-        self.unacked = 0
-        self.failed = False
+    def unnumbered(self, number: int) -> bytes:
+        """Broker mode: nobody downstream confirms, so the number stays here."""
+        return self._plain
 
-    @property
-    def remaining(self) -> int:
-        return len(self.records) - self.sent
-
-    @property
-    def settled(self) -> bool:
-        return self.sent == len(self.records) and self.unacked == 0
+    def numbered(self, number: int) -> bytes:
+        value = (self._run + str(number)).encode()
+        body = b"".join((self._gateway, self._msg_key, _U16.pack(len(value)), value))
+        return varint(len(body)) + body
 
 
 class Sender:
-    """Publishes the spool to the uplink: live first, backlog under a token bucket."""
+    """Publishes the spool to the uplink: live first, backlog under a token bucket, within the window."""
 
     def __init__(
         self, cfg: GatewayConfig, spool: Spool, clock: Callable[[], float] = time.monotonic, hot_max_messages: int = 0
@@ -81,14 +112,25 @@ class Sender:
         self._cfg = cfg
         self._spool = spool
         self._clock = clock
-        self._props = gateway_properties(cfg.gateway_id)
+        self._confirm_cfg = cfg.confirmations
+        self._end_to_end = cfg.confirmations.end_to_end
+        self.unconfirmed: Unconfirmed[OpenSegment] = Unconfirmed(
+            overtaken_s=cfg.confirmations.overtaken_s, silence=cfg.confirmations.silence_policy()
+        )
+        props = MessageProperties(cfg.gateway_id, self.unconfirmed.run)
+        self._props_for = props.numbered if self._end_to_end else props.unnumbered
+        self._ack_topic_prefix = uplink_ack_topic(cfg).split("/")
         self._queue = SendQueue()
         self._bucket = TokenBucket(cfg.drain_rate_limit, cfg.drain_burst, clock())
         self._window = cfg.inflight_window
-        self._by_id: dict[int, OpenSegment] = {}
+        self._by_id: dict[int, int] = {}  # packet id -> message number, until its PUBACK
+        self._open: dict[int, OpenSegment] = {}  # segno -> leased, not yet fully confirmed
         self._live_open: OpenSegment | None = None
         self._backlog_open: OpenSegment | None = None
-        self._retry: deque[tuple[float, Segment]] = deque()
+        self._resend: deque[int] = deque()  # numbers to publish again as soon as there is room
+        self._refused: deque[tuple[float, int]] = deque()  # (when, number): refused by the broker
+        self._next_due_check = 0.0
+        self._behind = False  # segments were spooled while the window was full: not queued
         self._delivered: list[Segment] = []
         # Records of queued live segments, so that they go up without a read from disk. Capped,
         # so that a slow uplink cannot grow memory: past the cap, segments are read back.
@@ -96,13 +138,16 @@ class Sender:
         self._hot_messages = 0
         self._hot_max = hot_max_messages or max(4 * cfg.commit_max_messages, 4 * cfg.inflight_window)
         self.client: WireClient | None = None
-        self.stopping = False  # publish nothing new; PUBACKs for what is up are still counted
+        self.stopping = False  # publish nothing new; PUBACKs and confirmations are still counted
 
         self._meter_lock = threading.Lock()  # RateMeter is not safe to read while it is written
         self._live_meter = RateMeter()
         self._drain_meter = RateMeter()
-        self.forwarded_total = 0
+        self.forwarded_total = 0  # PUBACKed by the cloud broker
         self.refused_total = 0
+        self.bad_confirmations_total = 0
+        self.window_full_total = 0  # times the unconfirmed window filled and stopped new sends
+        self._was_full = False
 
     # -- read by the status thread ---------------------------------------------------------
 
@@ -112,7 +157,18 @@ class Sender:
 
     @property
     def inflight(self) -> int:
+        """Published, PUBACK not yet in."""
         return len(self._by_id)
+
+    @property
+    def window_full(self) -> bool:
+        cfg = self._confirm_cfg
+        return self.unconfirmed.full(cfg.max_messages, cfg.max_bytes)
+
+    @property
+    def can_send(self) -> bool:
+        """Up, with room in the unconfirmed window: what is committed now goes up at once."""
+        return self.client is not None and not self.window_full
 
     def rates(self) -> tuple[float, float]:
         """(live, drain) messages per second handed to the uplink."""
@@ -121,7 +177,7 @@ class Sender:
 
     def backlog_depth(self, spool_depth: int) -> int:
         """Messages that will go up under the drain limit; while the uplink is down, all of the spool."""
-        if self.client is None:
+        if self.client is None or self._behind:
             return spool_depth
         open_backlog = self._backlog_open
         depth = self._queue.backlog_messages + (open_backlog.remaining if open_backlog is not None else 0)
@@ -136,93 +192,126 @@ class Sender:
         self.client = client
         now = self._clock()
         self._queue.restart(self._spool.pending(), live_since_ms)
-        self._retry.clear()  # released segments are back in `pending`
+        self._behind = False
         self._drop_hot()
         self._bucket = TokenBucket(self._cfg.drain_rate_limit, self._cfg.drain_burst, now)
         self._window = max(1, min(self._cfg.inflight_window, connack.receive_maximum))
+        # The broker may have restarted without what it held for the sink: send it all again.
+        self._resend.extend(n for n, _ in self.unconfirmed.resend_all(now))
         log.info(
             "uplink connected; draining backlog behind live traffic",
             extra={
                 "event": "uplink_connected",
                 "backlog_messages": self._queue.backlog_messages,
                 "recent_messages_as_live": self._queue.live_messages,
+                "unconfirmed_resent": len(self._resend),
                 "window": self._window,
                 "session_present": connack.session_present,
             },
         )
 
     def detach(self, why: str) -> None:
-        """The uplink is gone: what was in flight goes back to the spool, to be sent again."""
+        """The uplink is gone: open segments stay leased, and go again on the next connection."""
         client = self.client
         if client is None:
             return
         self.client = None
         client.close()
-        released = {id(o): o for o in self._by_id.values()}
-        for open_seg in (self._live_open, self._backlog_open):
-            if open_seg is not None:
-                released[id(open_seg)] = open_seg
-        for open_seg in released.values():
-            self._spool.release(open_seg.seg)
         self._by_id.clear()
-        self._live_open = self._backlog_open = None
+        self._resend.clear()
+        self._refused.clear()
         self._queue.clear()
         self._drop_hot()
         log.warning(
             "uplink disconnected; spooling until it is back",
-            extra={"event": "uplink_disconnected", "released_segments": len(released), "why": why},
+            extra={
+                "event": "uplink_disconnected",
+                "open_segments": len(self._open),
+                "unconfirmed": self.unconfirmed.count,
+                "why": why,
+            },
         )
 
     def offer(self, segments: list[tuple[Segment, list[Record]]]) -> None:
         """Freshly committed segments, with their records."""
         if self.client is None:
             return  # in the spool; the reconnect will find them
+        if self.window_full and self._queue.live_messages >= self._confirm_cfg.max_messages:
+            # A window's worth is queued already: the rest stays in the spool, as backlog once
+            # the window opens, so that a long sink outage drains at the drain rate.
+            self._behind = True
+            return
         for seg, records in segments:
             if self._queue.offer(seg) and self._hot_messages + len(records) <= self._hot_max:
                 self._hot[seg.segno] = records
                 self._hot_messages += len(records)
 
     def take_delivered(self) -> list[Segment]:
-        """Segments every message of which was PUBACKed since the last call: to delete."""
+        """Segments every message of which was confirmed since the last call: to delete."""
         delivered = self._delivered
         if delivered:
             self._delivered = []
         return delivered
 
     def idle_wait(self, now: float) -> float:
-        """How long the loop may sleep before the bucket or a retry wants attention."""
-        wait = _IDLE_WAIT_S
+        """How long the loop may sleep before the bucket, a resend or a retry wants attention."""
+        wait = min(_IDLE_WAIT_S, self._next_due_check - now) if self.unconfirmed.count else _IDLE_WAIT_S
         if self.client is not None:
             room = self._window - len(self._by_id)
-            if room > 0 and (self._live_open is not None or self._queue.has_live()):
+            if room > 0 and self._resend:
                 return 0.0
-            if room > 0 and (self._backlog_open is not None or self._queue.has_backlog()):
-                wait = min(wait, self._bucket.seconds_until(1, now))
-        if self._retry:
-            wait = min(wait, self._retry[0][0] - now)
+            if room > 0 and not self.window_full:
+                if self._live_open is not None or self._queue.has_live():
+                    return 0.0
+                if self._backlog_open is not None or self._queue.has_backlog() or self._behind:
+                    wait = min(wait, self._bucket.seconds_until(1, now))
+        if self._refused:
+            wait = min(wait, self._refused[0][0] - now)
         return max(_MIN_WAIT_S, wait) if wait > 0 else 0.0
 
     def pump(self, now: float) -> int:
-        """Publish what the window and the bucket allow; returns how many messages went."""
-        self._requeue_due(now)
+        """Publish what the windows and the bucket allow, resends first; returns how many went."""
+        if now >= self._next_due_check:
+            self._next_due_check = now + DUE_CHECK_S
+            self._resend.extend(n for n, _ in self.unconfirmed.due(now))
+        while self._refused and self._refused[0][0] <= now:
+            self._resend.append(self._refused.popleft()[1])
         if self.client is None or self.stopping:
             return 0
         room = self._window - len(self._by_id)
+        resent = self._publish_resends(room) if self._resend else 0
+        room -= resent
+        full = self.window_full
+        if full and not self._was_full:
+            self.window_full_total += 1
+            log.info(
+                "unconfirmed window full; holding new messages in the spool until the sink confirms",
+                extra={"event": "window_full", "unconfirmed": self.unconfirmed.count, "bytes": self.unconfirmed.nbytes},
+            )
+        self._was_full = full
+        if room <= 0 or full:
+            return resent
+        if self._behind:
+            # The window opened after segments were spooled without being queued: the spool's
+            # own view, all of it backlog, replaces the queue.
+            self._behind = False
+            self._drop_hot()
+            self._queue.restart(self._spool.pending())
         live_sent = 0
-        while room > 0:
+        while room > 0 and not self.window_full:
             open_seg = self._live_open or self._open_next(Phase.LIVE)
             if open_seg is None:
                 break
-            count = self._publish(open_seg, batch_size(Phase.LIVE, room, open_seg.remaining, 0))
+            count = self._publish(open_seg, batch_size(Phase.LIVE, room, open_seg.remaining, 0), now)
             room -= count
             live_sent += count
         drain_sent = 0
         tokens = self._bucket.available(now) if room > 0 else 0
-        while room > 0 and tokens > 0:
+        while room > 0 and tokens > 0 and not self.window_full:
             open_seg = self._backlog_open or self._open_next(Phase.BACKLOG)
             if open_seg is None:
                 break
-            count = self._publish(open_seg, batch_size(Phase.BACKLOG, room, open_seg.remaining, tokens))
+            count = self._publish(open_seg, batch_size(Phase.BACKLOG, room, open_seg.remaining, tokens), now)
             self._bucket.take(count, now)
             tokens -= count
             room -= count
@@ -231,42 +320,88 @@ class Sender:
             with self._meter_lock:
                 self._live_meter.add(live_sent, now)
                 self._drain_meter.add(drain_sent, now)
-        return live_sent + drain_sent
+        return resent + live_sent + drain_sent
 
     def settle(self, pubacks: list[tuple[int, int]], now: float) -> None:
-        """Count PUBACKs against their segments; a segment with all of them in is finished."""
+        """PUBACKs: a slot of the MQTT window each; a refusal means that message goes again."""
         by_id = self._by_id
-        forwarded = 0
+        forwarded: list[int] = []
         for packet_id, reason in pubacks:
-            open_seg = by_id.pop(packet_id, None)
-            if open_seg is None:
+            number = by_id.pop(packet_id, None)
+            if number is None:
                 continue
-            open_seg.unacked -= 1
-            if not puback_delivered(reason):
-                open_seg.failed = True
-                self.refused_total += 1
+            if puback_delivered(reason):
+                forwarded.append(number)
             else:
-                forwarded += 1
-            if not open_seg.unacked and open_seg.sent == len(open_seg.records):
-                self._finish(open_seg, now)
-        self.forwarded_total += forwarded
+                self.refused_total += 1
+                self._refused.append((now + RETRY_AFTER_S, number))
+                if self.refused_total == 1 or self.refused_total % 1000 == 0:
+                    log.warning(
+                        "uplink refused messages; they will be sent again",
+                        extra={
+                            "event": "uplink_refused_messages",
+                            "reason": reason,
+                            "refused_total": self.refused_total,
+                        },
+                    )
+        self.forwarded_total += len(forwarded)
+        if not self._end_to_end:
+            self._released(self.unconfirmed.settle(forwarded, now))
+
+    def confirm(self, publishes: list[Publish], now: float) -> None:
+        """Confirmations from the ingesters, on this gateway's `ack` topic."""
+        for publish in publishes:
+            if publish.packet_id and self.client is not None:
+                self.client.ack(publish.packet_id)
+            try:
+                if not self._is_ack_topic(publish.topic):
+                    raise ValidationError(Reason.UNKNOWN_TOPIC, "topic", "not this gateway's ack topic")
+                confirmation = Confirmation.parse(publish.payload)
+            except ValidationError as err:
+                self.bad_confirmations_total += 1
+                log.warning(
+                    "unreadable confirmation ignored",
+                    extra={
+                        "event": "bad_confirmation",
+                        "topic": publish.topic[:200],
+                        "field": err.field,
+                        "reason": err.reason.value,
+                        "detail": err.detail,
+                        "bad_confirmations_total": self.bad_confirmations_total,
+                    },
+                )
+                continue
+            self._released(self.unconfirmed.confirm(confirmation, now))
+
+    def tick(self) -> None:
+        """Once a second or so: the oldest unconfirmed age for the status file."""
+        self.unconfirmed.refresh_oldest()
 
     def release_all(self) -> None:
         """At shutdown: give back what is still leased, so nothing stays marked in flight."""
         if self.client is not None:
             self.detach("stopping")
+        for open_seg in self._open.values():
+            self._spool.release(open_seg.seg)
+        self._open.clear()
+        self._live_open = self._backlog_open = None
 
     # -- internals -------------------------------------------------------------------------
+
+    def _is_ack_topic(self, topic: str) -> bool:
+        parts = topic.split("/")
+        return len(parts) == len(self._ack_topic_prefix) and all(
+            want in ("+", got) for want, got in zip(self._ack_topic_prefix, parts, strict=True)
+        )
 
     def _drop_hot(self) -> None:
         self._hot.clear()
         self._hot_messages = 0
 
-    def _requeue_due(self, now: float) -> None:
-        while self._retry and self._retry[0][0] <= now:
-            _, seg = self._retry.popleft()
-            if self.client is not None:
-                self._queue.retry(seg)
+    def _released(self, released: list[tuple[int, OpenSegment]]) -> None:
+        for _, open_seg in released:
+            if open_seg.release():
+                self._finish(open_seg)
 
     def _open_next(self, phase: Phase) -> OpenSegment | None:
         while True:
@@ -282,23 +417,28 @@ class Sender:
                 records = self._spool.lease(seg)
                 if not records:
                     continue  # evicted by the quota since it was queued, or unreadable and dropped
-            open_seg = OpenSegment(seg, records, phase)
+            base = self.unconfirmed.reserve(len(records))
+            open_seg = OpenSegment(seg, records, base)
+            self._open[seg.segno] = open_seg
             if phase is Phase.LIVE:
                 self._live_open = open_seg
             else:
                 self._backlog_open = open_seg
             return open_seg
 
-    def _publish(self, open_seg: OpenSegment, count: int) -> int:
+    def _publish(self, open_seg: OpenSegment, count: int, now: float) -> int:
         client = self.client
         assert client is not None
         publish = client.publish
-        props = self._props
+        numbered = self._props_for
         by_id = self._by_id
+        sent = self.unconfirmed.sent
         start = open_seg.sent
+        number = open_seg.base + start
         for topic, payload in open_seg.records[start : start + count]:
-            by_id[publish(topic.encode(), payload, 1, props)] = open_seg
-        open_seg.unacked += count
+            by_id[publish(topic.encode(), payload, 1, numbered(number))] = number
+            sent(number, open_seg, len(payload), now)
+            number += 1
         open_seg.sent = start + count
         if open_seg.remaining == 0:
             if open_seg is self._live_open:
@@ -307,16 +447,25 @@ class Sender:
                 self._backlog_open = None
         return count
 
-    def _finish(self, open_seg: OpenSegment, now: float) -> None:
-        seg = open_seg.seg
-        if open_seg.failed:
-            self._spool.release(seg)
-            self._retry.append((now + RETRY_AFTER_S, seg))
-            log.warning(
-                "uplink refused messages; segment will be sent again",
-                extra={"event": "uplink_refused_messages", "segment": seg.segno, "retry_in_s": RETRY_AFTER_S},
-            )
-            return
+    def _publish_resends(self, room: int) -> int:
+        client = self.client
+        assert client is not None
+        get = self.unconfirmed.get
+        resend = self._resend
+        numbered = self._props_for
+        sent = 0
+        while resend and sent < room:
+            number = resend.popleft()
+            open_seg = get(number)
+            if open_seg is None:
+                continue  # confirmed meanwhile
+            topic, payload = open_seg.record(number)
+            self._by_id[client.publish(topic.encode(), payload, 1, numbered(number))] = number
+            sent += 1
+        return sent
+
+    def _finish(self, open_seg: OpenSegment) -> None:
         # Deleted by the committer with its next transaction; until then it stays leased, so
         # a reconnect meanwhile does not send it again.
-        self._delivered.append(seg)
+        del self._open[open_seg.seg.segno]
+        self._delivered.append(open_seg.seg)

@@ -53,8 +53,11 @@ def forwarder_counters(
     sender: Sender,
     stats: SpoolStats,
     now_ms: int,
+    mono_now: float,
 ) -> dict[str, Any]:
     live_rate, drain_rate = sender.rates()
+    unconfirmed = sender.unconfirmed
+    oldest_sent = unconfirmed.oldest_first_sent
     backlog_depth = sender.backlog_depth(stats.depth_messages)
     oldest_age_s = 0.0 if stats.oldest_spooled_ms is None else max(0.0, (now_ms - stats.oldest_spooled_ms) / 1000)
     return {
@@ -80,6 +83,20 @@ def forwarder_counters(
         "backlog_depth": backlog_depth,
         "drain_eta_s": drain_eta_s(backlog_depth, drain_rate, cfg.drain_rate_limit),
         "inflight": sender.inflight,
+        # Sent up and not yet confirmed committed by the sink: what a cloud broker holds of ours.
+        "acknowledgement": cfg.confirmations.mode.value,
+        "unconfirmed": unconfirmed.count,
+        "unconfirmed_bytes": unconfirmed.nbytes,
+        "oldest_unconfirmed_age_s": 0.0 if oldest_sent is None else round(max(0.0, mono_now - oldest_sent), 3),
+        "window_full": sender.window_full,
+        "window_full_total": sender.window_full_total,
+        "confirmed_total": unconfirmed.confirmed_total,
+        "resent_total": unconfirmed.resent_total,
+        "bad_confirmations_total": sender.bad_confirmations_total,
+        "stale_confirmations_total": unconfirmed.stale_total + unconfirmed.foreign_total,
+        # Down to the devices: messages confirmed as spooled here.
+        "device_confirmed_total": source.confirmed_total,
+        "unconfirmable_total": source.unconfirmable_total,
     }
 
 
@@ -138,6 +155,7 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
             sender=sender,
             stats=spool.stats(),
             now_ms=int(time.time() * 1000),
+            mono_now=time.monotonic(),
         ),
     )
     log.info(
@@ -150,8 +168,16 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
             "uplink": f"{cfg.uplink.host}:{cfg.uplink.port}",
             "spool_depth": opened.depth_messages,
             "evicted_total": opened.evicted_messages,
+            "acknowledgement": cfg.confirmations.mode.value,
+            "run": sender.unconfirmed.run,
         },
     )
+    if not cfg.confirmations.end_to_end:
+        log.warning(
+            "confirmations.mode is broker: a message leaves the spool when the cloud broker has it, "
+            "so a crash of that broker can lose it",
+            extra={"event": "hop_by_hop_acks"},
+        )
     status.start()
     exit_code = EXIT_FAILED
     try:

@@ -5,6 +5,12 @@ classifies the topic and adds it to the batch being gathered for the next group 
 committer spools that batch; only then does `ack` send the PUBACKs, so the broker keeps every
 message until it is on disk and a crash before that gets it redelivered from the session.
 
+Once a batch is spooled its senders get a confirmation too: every message that carries the
+sender's number (the `msg` user property, `saltmarsh.contract.confirmation`) is confirmed to the
+device its topic names, on that device's `ack` topic, which the site broker's ACL lets only that
+device read. The sensor deletes a reading only then: the gateway broker never owns one. A
+confirmation is true on any connection, since the spool has the message; PUBACKs are not:
+
 A batch remembers the *generation* it arrived on: the local connection. An ack is only sent on
 that same connection: after a reconnect the broker redelivers what was unacked and may reuse
 the old packet ids for new messages, so a late ack for an old id could confirm a message that
@@ -17,8 +23,10 @@ import logging
 from collections.abc import Sequence
 
 from saltmarsh.config.gateway import GatewayConfig
+from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, ConfirmationBatch, ack_topic, parse_message_id
+from saltmarsh.contract.errors import ValidationError
 from saltmarsh.contract.topics import ROOT, Channel
-from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, RETAIN_SEND_IF_NEW_SUB, Publish
+from saltmarsh.mqtt.codec import NO_LOCAL, QOS_AT_LEAST_ONCE, QOS_AT_MOST_ONCE, RETAIN_SEND_IF_NEW_SUB, Publish
 from saltmarsh.mqtt.connect import wire_client
 from saltmarsh.mqtt.wire import WireClient
 from saltmarsh.runtime.logs import log_oversized
@@ -32,6 +40,7 @@ _LANE_BY_CHANNEL: dict[str, Lane | None] = {
     Channel.ALERT.value: Lane.KEEP,
     Channel.STATUS.value: None,  # device state, retained on the site broker
     Channel.COMMAND.value: None,  # downlink: relayed towards devices, never up
+    Channel.ACK.value: None,  # confirmations to devices (ours; No Local keeps them from us anyway)
 }
 
 _LANE_CACHE_MAX = 100_000
@@ -51,7 +60,7 @@ def subscription_filter(site: str) -> str:
 class Inbound:
     """Messages received on one local connection and not yet spooled: one group commit's worth."""
 
-    __slots__ = ("bulk", "first_at", "generation", "keep", "packet_ids")
+    __slots__ = ("bulk", "confirmations", "first_at", "generation", "keep", "packet_ids")
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
@@ -59,6 +68,7 @@ class Inbound:
         self.bulk: list[Record] = []
         self.keep: list[Record] = []
         self.packet_ids: list[int] = []  # to PUBACK once spooled, in arrival order
+        self.confirmations = ConfirmationBatch()  # to each sender once spooled, on any connection
 
     def __len__(self) -> int:
         return len(self.bulk) + len(self.keep)
@@ -80,8 +90,9 @@ def connect_local(cfg: GatewayConfig) -> WireClient:
     client.connect()
     topic_filter = subscription_filter(cfg.site)
     try:
-        # Retained messages only on a new subscription, not on every reconnect.
-        granted = client.subscribe([(topic_filter, QOS_AT_LEAST_ONCE | RETAIN_SEND_IF_NEW_SUB)])
+        # Retained messages only on a new subscription, not on every reconnect; No Local, so the
+        # confirmations we publish to devices under the same filter do not come back to us.
+        granted = client.subscribe([(topic_filter, QOS_AT_LEAST_ONCE | RETAIN_SEND_IF_NEW_SUB | NO_LOCAL)])
         if any(code >= 0x80 for code in granted):
             raise ConnectionRefusedError(f"local broker refused the subscription to {topic_filter}: {granted}")
     except BaseException:
@@ -105,8 +116,12 @@ class LocalSource:
         self.received_total = 0  # forwarded channels only
         self.skipped_total = 0  # status and cmd
         self.oversized_total = 0  # larger than max_message_bytes: acked, logged, not forwarded
+        self.confirmed_total = 0  # messages confirmed to their senders
+        self.confirmations_sent_total = 0
+        self.unconfirmable_total = 0  # a `msg` property we could not read: kept, not confirmed
         # A site has a bounded set of topics (devices x channels), each seen over and over.
         self._lane_by_topic: dict[str, Lane | None] = {}
+        self._ack_topic_by_topic: dict[str, str | None] = {}
 
     @property
     def connected(self) -> bool:
@@ -146,6 +161,7 @@ class LocalSource:
         lanes = self._lane_by_topic
         if len(lanes) > _LANE_CACHE_MAX:
             lanes.clear()
+            self._ack_topic_by_topic.clear()
         skipped: list[int] = []
         received = 0
         max_bytes = self._cfg.max_message_bytes
@@ -171,6 +187,8 @@ class LocalSource:
             received += 1
             if msg.packet_id:
                 packet_ids(msg.packet_id)
+            if msg.user_properties:
+                self._note_sender(gathering.confirmations, msg)
         self.received_total += received
         if skipped:
             self.skipped_total += len(skipped)
@@ -178,6 +196,45 @@ class LocalSource:
             if client is not None:
                 for packet_id in skipped:
                     client.ack(packet_id)
+
+    def _note_sender(self, confirmations: ConfirmationBatch, msg: Publish) -> None:
+        """Remember whom to confirm a numbered message to, once it is spooled."""
+        for name, value in msg.user_properties:
+            if name != MESSAGE_PROPERTY:
+                continue
+            numbered = parse_message_id(value)
+            topic = self._ack_topic_for(msg.topic)
+            if numbered is None or topic is None:
+                self.unconfirmable_total += 1
+                if self.unconfirmable_total == 1 or self.unconfirmable_total % 1000 == 0:
+                    log.warning(
+                        "message kept but cannot be confirmed to its sender",
+                        extra={
+                            "event": "unconfirmable",
+                            "topic": msg.topic[:200],
+                            "msg": value[:80],
+                            "unconfirmable_total": self.unconfirmable_total,
+                        },
+                    )
+                return
+            confirmations.add(topic, *numbered)
+            return
+
+    def _ack_topic_for(self, topic: str) -> str | None:
+        """The ack topic of the device a data topic names; None if it names none."""
+        try:
+            return self._ack_topic_by_topic[topic]
+        except KeyError:
+            pass
+        parts = topic.split("/")
+        found: str | None = None
+        if len(parts) == 5:
+            try:
+                found = ack_topic(parts[2], parts[3])
+            except ValidationError:
+                found = None
+        self._ack_topic_by_topic[topic] = found
+        return found
 
     def _refuse_oversized(self, msg: Publish) -> None:
         # Acked with the skipped ones, so the site broker does not redeliver it; the ingester,
@@ -202,9 +259,16 @@ class LocalSource:
         return batch
 
     def ack(self, batch: Inbound) -> int:
-        """Confirm a spooled batch to the broker, if it is still the connection it came on."""
+        """A batch is spooled: confirm it to its senders, and PUBACK it if this is still its connection."""
         client = self.client
-        if client is None or batch.generation != self.generation:
+        if client is None:
+            return 0  # the senders resend what they hear nothing about; the spool absorbs it
+        if batch.confirmations:
+            for topic, payload in batch.confirmations.messages():
+                client.publish(topic.encode(), payload, QOS_AT_MOST_ONCE)
+                self.confirmations_sent_total += 1
+            self.confirmed_total += batch.confirmations.count
+        if batch.generation != self.generation:
             return 0
         ack = client.ack
         for packet_id in batch.packet_ids:

@@ -1,12 +1,21 @@
-"""Spool -> gateway broker at QoS 1, in spool order, with at most `publish_window` in flight.
+"""Spool -> gateway broker at QoS 1, in spool order; a reading leaves the spool when the forwarder confirms it.
 
-A segment leaves the spool only when its PUBACK says success. While the link is down nothing new
-is handed to paho: it already holds the in-flight messages and resends them on reconnect, and new
-messages wait until those are acknowledged, so the backlog reaches the broker in order.
+Each reading goes out numbered (the `msg` user property, `saltmarsh.contract.confirmation`). The
+gateway broker's PUBACK only frees a slot of the publish window (`publish_window`); the segment
+is deleted once the forwarder says, on this device's `ack` topic, that its spool has committed
+every reading in it. What is not confirmed is sent again when `saltmarsh.runtime.unconfirmed`
+says so, and after every reconnect (the broker may have restarted without it). No new reading
+goes out while `confirmations.max_messages` are unconfirmed, so a forwarder that is down leaves
+the backlog here, in the spool, and not in the broker. With `confirmations.mode = "broker"` the
+PUBACK is the confirmation, as plain MQTT has it.
 
-PUBACKs arrive on paho's thread while it holds its own lock; they are queued and handled here, on
-the sender's thread, so the spool's fsyncs never stall the network loop and there is no lock
-order to get wrong.
+While the link is down nothing new is handed to paho: it already holds the in-flight messages
+and resends them on reconnect, and new messages wait until those are acknowledged, so the
+backlog reaches the broker in order.
+
+PUBACKs and confirmations arrive on paho's thread while it holds its own lock; they are queued
+and handled here, on the sender's thread, so the spool's fsyncs never stall the network loop and
+there is no lock order to get wrong.
 """
 
 from __future__ import annotations
@@ -18,18 +27,23 @@ from collections import deque
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.sensor import SensorConfig
-from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE
+from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, Confirmation, ack_topic, message_id
+from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, QOS_AT_MOST_ONCE
 from saltmarsh.mqtt.paho import connect_client, delivered, make_client
 from saltmarsh.runtime.spool import Segment, Spool
 from saltmarsh.runtime.status import RateMeter
+from saltmarsh.runtime.unconfirmed import OpenSegment, Unconfirmed
 from sensor.presence import OFFLINE, ONLINE, presence, status_topic
 
 log = logging.getLogger(__name__)
 
-IDLE_WAKE_S = 1.0  # also how soon a rejected segment is retried
+IDLE_WAKE_S = 1.0  # also how soon a rejected reading is retried
 REFILL_SEGMENTS = 1000  # segments read from the spool index at once; bounds memory on a long backlog
 OFFLINE_ACK_TIMEOUT_S = 2.0
 
@@ -41,20 +55,29 @@ class SpoolSender:
         self.boot = boot
         self.window = cfg.publish_window
         self.status_topic = status_topic(cfg)
+        self.ack_topic = ack_topic(cfg.site, cfg.device)
+        self._end_to_end = cfg.confirmations.end_to_end
+        self.unconfirmed: Unconfirmed[OpenSegment] = Unconfirmed(
+            overtaken_s=cfg.confirmations.overtaken_s, silence=cfg.confirmations.silence_policy()
+        )
         self.connected = False
         self.connects = 0
-        self.acked_total = 0
+        self.acked_total = 0  # PUBACKed by the gateway broker
         self.rejected_total = 0
+        self.bad_confirmations_total = 0
         self._rate = RateMeter()
         self._rate_lock = threading.Lock()
-        self._in_flight: dict[int, int] = {}  # mid -> segno
-        self._unacked: dict[int, int] = {}  # segno -> messages not yet acknowledged
-        self._rejected_segments: set[int] = set()
-        self._leased: dict[int, Segment] = {}
+        self._in_flight: dict[int, int] = {}  # paho mid -> message number, until its PUBACK
+        self._open: dict[int, OpenSegment] = {}  # segno -> leased, not yet confirmed
+        self._publishing: OpenSegment | None = None  # the segment still being published
         self._queue: deque[Segment] = deque()
         self._acks: deque[tuple[int, bool]] = deque()
+        self._confirmations: deque[tuple[str, bytes]] = deque()
+        self._resend: deque[int] = deque()
+        self._retry: deque[tuple[float, int]] = deque()  # (when, number): rejected by the broker
+        self._reconnected = False
+        self._refresh_at = 0.0
         self._hold_new = False
-        self._retry_at = 0.0
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sensor-sender", daemon=True)
@@ -64,6 +87,7 @@ class SpoolSender:
         self.client.on_connect = self.on_connect
         self.client.on_disconnect = self.on_disconnect
         self.client.on_publish = self.on_publish
+        self.client.on_message = self.on_message
 
     # paho calls these, on its thread
 
@@ -73,12 +97,16 @@ class SpoolSender:
             return
         self.connected = True
         self.connects += 1
+        if self._end_to_end:
+            # QoS 0: a confirmation missed while away is covered by the resend on reconnect.
+            client.subscribe(self.ack_topic, qos=QOS_AT_MOST_ONCE)
         online = presence(self.cfg, self.boot, ONLINE, int(time.time() * 1000))
         client.publish(self.status_topic, online, qos=QOS_AT_LEAST_ONCE, retain=True)
         log.info(
             "connected to gateway broker",
             extra={"event": "connected", "host": self.cfg.broker.host, "port": self.cfg.broker.port},
         )
+        self._reconnected = True
         self._wake.set()
 
     def on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
@@ -90,6 +118,10 @@ class SpoolSender:
 
     def on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any) -> None:
         self._acks.append((mid, delivered(reason)))
+        self._wake.set()
+
+    def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._confirmations.append((message.topic, bytes(message.payload)))
         self._wake.set()
 
     # the sender's thread
@@ -104,74 +136,138 @@ class SpoolSender:
                 # A dead sender thread would stop delivery silently; log and try again next wake.
                 log.exception("sender step failed", extra={"event": "sender_error"})
 
-    def step(self) -> None:
-        """Settle what was acknowledged, then hand paho more while there is room."""
-        self._apply_acks()
-        self._fill_window()
+    def step(self, now: float | None = None) -> None:
+        """Settle what was acknowledged and confirmed, then hand paho more while there is room."""
+        now = time.monotonic() if now is None else now
+        self._apply_acks(now)
+        self._apply_confirmations(now)
+        self._plan_resends(now)
+        self._fill_window(now)
+        if now >= self._refresh_at:
+            self._refresh_at = now + 1.0
+            self.unconfirmed.refresh_oldest()
 
-    def _apply_acks(self) -> None:
+    def _apply_acks(self, now: float) -> None:
+        settled: list[int] = []
         while self._acks:
             mid, ok = self._acks.popleft()
-            segno = self._in_flight.pop(mid, None)
-            if segno is None:
+            number = self._in_flight.pop(mid, None)
+            if number is None:
                 continue  # a presence message
             if ok:
                 self.acked_total += 1
+                settled.append(number)
                 with self._rate_lock:
                     self._rate.add(1)
             else:
                 self.rejected_total += 1
-                self._rejected_segments.add(segno)
-            self._unacked[segno] -= 1
-            if self._unacked[segno] == 0:
-                self._settle(segno)
+                self._retry.append((now + IDLE_WAKE_S, number))
+                log.warning(
+                    "gateway broker did not take a reading (rejected, or no subscriber yet); will resend",
+                    extra={"event": "publish_rejected", "number": number, "rejected_total": self.rejected_total},
+                )
+        if settled and not self._end_to_end:
+            self._release(self.unconfirmed.settle(settled, now))
 
-    def _settle(self, segno: int) -> None:
-        del self._unacked[segno]
-        seg = self._leased.pop(segno)
-        if segno not in self._rejected_segments:
-            self.spool.remove(seg)
-            return
-        self._rejected_segments.discard(segno)
-        self.spool.release(seg)
-        self._queue.clear()  # the released segment is the oldest again
-        self._retry_at = time.monotonic() + IDLE_WAKE_S
-        log.warning(
-            "gateway broker did not take a reading (rejected, or no subscriber yet); will resend",
-            extra={"event": "publish_rejected", "segment": seg.key, "rejected_total": self.rejected_total},
-        )
+    def _apply_confirmations(self, now: float) -> None:
+        while self._confirmations:
+            topic, payload = self._confirmations.popleft()
+            try:
+                if topic != self.ack_topic:
+                    raise ValidationError(Reason.UNKNOWN_TOPIC, "topic", f"{topic[:200]!r} is not {self.ack_topic}")
+                confirmation = Confirmation.parse(payload)
+            except ValidationError as err:
+                self.bad_confirmations_total += 1
+                log.warning(
+                    "unreadable confirmation ignored",
+                    extra={
+                        "event": "bad_confirmation",
+                        "field": err.field,
+                        "reason": err.reason.value,
+                        "detail": err.detail,
+                        "bad_confirmations_total": self.bad_confirmations_total,
+                    },
+                )
+                continue
+            self._release(self.unconfirmed.confirm(confirmation, now))
 
-    def _next_segment(self) -> Segment | None:
-        if not self._queue:
-            self._queue.extend(self.spool.pending()[:REFILL_SEGMENTS])
-        return self._queue.popleft() if self._queue else None
+    def _release(self, released: list[tuple[int, OpenSegment]]) -> None:
+        done: list[Segment] = []
+        for _, open_seg in released:
+            if open_seg.release():
+                del self._open[open_seg.seg.segno]
+                done.append(open_seg.seg)
+        if done:
+            self.spool.remove_many(done)
 
-    def _fill_window(self) -> None:
+    def _plan_resends(self, now: float) -> None:
+        if self._reconnected:
+            self._reconnected = False
+            self._resend.extend(n for n, _ in self.unconfirmed.resend_all(now))
+        else:
+            self._resend.extend(n for n, _ in self.unconfirmed.due(now))
+        while self._retry and self._retry[0][0] <= now:
+            self._resend.append(self._retry.popleft()[1])
+
+    def _next_segment(self) -> OpenSegment | None:
+        while True:
+            if not self._queue:
+                self._queue.extend(self.spool.pending()[:REFILL_SEGMENTS])
+            if not self._queue:
+                return None
+            seg = self._queue.popleft()
+            records = self.spool.lease(seg)
+            if not records:
+                continue  # evicted under the quota, or unreadable and dropped by the spool
+            open_seg = OpenSegment(seg, records, self.unconfirmed.reserve(len(records)))
+            self._open[seg.segno] = open_seg
+            return open_seg
+
+    def _props(self, number: int) -> Properties | None:
+        if not self._end_to_end:
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.UserProperty = (MESSAGE_PROPERTY, message_id(self.unconfirmed.run, number))
+        return props
+
+    def _send(self, number: int, open_seg: OpenSegment) -> bool:
+        """Hand one numbered reading to paho; False when the link dropped under us."""
+        topic, payload = open_seg.record(number)
+        info = self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE, properties=self._props(number))
+        self._in_flight[info.mid] = number
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            # paho keeps this one for the reconnect, and nothing newer may overtake it.
+            self._hold_new = True
+            return False
+        return True
+
+    def _has_room(self) -> bool:
+        return self.connected and len(self._in_flight) < self.window
+
+    def _fill_window(self, now: float) -> None:
         if not self.connected or self._closing.is_set():
             return
         if self._hold_new:
             if self._in_flight:
                 return
             self._hold_new = False
-        if time.monotonic() < self._retry_at:
-            return
-        while self.connected and len(self._in_flight) < self.window:
-            seg = self._next_segment()
-            if seg is None:
+        while self._resend and self._has_room():
+            number = self._resend.popleft()
+            open_seg = self.unconfirmed.get(number)
+            if open_seg is not None and not self._send(number, open_seg):
                 return
-            records = self.spool.lease(seg)
-            if not records:
-                continue  # evicted under the quota, or unreadable and dropped by the spool
-            self._leased[seg.segno] = seg
-            self._unacked[seg.segno] = len(records)
-            for topic, payload in records:
-                info = self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE)
-                self._in_flight[info.mid] = seg.segno
-                if info.rc == mqtt.MQTT_ERR_NO_CONN:
-                    # The link dropped under us: paho keeps this one for the reconnect, and
-                    # nothing newer may overtake it.
-                    self._hold_new = True
-            if self._hold_new:
+        limits = self.cfg.confirmations
+        while self._has_room() and not self.unconfirmed.full(limits.max_messages, limits.max_bytes):
+            open_seg = self._publishing or self._next_segment()
+            if open_seg is None:
+                return
+            self._publishing = open_seg
+            number = open_seg.base + open_seg.sent
+            open_seg.sent += 1
+            self.unconfirmed.sent(number, open_seg, len(open_seg.record(number)[1]), now)
+            if open_seg.remaining == 0:
+                self._publishing = None
+            if not self._send(number, open_seg):
                 return
 
     # any thread
@@ -194,7 +290,7 @@ class SpoolSender:
             return round(self._rate.rate(), 2)
 
     def close(self) -> None:
-        """Stop sending, say offline (retained), and disconnect; unacked readings stay spooled."""
+        """Stop sending, say offline (retained), and disconnect; unconfirmed readings stay spooled."""
         self._closing.set()
         self._wake.set()
         if self._thread.is_alive():
@@ -210,7 +306,9 @@ class SpoolSender:
                 info.wait_for_publish(timeout=OFFLINE_ACK_TIMEOUT_S)
             except (RuntimeError, ValueError) as err:
                 log.warning("could not publish offline status", extra={"event": "offline_failed", "why": str(err)})
-        # Acks that came in during the goodbye still count: fewer repeats at the next start.
-        self._apply_acks()
+        # Acks and confirmations that came in during the goodbye still count: fewer repeats next start.
+        now = time.monotonic()
+        self._apply_acks(now)
+        self._apply_confirmations(now)
         self.client.disconnect()
         self.client.loop_stop()

@@ -53,10 +53,20 @@ def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
         "acked_total": sender.acked_total,
         "rejected_total": sender.rejected_total,
         "in_flight": sender.in_flight,
+        "acknowledgement": agent.cfg.confirmations.mode.value,
+        "unconfirmed": sender.unconfirmed.count,
+        "oldest_unconfirmed_age_s": _age_s(sender.unconfirmed.oldest_first_sent),
+        "confirmed_total": sender.unconfirmed.confirmed_total,
+        "resent_total": sender.unconfirmed.resent_total,
+        "bad_confirmations_total": sender.bad_confirmations_total,
         "connected": sender.connected,
         "connects": sender.connects,
         "publish_rate": sender.publish_rate(),
     }
+
+
+def _age_s(monotonic_at: float | None) -> float:
+    return 0.0 if monotonic_at is None else round(max(0.0, time.monotonic() - monotonic_at), 3)
 
 
 def _spool_empty(spool: Spool) -> bool:

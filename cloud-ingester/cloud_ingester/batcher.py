@@ -17,6 +17,8 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
+from cloud_ingester.confirm import Sender
+from saltmarsh.contract.confirmation import ConfirmationBatch
 from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
 from saltmarsh.runtime.status import RateMeter
 from saltmarsh.sinks.base import DeadLetter, Delivery, Sink, WriteResult
@@ -39,6 +41,9 @@ class IngesterCounters:
         self.dead_letters_by_reason: Counter[str] = Counter()
         self.acked_total = 0
         self.write_failures_total = 0
+        self.confirmed_total = 0  # messages confirmed to their forwarders
+        self.confirmations_sent_total = 0
+        self.skipped_total = 0  # confirmations seen under the shared subscription: not data
         self.sink_ok = True
         self.sink_why = ""
         self.last_batch_ms = 0.0
@@ -61,6 +66,15 @@ class IngesterCounters:
         with self._lock:
             self.acked_total += count
 
+    def confirmed(self, messages: int, confirmations: int) -> None:
+        with self._lock:
+            self.confirmed_total += messages
+            self.confirmations_sent_total += confirmations
+
+    def skipped(self, count: int) -> None:
+        with self._lock:
+            self.skipped_total += count
+
     def received(self, count: int) -> None:
         with self._lock:
             self.received_total += count
@@ -80,6 +94,9 @@ class IngesterCounters:
                 "dead_letters_by_reason": dict(self.dead_letters_by_reason),
                 "acked_total": self.acked_total,
                 "write_failures_total": self.write_failures_total,
+                "confirmed_total": self.confirmed_total,
+                "confirmations_sent_total": self.confirmations_sent_total,
+                "skipped_total": self.skipped_total,
                 "write_rate": self._write_rate.rate(),  # new rows stored per second, 10 s window
                 "last_batch_ms": round(self.last_batch_ms, 2),
                 "last_batch_size": self.last_batch_size,
@@ -93,7 +110,7 @@ class IngesterCounters:
 class Batch:
     """Validated messages from one connection, and the packet ids to ack once they are written."""
 
-    __slots__ = ("connection", "dead_letters", "deliveries", "opened_at", "packet_ids")
+    __slots__ = ("confirmations", "connection", "dead_letters", "deliveries", "opened_at", "packet_ids")
 
     def __init__(self, connection: int, opened_at: float) -> None:
         self.connection = connection
@@ -101,6 +118,8 @@ class Batch:
         self.deliveries: list[Delivery] = []
         self.dead_letters: list[DeadLetter] = []
         self.packet_ids: list[int] = []
+        # To the forwarders once written: true on any connection, since the sink has them.
+        self.confirmations = ConfirmationBatch()
 
     def __len__(self) -> int:
         return len(self.packet_ids)
@@ -131,12 +150,19 @@ class BatchWriter:
         self._backoff = backoff if backoff is not None else Backoff(WRITE_BACKOFF)
 
     def take(
-        self, outcomes: Sequence[Delivery | DeadLetter], packet_ids: Sequence[int], connection: int, now: float
+        self,
+        outcomes: Sequence[Delivery | DeadLetter],
+        packet_ids: Sequence[int],
+        connection: int,
+        now: float,
+        senders: Sequence[Sender | None] = (),
     ) -> None:
-        """Add the outcomes of messages that arrived on `connection`, with their packet ids, to open batches."""
+        """Add the outcomes of messages that arrived on `connection`, with their packet ids and
+        whom to confirm them to, to open batches."""
         batches, max_messages = self._batches, self.max_messages
         batch = batches[-1] if batches else None
-        for outcome, packet_id in zip(outcomes, packet_ids, strict=True):
+        senders = senders or [None] * len(packet_ids)
+        for outcome, packet_id, sender in zip(outcomes, packet_ids, senders, strict=True):
             if batch is None or len(batch.packet_ids) >= max_messages or batch.connection != connection:
                 batch = Batch(connection, now)
                 batches.append(batch)
@@ -145,6 +171,8 @@ class BatchWriter:
             else:
                 batch.dead_letters.append(outcome)
             batch.packet_ids.append(packet_id)
+            if sender is not None:
+                batch.confirmations.add(*sender)
         self.held += len(packet_ids)
         self.counters.received(len(packet_ids))
 

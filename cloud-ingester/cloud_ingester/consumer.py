@@ -15,7 +15,13 @@ import time
 
 from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.contract.errors import WireError
-from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, RC_FIRST_FAILURE, RETAIN_AS_PUBLISHED, RETAIN_DO_NOT_SEND
+from saltmarsh.mqtt.codec import (
+    QOS_AT_LEAST_ONCE,
+    QOS_AT_MOST_ONCE,
+    RC_FIRST_FAILURE,
+    RETAIN_AS_PUBLISHED,
+    RETAIN_DO_NOT_SEND,
+)
 from saltmarsh.mqtt.connect import wire_client
 from saltmarsh.mqtt.wire import CLOSE_LINGER_S, ConnAck, Publish, WireClient
 from saltmarsh.runtime.backoff import Backoff, BackoffPolicy
@@ -117,6 +123,19 @@ class Consumer:
         except _CONNECTION_ERRORS as err:
             self._lost(f"{type(err).__name__}: {err}", time.monotonic())
             return False
+        return True
+
+    def confirm(self, messages: list[tuple[str, bytes]]) -> bool:
+        """Publish confirmations at QoS 0 (saltmarsh.contract.confirmation); False when not connected.
+
+        A confirmation that cannot go now is not kept: the forwarder resends what it hears
+        nothing about, and the sink counts the copy as a duplicate.
+        """
+        client = self._client
+        if client is None:
+            return False
+        for topic, payload in messages:
+            client.publish(topic.encode(), payload, QOS_AT_MOST_ONCE)
         return True
 
     def close(self) -> None:

@@ -8,12 +8,14 @@ import time
 from typing import Any
 
 from cloud_ingester.batcher import Batch, BatchWriter, IngesterCounters
+from cloud_ingester.confirm import is_confirmation, sender_of
 from cloud_ingester.consumer import Consumer
 from cloud_ingester.validate import validate_publishes
 from saltmarsh.config.ingester import IngesterConfig, load_ingester_config
 from saltmarsh.contract.envelope import Limits
 from saltmarsh.contract.errors import SinkUnavailable
 from saltmarsh.contract.topics import ROOT, shared
+from saltmarsh.mqtt.wire import Publish
 from saltmarsh.runtime.daemon import serve
 from saltmarsh.runtime.memory import return_large_buffers_to_the_os
 from saltmarsh.runtime.status import StatusPublisher
@@ -94,15 +96,31 @@ def pump(
         wait_s = writer.wait_s(now)
         publishes = consumer.poll(IDLE_POLL_S if wait_s is None else min(wait_s, IDLE_POLL_S))
         if publishes:
+            publishes = skip_confirmations(consumer, counters, publishes)
+        if publishes:
             now = time.monotonic()
             outcomes = validate_publishes(publishes, int(time.time() * 1000), limits)
-            writer.take(outcomes, [p.packet_id for p in publishes], consumer.connection, now)
+            senders = [sender_of(p) for p in publishes]
+            writer.take(outcomes, [p.packet_id for p in publishes], consumer.connection, now, senders)
         ack(consumer, counters, writer.write_due(now))
 
 
+def skip_confirmations(consumer: Consumer, counters: IngesterCounters, publishes: list[Publish]) -> list[Publish]:
+    """Confirmations to gateways share the ingesters' filter; they are acked if need be, never stored."""
+    kept = [p for p in publishes if not is_confirmation(p)]
+    if len(kept) != len(publishes):
+        skipped = [p for p in publishes if is_confirmation(p)]
+        consumer.ack([p.packet_id for p in skipped], consumer.connection)
+        counters.skipped(len(skipped))
+    return kept
+
+
 def ack(consumer: Consumer, counters: IngesterCounters, written: list[Batch]) -> None:
-    """PUBACK what the sink has made durable, on the connection that delivered it."""
+    """What the sink has made durable: PUBACK it on the connection that delivered it, and confirm
+    it to the forwarders that sent it, so that they can let go of it."""
     for batch in written:
+        if batch.confirmations and consumer.confirm(messages := batch.confirmations.messages()):
+            counters.confirmed(batch.confirmations.count, len(messages))
         if consumer.ack(batch.packet_ids, batch.connection):
             counters.acked(len(batch))
 

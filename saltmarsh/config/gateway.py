@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.confirmations import ConfirmationsConfig
 from saltmarsh.config.table import Table, load_toml
+
+# Unconfirmed window: a round trip to the sink at full speed. The cloud broker holds at most this
+# much of a gateway's traffic, however long the sink is down; the rest waits in the spool.
+FORWARDER_CONFIRMATIONS = ConfirmationsConfig(max_messages=20_000, max_bytes=8 * 2**20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,7 @@ class GatewayConfig:
     # The fleet's one message size limit (pillar saltmarsh:max_message_bytes): a larger message
     # from the site broker is acked, counted and logged, but not forwarded.
     max_message_bytes: int = 16_384
+    confirmations: ConfirmationsConfig = FORWARDER_CONFIRMATIONS
 
     @property
     def spool_dir(self) -> Path:
@@ -55,6 +61,7 @@ def gateway_config(t: Table) -> GatewayConfig:
         drain_rate_limit=t.number("drain_rate_limit", 5000.0, lo=1),
         drain_burst=t.integer("drain_burst", 1000, lo=1),
         max_message_bytes=t.integer("max_message_bytes", 16_384, lo=64, hi=10_000_000),
+        confirmations=ConfirmationsConfig.from_table(t.table("confirmations"), defaults=FORWARDER_CONFIRMATIONS),
     )
     t.done()
     return cfg

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.confirmations import ConfirmationsConfig
 from saltmarsh.config.table import Table, load_toml
 from saltmarsh.contract.envelope import Location
 
@@ -41,6 +42,11 @@ class DriverConfig:
     replay_speed: float = 1.0
 
 
+# While the forwarder is down the gateway broker holds at most this many of a device's readings;
+# the rest wait in the device's own spool.
+SENSOR_CONFIRMATIONS = ConfirmationsConfig(max_messages=1000, max_bytes=2**20)
+
+
 @dataclass(frozen=True, slots=True)
 class SensorConfig:
     device: str
@@ -59,6 +65,7 @@ class SensorConfig:
     model: str | None = None
     firmware: str | None = None
     location: Location | None = None
+    confirmations: ConfirmationsConfig = SENSOR_CONFIRMATIONS
 
     @property
     def spool_dir(self) -> Path:
@@ -128,6 +135,7 @@ def sensor_config(t: Table) -> SensorConfig:
         model=t.text("model", None),
         firmware=t.text("firmware", None),
         location=_location(t.table("location")),
+        confirmations=ConfirmationsConfig.from_table(t.table("confirmations"), defaults=SENSOR_CONFIRMATIONS),
     )
     t.done()
     return cfg

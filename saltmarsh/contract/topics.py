@@ -25,6 +25,7 @@ class Channel(StrEnum):
     ALERT = "alert"
     STATUS = "status"  # retained; the agent's last will lands here too
     COMMAND = "cmd"
+    ACK = "ack"  # confirmations from the next durable owner (saltmarsh.contract.confirmation)
 
     @property
     def carries_data(self) -> bool:

@@ -44,7 +44,8 @@ RETAIN_SEND_IF_NEW_SUB = 0x10  # retained messages on a new subscription only, n
 RETAIN_DO_NOT_SEND = 0x20
 
 MAX_PACKET_ID = 0xFFFF
-QOS_AT_LEAST_ONCE = 1  # every saltmarsh publish and subscription
+QOS_AT_MOST_ONCE = 0  # confirmations only: losing one costs a resend, never a message
+QOS_AT_LEAST_ONCE = 1  # every saltmarsh data publish and subscription
 GATEWAY_PROPERTY = "gw"  # MQTT 5 user property: the gateway that carried a message to the cloud
 MAX_REMAINING_LENGTH = 268_435_455
 

@@ -164,6 +164,7 @@ saltmarsh-gateway-config-forwarder-file-managed:
         site_id: {{ site_id | json }}
         settings: {{ forwarder | json }}
         max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
+        confirmations: {{ saltmarsh.confirmations | json }}
         state_dir: {{ (paths.state_dir ~ '/forwarder') | json }}
         status_dir: {{ paths.status_dir | json }}
         local_port: {{ mosquitto.port }}

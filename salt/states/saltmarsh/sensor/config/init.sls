@@ -44,6 +44,7 @@ saltmarsh-sensor-config-file-managed:
         broker: {{ broker | json }}
         settings: {{ saltmarsh.sensor | json }}
         max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
+        confirmations: {{ saltmarsh.confirmations | json }}
         state_dir: {{ (paths.state_dir ~ '/sensor') | json }}
         status_dir: {{ paths.status_dir | json }}
         password_file: {{ sensor_password | json }}
