@@ -62,8 +62,10 @@ _U16 = struct.Struct(">H")
 
 
 def uplink_ack_topic(cfg: GatewayConfig) -> str:
-    """Where the ingesters confirm this gateway's messages; `site` "+" gateways are one site's too."""
-    return ack_topic(cfg.site if cfg.site != "+" else "+", cfg.gateway_id)
+    """Where the ingesters confirm this gateway's messages: on each site it carries."""
+    if cfg.site == "+":
+        return ack_topic("any-site", cfg.gateway_id).replace("/any-site/", "/+/")
+    return ack_topic(cfg.site, cfg.gateway_id)
 
 
 def connect_uplink(cfg: GatewayConfig) -> tuple[WireClient, ConnAck]:
@@ -127,7 +129,7 @@ class Sender:
         self._open: dict[int, OpenSegment] = {}  # segno -> leased, not yet fully confirmed
         self._live_open: OpenSegment | None = None
         self._backlog_open: OpenSegment | None = None
-        self._resend: deque[int] = deque()  # numbers to publish again as soon as there is room
+        self._resend: deque[int] = deque()  # copies to publish again as soon as there is room
         self._refused: deque[tuple[float, int]] = deque()  # (when, number): refused by the broker
         self._next_due_check = 0.0
         self._behind = False  # segments were spooled while the window was full: not queued
@@ -197,7 +199,8 @@ class Sender:
         self._bucket = TokenBucket(self._cfg.drain_rate_limit, self._cfg.drain_burst, now)
         self._window = max(1, min(self._cfg.inflight_window, connack.receive_maximum))
         # The broker may have restarted without what it held for the sink: send it all again.
-        self._resend.extend(n for n, _ in self.unconfirmed.resend_all(now))
+        self._resend.clear()
+        self._resend.extend(self.unconfirmed.resend_all())
         log.info(
             "uplink connected; draining backlog behind live traffic",
             extra={
@@ -273,13 +276,15 @@ class Sender:
         """Publish what the windows and the bucket allow, resends first; returns how many went."""
         if now >= self._next_due_check:
             self._next_due_check = now + DUE_CHECK_S
-            self._resend.extend(n for n, _ in self.unconfirmed.due(now))
+            self._resend.extend(self.unconfirmed.due(now))
         while self._refused and self._refused[0][0] <= now:
-            self._resend.append(self._refused.popleft()[1])
+            number = self._refused.popleft()[1]
+            if self.unconfirmed.requeue(number):
+                self._resend.append(number)
         if self.client is None or self.stopping:
             return 0
         room = self._window - len(self._by_id)
-        resent = self._publish_resends(room) if self._resend else 0
+        resent = self._publish_resends(room, now) if self._resend else 0
         room -= resent
         full = self.window_full
         if full and not self._was_full:
@@ -447,19 +452,19 @@ class Sender:
                 self._backlog_open = None
         return count
 
-    def _publish_resends(self, room: int) -> int:
+    def _publish_resends(self, room: int, now: float) -> int:
         client = self.client
         assert client is not None
-        get = self.unconfirmed.get
+        copy = self.unconfirmed.copy
         resend = self._resend
         numbered = self._props_for
         sent = 0
         while resend and sent < room:
-            number = resend.popleft()
-            open_seg = get(number)
-            if open_seg is None:
+            found = copy(resend.popleft(), now)
+            if found is None:
                 continue  # confirmed meanwhile
-            topic, payload = open_seg.record(number)
+            number, open_seg, origin = found
+            topic, payload = open_seg.record(origin)
             self._by_id[client.publish(topic.encode(), payload, 1, numbered(number))] = number
             sent += 1
         return sent

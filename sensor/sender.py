@@ -203,11 +203,14 @@ class SpoolSender:
     def _plan_resends(self, now: float) -> None:
         if self._reconnected:
             self._reconnected = False
-            self._resend.extend(n for n, _ in self.unconfirmed.resend_all(now))
+            self._resend.clear()
+            self._resend.extend(self.unconfirmed.resend_all())
         else:
-            self._resend.extend(n for n, _ in self.unconfirmed.due(now))
+            self._resend.extend(self.unconfirmed.due(now))
         while self._retry and self._retry[0][0] <= now:
-            self._resend.append(self._retry.popleft()[1])
+            number = self._retry.popleft()[1]
+            if self.unconfirmed.requeue(number):
+                self._resend.append(number)
 
     def _next_segment(self) -> OpenSegment | None:
         while True:
@@ -230,9 +233,9 @@ class SpoolSender:
         props.UserProperty = (MESSAGE_PROPERTY, message_id(self.unconfirmed.run, number))
         return props
 
-    def _send(self, number: int, open_seg: OpenSegment) -> bool:
-        """Hand one numbered reading to paho; False when the link dropped under us."""
-        topic, payload = open_seg.record(number)
+    def _send(self, number: int, open_seg: OpenSegment, origin: int) -> bool:
+        """Hand one numbered copy of a reading to paho; False when the link dropped under us."""
+        topic, payload = open_seg.record(origin)
         info = self.client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE, properties=self._props(number))
         self._in_flight[info.mid] = number
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
@@ -252,9 +255,8 @@ class SpoolSender:
                 return
             self._hold_new = False
         while self._resend and self._has_room():
-            number = self._resend.popleft()
-            open_seg = self.unconfirmed.get(number)
-            if open_seg is not None and not self._send(number, open_seg):
+            found = self.unconfirmed.copy(self._resend.popleft(), now)
+            if found is not None and not self._send(*found):
                 return
         limits = self.cfg.confirmations
         while self._has_room() and not self.unconfirmed.full(limits.max_messages, limits.max_bytes):
@@ -267,7 +269,7 @@ class SpoolSender:
             self.unconfirmed.sent(number, open_seg, len(open_seg.record(number)[1]), now)
             if open_seg.remaining == 0:
                 self._publishing = None
-            if not self._send(number, open_seg):
+            if not self._send(number, open_seg, number):
                 return
 
     # any thread

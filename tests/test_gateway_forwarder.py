@@ -1,7 +1,10 @@
 """The forwarder as a real process between two real Mosquitto brokers: nothing acked is ever lost.
 
 Every test counts unique `(device, boot, seq)` at a persistent cloud subscriber that exists
-before the forwarder does, so a message the forwarder loses shows up as a missing key.
+before the forwarder does, so a message the forwarder loses shows up as a missing key. That
+subscriber is a plain MQTT client, not an ingester, so these tests run the forwarder with
+`confirmations.mode = "broker"`: the PUBACK is the delivery here. The end-to-end rules, with a
+real ingester confirming, are in tests/test_confirmations.py.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class Gateway:
             uplink=broker_table(self.cloud.port),
             state_dir=self.state_dir,
             status_dir=self.status_dir,
-            **overrides,
+            **{"confirmations": {"mode": "broker"}, **overrides},
         )
         write_config(self.config_path, doc)
 

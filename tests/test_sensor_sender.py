@@ -1,17 +1,22 @@
-"""The sender's rules, driven step by step with paho's publish replaced: window, acks, rejects, reconnect."""
+"""The sender's rules, driven step by step with paho's publish replaced: window, acks, rejects,
+reconnect; then confirmations: what deletes a reading, the unconfirmed window, resends."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config import BrokerConfig, SensorConfig
+from saltmarsh.config.confirmations import AckMode, ConfirmationsConfig
+from saltmarsh.contract.confirmation import Confirmation
 from saltmarsh.runtime.spool import Lane, Spool
 from sensor import sender as sender_module
 from sensor.sender import SpoolSender
@@ -21,6 +26,9 @@ STATUS = "saltmarsh/v1/marsh/pi-1/status"
 SUCCESS = ReasonCode(PacketTypes.PUBACK, identifier=0)
 NO_SUBSCRIBERS = ReasonCode(PacketTypes.PUBACK, identifier=0x10)  # accepted, then thrown away
 NOT_AUTHORIZED = ReasonCode(PacketTypes.PUBACK, identifier=0x87)
+ACK_TOPIC = "saltmarsh/v1/marsh/pi-1/ack"
+# The PUBACK rules first, where the PUBACK is all there is; then the end-to-end ones.
+BROKER_ACKS = ConfirmationsConfig(max_messages=1000, max_bytes=0, mode=AckMode.BROKER)
 
 
 @dataclass
@@ -35,10 +43,15 @@ class FakePaho:
 
     rc: MQTTErrorCode = MQTTErrorCode.MQTT_ERR_SUCCESS
     sent: list[tuple[int, str, bytes]] = field(default_factory=list)
+    numbers: dict[int, str] = field(default_factory=dict)  # mid -> the `msg` property
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Info:
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, properties: Any = None
+    ) -> Info:
         mid = len(self.sent) + 1
         self.sent.append((mid, topic, payload))
+        if properties is not None:
+            self.numbers[mid] = dict(properties.UserProperty)["msg"]
         return Info(mid, self.rc)
 
     def data(self) -> list[tuple[int, bytes]]:
@@ -57,7 +70,14 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
 class Harness:
     """A SpoolSender that is never started: the test plays paho's thread and the sender's thread."""
 
-    def __init__(self, tmp_path: Path, spool: Spool, monkeypatch: pytest.MonkeyPatch, window: int) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        spool: Spool,
+        monkeypatch: pytest.MonkeyPatch,
+        window: int,
+        confirmations: ConfirmationsConfig = BROKER_ACKS,
+    ) -> None:
         cfg = SensorConfig(
             device="pi-1",
             site="marsh",
@@ -65,6 +85,7 @@ class Harness:
             state_dir=tmp_path,
             status_dir=tmp_path / "status",
             publish_window=window,
+            confirmations=confirmations,
         )
         self.sender = SpoolSender(cfg, spool, "boot-1")
         self.paho = FakePaho()
@@ -152,3 +173,106 @@ def test_a_publish_that_finds_the_link_gone_holds_the_rest(make: Callable[[int],
     assert h.step() == [b"r1"]
     h.ack(h.mids()[0])
     assert h.step() == [b"r1", b"r2", b"r3", b"r4", b"r5", b"r6"]
+
+
+# -- end to end: a reading leaves the spool when the forwarder confirms it ------------------
+
+
+def end_to_end(max_messages: int = 1000, overtaken_s: float = 10.0) -> ConfirmationsConfig:
+    return ConfirmationsConfig(max_messages=max_messages, max_bytes=0, overtaken_s=overtaken_s, silence_s=60.0)
+
+
+def confirm(h: Harness, payload: bytes, topic: str = ACK_TOPIC) -> None:
+    message = mqtt.MQTTMessage(topic=topic.encode())
+    message.payload = payload
+    h.sender.on_message(h.sender.client, None, message)
+
+
+def numbers(h: Harness, mids: list[int]) -> list[int]:
+    return [int(h.paho.numbers[mid].rsplit(":", 1)[1]) for mid in mids]
+
+
+@pytest.fixture
+def make_e2e(tmp_path: Path, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return lambda window=10, **kw: Harness(tmp_path, spool, monkeypatch, window, end_to_end(**kw))
+
+
+def test_a_puback_frees_a_slot_but_only_a_confirmation_deletes(make_e2e: Callable[..., Harness], spool: Spool) -> None:
+    h = make_e2e(window=3)
+    h.connect()
+    h.step()
+    for mid in h.mids():
+        h.ack(mid)
+    h.step()
+    assert (h.sender.acked_total, spool.stats().depth_messages, h.sender.unconfirmed.count) == (3, 10, 6)
+    run = h.sender.unconfirmed.run
+    confirm(h, Confirmation(run, ((1, 2), (4, 4))).encode())
+    h.step()
+    assert (spool.stats().depth_messages, h.sender.unconfirmed.confirmed_total) == (7, 3)
+
+
+def test_the_unconfirmed_window_stops_new_readings(make_e2e: Callable[..., Harness], spool: Spool) -> None:
+    h = make_e2e(window=10, max_messages=4)
+    h.connect()
+    assert h.step() == [b"r1", b"r2", b"r3", b"r4"]
+    for mid in h.mids():
+        h.ack(mid)
+    assert len(h.step()) == 4  # PUBACKed, not confirmed: nothing new
+    confirm(h, Confirmation(h.sender.unconfirmed.run, ((1, 2),)).encode())
+    assert h.step()[4:] == [b"r5", b"r6"]
+
+
+@pytest.mark.parametrize(
+    ("why", "topic", "payload"),
+    [
+        ("another run", ACK_TOPIC, Confirmation("other-run", ((1, 3),)).encode()),
+        ("not JSON", ACK_TOPIC, b"{nope"),
+        ("another device's topic", "saltmarsh/v1/marsh/pi-2/ack", None),
+        ("a backwards range", ACK_TOPIC, b'{"v":1,"run":"RUN","ranges":[[3,1]]}'),
+    ],
+)
+def test_a_confirmation_that_does_not_name_our_readings_deletes_nothing(
+    make_e2e: Callable[..., Harness], spool: Spool, why: str, topic: str, payload: bytes | None
+) -> None:
+    h = make_e2e(window=3)
+    h.connect()
+    h.step()
+    run = h.sender.unconfirmed.run
+    body = payload.replace(b"RUN", run.encode()) if payload else Confirmation(run, ((1, 3),)).encode()
+    confirm(h, body, topic)
+    h.step()
+    assert (spool.stats().depth_messages, h.sender.unconfirmed.count) == (10, 3), why
+
+
+def test_a_reading_overtaken_by_confirmed_ones_is_resent_as_a_new_copy(
+    make_e2e: Callable[..., Harness], spool: Spool
+) -> None:
+    h = make_e2e(window=10, max_messages=3, overtaken_s=0.5)
+    h.connect()
+    h.sender.step(now=100.0)  # r1-r3
+    confirm(h, Confirmation(h.sender.unconfirmed.run, ((1, 1),)).encode())
+    h.sender.step(now=100.6)  # r4
+    confirm(h, Confirmation(h.sender.unconfirmed.run, ((3, 4),)).encode())
+    h.sender.step(now=101.0)  # r4 was sent 0.6 s after r2, and is confirmed: r2 goes again, first
+    sent = [payload for _, payload in h.paho.data()]
+    assert sent[:4] == [b"r1", b"r2", b"r3", b"r4"]
+    assert sent[4:] == [b"r2", b"r5", b"r6"]
+    assert numbers(h, h.mids()) == [1, 2, 3, 4, 5, 6, 7]  # the copy of r2 has a number of its own: 5
+    assert h.sender.unconfirmed.resent_total == 1
+    confirm(h, Confirmation(h.sender.unconfirmed.run, ((2, 2),)).encode())  # the first copy made it after all
+    h.sender.step(now=101.1)
+    assert spool.stats().depth_messages == 6  # r1-r4 gone: either copy's confirmation will do
+
+
+def test_a_reconnect_resends_everything_unconfirmed(make_e2e: Callable[..., Harness], spool: Spool) -> None:
+    h = make_e2e(window=10, max_messages=3)
+    h.connect()
+    h.step()
+    for mid in h.mids():
+        h.ack(mid)  # the broker had them; then it restarted and lost them
+    h.step()
+    h.disconnect()
+    h.connect()
+    sent = h.step()
+    assert sent == [b"r1", b"r2", b"r3", b"r1", b"r2", b"r3"]
+    assert spool.stats().depth_messages == 10

@@ -1,29 +1,32 @@
 """What a sender has published and the next durable owner has not yet confirmed, and when to resend.
 
-One implementation for the sensor's sender and the forwarder's uplink. The sender numbers each
-message (`number`), records it when it goes out (`sent`), and lets go of it only when a
-confirmation names it (`confirm`) — or, with `acknowledgement = "broker"`, a successful PUBACK
-(`settle`). A number is never reused within a run, and the run is new at every start, so a
-late confirmation can never release the wrong message.
+One implementation for the sensor's sender and the forwarder's uplink. The sender numbers every
+copy it publishes (`sent` for the first, `copy` for each resend), and lets go of a message only
+when a confirmation names one of its copies (`confirm`), or, with `acknowledgement = "broker"`,
+on a successful PUBACK (`settle`). A number is never reused within a run, and the run is new at
+every start, so a late confirmation can never release the wrong message.
 
-When to send a message again (`due`), without piling copies up in a broker's queue:
-- *Overtaken*: a message sent `overtaken_s` or more after it has been confirmed and it has not.
-  Brokers deliver one publisher's messages in order, so it was lost, or its confirmation was, or
-  it sits with an ingester that died: the owner is up, and the copy will be taken.
+Every copy has its own number so that a confirmation says *which* copy the owner committed, and
+so when: the owner has then seen everything this sender published before that copy, since a
+broker delivers one publisher's messages in order. That is what the resend rules stand on
+(`due`), and why they do not pile copies up in a broker's queue:
+- *Overtaken*: a message whose last copy went out `overtaken_s` or more before a copy that has
+  been confirmed, and that is itself unconfirmed. It was lost, or its confirmation was, or it
+  sits with an ingester that died: the owner is up and will take the copy.
 - *Silence*: nothing at all confirmed for `silence` (capped exponential, reset by any
-  confirmation). An owner that is down, or a sink that is down, confirms nothing; its copies are
-  in the broker's queue, so resending at once would only double them. The slow, backing-off
-  round covers the last message before a quiet spell, whose lost confirmation nothing overtakes.
+  confirmation): the oldest message alone goes again, as a probe. An owner or a sink that is
+  down confirms nothing, and what we sent waits in the broker's queue, so resending it all
+  would only double it; one probe per round costs nothing. When the probe's copy is confirmed,
+  everything published before it is overtaken: after lost confirmations, all of it goes again
+  at once; after a sink outage, the first copies are confirmed in order long before that.
 - *Reconnected*: `resend_all` after the sender's own link to the broker came back, since the
   broker may have restarted without what it held.
-A resend keeps the message's number, so a confirmation of either copy releases it.
 """
 
 from __future__ import annotations
 
 import bisect
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from saltmarsh.contract.confirmation import Confirmation
@@ -35,17 +38,20 @@ K = TypeVar("K")
 
 
 class _Entry(Generic[K]):
-    __slots__ = ("first_at", "key", "nbytes", "sent_at")
+    __slots__ = ("copy_at", "first_at", "key", "nbytes", "number", "older", "origin")
 
-    def __init__(self, key: K, nbytes: int, now: float) -> None:
+    def __init__(self, key: K, nbytes: int, number: int, now: float) -> None:
         self.key = key
         self.nbytes = nbytes
-        self.sent_at = now  # last sent
+        self.origin = number  # the first copy's number: the sender's handle on the record
+        self.number = number  # the newest copy's
+        self.copy_at = now  # when the newest copy went out
         self.first_at = now
+        self.older: list[int] | None = None  # earlier copies' numbers, still confirmable
 
 
 class Unconfirmed(Generic[K]):
-    """Numbered messages in flight to the next durable owner; owned by one thread.
+    """Numbered copies in flight to the next durable owner; owned by one thread.
 
     `count`, `nbytes`, the totals and `oldest_first_sent` are plain attributes, safe for a status
     thread to read; `refresh_oldest` is the owner's to call.
@@ -57,17 +63,18 @@ class Unconfirmed(Generic[K]):
         overtaken_s: float,
         silence: BackoffPolicy,
         run: str | None = None,
-        rand: Callable[[], float] = random.random,
     ) -> None:
         self.run = run or new_boot_id()
         self._overtaken_s = overtaken_s
         self._silence = silence
-        self._rand = rand
         self._next = 0
-        # In order of last send, because a resend moves an entry to the end: the front is always
-        # the one waiting longest.
+        # Newest copies, in the order they went out: the front has waited longest.
         self._entries: dict[int, _Entry[K]] = {}
-        self._frontier = float("-inf")  # last-sent time of the newest-sent message confirmed
+        # Picked by `due` or `resend_all`, waiting for the sender to publish the next copy.
+        self._waiting: dict[int, _Entry[K]] = {}
+        # Earlier copies: a confirmation of one still releases its message. Resends are rare.
+        self._older: dict[int, tuple[_Entry[K], float]] = {}
+        self._frontier = float("-inf")  # when the newest confirmed copy went out
         self._silent_rounds = 0
         self._last_progress = float("-inf")
         self.count = 0
@@ -75,140 +82,148 @@ class Unconfirmed(Generic[K]):
         self.oldest_first_sent: float | None = None
         self.confirmed_total = 0
         self.resent_total = 0
-        self.stale_total = 0  # confirmations naming numbers not held: copies, or an earlier run
+        self.stale_total = 0  # confirmations naming numbers not held: copies already released
         self.foreign_total = 0  # confirmations for another run of this sender
 
     def __len__(self) -> int:
         return self.count
 
-    def __contains__(self, number: int) -> bool:
-        return number in self._entries
-
-    def number(self) -> int:
-        self._next += 1
-        return self._next
-
     def reserve(self, count: int) -> int:
-        """The first of `count` consecutive new numbers."""
+        """The first of `count` consecutive new numbers, for first copies."""
         first = self._next + 1
         self._next += count
         return first
-
-    def get(self, number: int) -> K | None:
-        entry = self._entries.get(number)
-        return None if entry is None else entry.key
 
     def full(self, max_messages: int, max_bytes: int) -> bool:
         return self.count >= max_messages or (max_bytes > 0 and self.nbytes >= max_bytes)
 
     def sent(self, number: int, key: K, nbytes: int, now: float) -> None:
-        """A message went out for the first time."""
-        if not self._entries:
+        """A message's first copy went out, numbered `number` (from `reserve`)."""
+        if not self.count:
             # Silence counts from when there was something to confirm, not from the last idle spell.
             self._last_progress = now
             self.oldest_first_sent = now
-        self._entries[number] = _Entry(key, nbytes, now)
+        self._entries[number] = _Entry(key, nbytes, number, now)
         self.count += 1
         self.nbytes += nbytes
 
+    def copy(self, number: int, now: float) -> tuple[int, K, int] | None:
+        """Publish a waiting message again: (the new copy's number, key, origin); None if confirmed meanwhile."""
+        entry = self._waiting.pop(number, None)
+        if entry is None:
+            return None
+        self._next += 1
+        new = self._next
+        self._older[number] = (entry, entry.copy_at)
+        if entry.older is None:
+            entry.older = [number]
+        else:
+            entry.older.append(number)
+        entry.number = new
+        entry.copy_at = now
+        self._entries[new] = entry
+        self.resent_total += 1
+        return new, entry.key, entry.origin
+
     def confirm(self, confirmation: Confirmation, now: float) -> list[tuple[int, K]]:
-        """The held messages a confirmation names, released; other runs' confirmations release nothing."""
+        """(origin, key) of each held message a confirmation names, released; another run's release nothing."""
         if confirmation.run != self.run:
             self.foreign_total += 1
             return []
-        entries = self._entries
-        wanted: list[int] = []
-        held: list[int] | None = None
+        held = len(self._entries) + len(self._waiting) + len(self._older)
+        named: list[int] = []
+        candidates: list[int] | None = None
         for first, last in confirmation.ranges:
-            if last - first < len(entries):
-                wanted += [n for n in range(first, last + 1) if n in entries]
+            if last - first < held:
+                named += range(first, last + 1)
             else:
                 # A range wider than what is held: look up what is held, not the whole range.
-                if held is None:
-                    held = sorted(entries)
-                wanted += held[bisect.bisect_left(held, first) : bisect.bisect_right(held, last)]
-        released = self._release(wanted, now)
+                if candidates is None:
+                    candidates = sorted((*self._entries, *self._waiting, *self._older))
+                named += candidates[bisect.bisect_left(candidates, first) : bisect.bisect_right(candidates, last)]
+        released = self.settle(named, now)
         self.stale_total += max(0, confirmation.count - len(released))
         return released
 
     def settle(self, numbers: Iterable[int], now: float) -> list[tuple[int, K]]:
-        """Release numbers confirmed some other way (a PUBACK, when the broker is the owner)."""
-        return self._release([n for n in numbers if n in self._entries], now)
-
-    def _release(self, numbers: list[int], now: float) -> list[tuple[int, K]]:
-        if not numbers:
-            return []
-        entries = self._entries
+        """Release the messages of these copy numbers (a confirmation's, or PUBACKed in broker mode)."""
+        entries, waiting, older = self._entries, self._waiting, self._older
         out: list[tuple[int, K]] = []
         frontier = self._frontier
         freed = 0
         for n in numbers:
-            entry = entries.pop(n)
-            out.append((n, entry.key))
+            entry = entries.pop(n, None)
+            if entry is not None:
+                copy_at = entry.copy_at
+            else:
+                entry = waiting.pop(n, None)
+                if entry is not None:
+                    copy_at = entry.copy_at
+                else:
+                    found = older.pop(n, None)
+                    if found is None:
+                        continue
+                    entry, copy_at = found
+                    if entries.pop(entry.number, None) is None and waiting.pop(entry.number, None) is None:
+                        continue  # released already, by another copy
+            if entry.older is not None:
+                for earlier in entry.older:
+                    older.pop(earlier, None)
+            frontier = max(frontier, copy_at)
+            out.append((entry.origin, entry.key))
             freed += entry.nbytes
-            frontier = max(frontier, entry.sent_at)
+        if not out:
+            return out
         self._frontier = frontier
         self.count -= len(out)
         self.nbytes -= freed
         self.confirmed_total += len(out)
         self._silent_rounds = 0
         self._last_progress = now
-        if not entries:
+        if not self.count:
             self.oldest_first_sent = None
         return out
 
     def silence_s(self) -> float:
-        """How long without any confirmation before the next silent round."""
+        """How long without any confirmation before the next probe."""
         return backoff_delay(self._silent_rounds + 1, self._silence, 0.5)
 
-    def due(self, now: float) -> list[tuple[int, K]]:
-        """Messages to send again now (overtaken, or the round after a silence); each is restamped."""
+    def due(self, now: float) -> list[int]:
+        """Numbers of messages to send again now (overtaken, or a probe after a silence), for `copy`."""
         entries = self._entries
         if not entries:
             return []
         overtaken_before = self._frontier - self._overtaken_s
-        silent = now - self._last_progress >= self.silence_s()
         picked: list[int] = []
-        if silent:
-            picked = list(entries)
+        for n, entry in entries.items():
+            if entry.copy_at > overtaken_before:
+                break
+            picked.append(n)
+        if not picked and not self._waiting and now - self._last_progress >= self.silence_s():
+            picked = [next(iter(entries))]
             self._silent_rounds += 1
             self._last_progress = now
-        else:
-            for n, entry in entries.items():
-                if entry.sent_at > overtaken_before:
-                    break
-                picked.append(n)
-        return self._restamp(picked, now)
+        return self._wait(picked)
 
-    def resend_all(self, now: float) -> list[tuple[int, K]]:
-        """Every held message, restamped (the link to the broker came back)."""
-        return self._restamp(list(self._entries), now)
+    def resend_all(self) -> list[int]:
+        """Every held message, for `copy` (the link to the broker came back)."""
+        self._wait(list(self._entries))
+        return list(self._waiting)
 
-    def _restamp(self, numbers: list[int], now: float) -> list[tuple[int, K]]:
-        entries = self._entries
-        out: list[tuple[int, K]] = []
+    def requeue(self, number: int) -> bool:
+        """Send this copy's message again (the broker refused the copy); False if it is not current."""
+        return bool(self._wait([number])) if number in self._entries else False
+
+    def _wait(self, numbers: list[int]) -> list[int]:
+        entries, waiting = self._entries, self._waiting
         for n in numbers:
-            entry = entries.pop(n)
-            entry.sent_at = now
-            entries[n] = entry
-            out.append((n, entry.key))
-        self.resent_total += len(out)
-        return out
-
-    def discard(self, numbers: Iterable[int]) -> None:
-        """Stop tracking messages that will not be sent again (their segment is gone)."""
-        entries = self._entries
-        for n in numbers:
-            entry = entries.pop(n, None)
-            if entry is not None:
-                self.count -= 1
-                self.nbytes -= entry.nbytes
-        if not entries:
-            self.oldest_first_sent = None
+            waiting[n] = entries.pop(n)
+        return numbers
 
     def refresh_oldest(self) -> None:
         """Recompute `oldest_first_sent` (a walk of what is held: call it about once a second)."""
-        self.oldest_first_sent = min((e.first_at for e in self._entries.values()), default=None)
+        held = (*self._entries.values(), *self._waiting.values())
+        self.oldest_first_sent = min((e.first_at for e in held), default=None)
 
 
 class OpenSegment:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from saltmarsh.config.ingester import load_ingester_config
 from saltmarsh.contract.errors import SinkUnavailable
@@ -51,6 +52,10 @@ class FleetPlan:
     seed: int = 7
     es_url: str | None = None  # the store of record: Elasticsearch when set, else embedded SQLite
     es_plain_json: bool = False
+    ingesters: int = 1  # in one share group
+    # `[confirmations]` settings for the sensors and the forwarder (tests shorten the timings).
+    confirmations: dict[str, Any] = field(default_factory=dict)
+    forwarder_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status_dir(self) -> Path:
@@ -68,11 +73,17 @@ class LocalFleet:
     def __init__(self, plan: FleetPlan) -> None:
         self.plan = plan
         self.layout = Layout(plan.base_dir)
+        # A fresh prefix per run, the same for every ingester, so the audit sees this run's readings.
+        self._es_prefix = f"saltmarsh-demo-{int(time.time())}"
         self.brokers = BrokerPair.on_free_ports(self.layout.brokers_dir)
         self.gateway_broker = self.brokers.gateway
         self.cloud_broker = self.brokers.cloud
         self.forwarder = self._service("forwarder", "gateway", self._forwarder_config())
-        self.ingester = self._service("ingester", "cloud_ingester", self._ingester_config())
+        self.ingesters = [
+            self._service(self._ingester_name(index), "cloud_ingester", self._ingester_config(index))
+            for index in range(plan.ingesters)
+        ]
+        self.ingester = self.ingesters[0]
         self.sensors = [
             self._service(f"sensor-{plan.device(index)}", "sensor", self._sensor_config(index))
             for index in range(plan.sensors)
@@ -105,7 +116,11 @@ class LocalFleet:
             firmware="1.0.0",
             location={"lat": lat, "lon": lon, "place": place},
             driver={"type": "simulated", "seed": plan.seed + index},
+            **self._confirmations(),
         )
+
+    def _confirmations(self) -> ConfigDoc:
+        return {"confirmations": dict(self.plan.confirmations)} if self.plan.confirmations else {}
 
     def _forwarder_config(self) -> ConfigDoc:
         plan = self.plan
@@ -118,6 +133,8 @@ class LocalFleet:
             status_dir=plan.status_dir,
             spool_quota_bytes=plan.spool_quota_bytes,
             drain_rate_limit=plan.drain_rate_limit,
+            **self._confirmations(),
+            **plan.forwarder_settings,
         )
 
     def _sink_table(self) -> ConfigDoc:
@@ -126,17 +143,20 @@ class LocalFleet:
             return sqlite_sink(plan.sink_path)
         return {
             "type": "elasticsearch",
-            # A fresh prefix per run, so the audit sees only this run's readings.
             "elasticsearch": {
                 "hosts": [plan.es_url],
-                "index_prefix": f"saltmarsh-demo-{int(time.time())}",
+                "index_prefix": self._es_prefix,
                 "plain_json": plan.es_plain_json,
             },
         }
 
-    def _ingester_config(self) -> ConfigDoc:
+    @staticmethod
+    def _ingester_name(index: int) -> str:
+        return "ingester" if index == 0 else f"ingester{index + 1}"
+
+    def _ingester_config(self, index: int) -> ConfigDoc:
         return ingester_config(
-            ingester_id="ingester1",
+            ingester_id=f"ingester{index + 1}",
             broker=broker_table(self.cloud_broker.port),
             sink=self._sink_table(),
             status_dir=self.plan.status_dir,
@@ -166,7 +186,8 @@ class LocalFleet:
         # Subscribers first, so that their persistent sessions exist before anything is
         # published to them. The senders would cope anyway (a "no matching subscribers" PUBACK
         # is retried, never taken as delivered), but only after a retry delay.
-        self.ingester.start()
+        for ingester in self.ingesters:
+            ingester.start()
         self.wait_for_counter("ingester", "subscribed")
         self.forwarder.start()
         self.wait_for_counter("forwarder", "local_connected")
@@ -210,11 +231,12 @@ class LocalFleet:
         return len(done) == self.plan.sensors
 
     def processes(self) -> list[ServiceProcess]:
-        return [*self.sensors, self.forwarder, self.ingester]
+        return [*self.sensors, self.forwarder, *self.ingesters]
 
     def stop(self) -> None:
         for process in self.sensors:
             process.stop()
         self.forwarder.stop()
-        self.ingester.stop()
+        for ingester in self.ingesters:
+            ingester.stop()
         self.brokers.stop()
