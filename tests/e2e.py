@@ -12,11 +12,14 @@ from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 
 
-def wait_until_audited(fleet: LocalFleet, timeout_s: float) -> AuditReport:
-    """Wait for every sensor to finish and the sink to hold everything, then audit."""
+def wait_until_audited(
+    fleet: LocalFleet, timeout_s: float, killed: tuple[ServiceProcess, ...] = ()
+) -> AuditReport:
+    """Wait for every sensor to finish and the sink to hold everything, then audit; any process
+    but those the test `killed` itself must still be running."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        crashed = [p for p in fleet.processes() if p.returncode() not in (None, 0)]
+        crashed = [p for p in fleet.processes() if p.returncode() not in (None, 0) and p not in killed]
         assert not crashed, "\n".join(f"{p.name} exited {p.returncode()}:\n{p.log_tail()}" for p in crashed)
         if fleet.sensors_done():
             report = fleet.audit_if_stored()

@@ -133,8 +133,7 @@ class LocalFleet:
             status_dir=plan.status_dir,
             spool_quota_bytes=plan.spool_quota_bytes,
             drain_rate_limit=plan.drain_rate_limit,
-            **self._confirmations(),
-            **plan.forwarder_settings,
+            **{**self._confirmations(), **plan.forwarder_settings},
         )
 
     def _sink_table(self) -> ConfigDoc:
