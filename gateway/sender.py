@@ -302,6 +302,8 @@ class Sender:
             self._behind = False
             self._drop_hot()
             self._queue.restart(self._spool.pending())
+        # New messages fit the unconfirmed window exactly, in messages; bytes are checked per batch.
+        room = min(room, self._confirm_cfg.max_messages - self.unconfirmed.count)
         live_sent = 0
         while room > 0 and not self.window_full:
             open_seg = self._live_open or self._open_next(Phase.LIVE)

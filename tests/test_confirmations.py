@@ -195,6 +195,7 @@ def test_sink_down_two_minutes_at_500_per_second(tmp_path: Path) -> None:
         held.release()
         publisher.stop()
         report = _wait_audited(fleet, publisher, 120)
+        print(f"cloud broker RSS {rss_before / 1024:.1f} MB before, {peak / 1024:.1f} MB peak; spooled {spooled}")
         assert (report.lost, report.duplicated) == (0, 0), report
         assert report.readings == sum(publisher.last_seq.values()) > 60_000
         assert spooled > 30_000, "the outage's backlog should be in the gateway's spool"
