@@ -37,7 +37,15 @@ def test_dropin_resets_and_replaces_exec_start() -> None:
 
 
 def test_spool_beacon_reports_each_forwarder(tmp_path: Path) -> None:
-    counters = {"spool_depth": 42, "oldest_unsent_age_s": 3.5, "drain_rate": 100.0, "evicted_total": 0, "other": 1}
+    counters = {
+        "spool_depth": 42,
+        "oldest_unsent_age_s": 3.5,
+        "drain_rate": 100.0,
+        "evicted_total": 0,
+        "unconfirmed": 7,
+        "oldest_unconfirmed_age_s": 1.25,
+        "other": 1,
+    }
     write_status(tmp_path, "forwarder", "gw1", counters)
     write_status(tmp_path, "sensor", "s1", {"spool_depth": 9})
     (tmp_path / "forwarder-torn.json").write_text("{")
@@ -52,6 +60,8 @@ def test_spool_beacon_reports_each_forwarder(tmp_path: Path) -> None:
             "oldest_unsent_age_s": 3.5,
             "drain_rate": 100.0,
             "evicted_total": 0,
+            "unconfirmed": 7,
+            "oldest_unconfirmed_age_s": 1.25,
             "stale": False,
         }
     ]

@@ -4,7 +4,12 @@ Reads the forwarder's status file (`<status_dir>/forwarder-<gateway id>.json`, w
 `saltmarsh.runtime.status`) and fires one event per forwarder, tagged `salt/beacon/<minion>/saltmarsh_spool/<id>`:
 
     {"gateway_id": "gw1", "spool_depth": 0, "oldest_unsent_age_s": 0.0, "drain_rate": 0.0,
-     "evicted_total": 0, "stale": false, "updated_ms": 1732270000123}
+     "evicted_total": 0, "unconfirmed": 0, "oldest_unconfirmed_age_s": 0.0,
+     "stale": false, "updated_ms": 1732270000123}
+
+`unconfirmed` is what the gateway has sent up that no ingester has yet confirmed committed to the
+sink (it stays in the spool until then), and `oldest_unconfirmed_age_s` how long the oldest of it
+has waited: a sink outage shows here first.
 
 `stale` is true when the file has not been rewritten for `stale_after_s` (the forwarder is hung or
 down): the backlog numbers are then the last ones it reported.
@@ -25,7 +30,14 @@ from typing import Any
 
 __virtualname__ = "saltmarsh_spool"
 
-FIELDS = ("spool_depth", "oldest_unsent_age_s", "drain_rate", "evicted_total")
+FIELDS = (
+    "spool_depth",
+    "oldest_unsent_age_s",
+    "drain_rate",
+    "evicted_total",
+    "unconfirmed",
+    "oldest_unconfirmed_age_s",
+)
 DEFAULT_STATUS_DIR = "/run/saltmarsh/status"
 
 
