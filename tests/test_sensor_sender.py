@@ -4,9 +4,9 @@ reconnect; then confirmations: what deletes a reading, the unconfirmed window, r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -45,9 +45,7 @@ class FakePaho:
     sent: list[tuple[int, str, bytes]] = field(default_factory=list)
     numbers: dict[int, str] = field(default_factory=dict)  # mid -> the `msg` property
 
-    def publish(
-        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, properties: Any = None
-    ) -> Info:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, properties: Any = None) -> Info:
         mid = len(self.sent) + 1
         self.sent.append((mid, topic, payload))
         if properties is not None:
