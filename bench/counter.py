@@ -5,6 +5,11 @@ result says how many distinct readings arrived and how many were repeats: a benc
 only reported with its delivery count verified. Readings from devices whose id starts with
 `live` are counted apart, with their latency (receive time - the `ts` stamped at send).
 
+With `confirm` it also plays the sink's part in saltmarsh's end-to-end acknowledgement: every
+message numbered in the `msg` user property is confirmed once counted, to the `ack` topic of
+the gateway its `gw` property names (or, without one, of the device its topic names), one
+confirmation per read (`saltmarsh.contract.confirmation`). An ideal sink: it confirms on receipt.
+
 With `persistent` the subscriber keeps its session on the broker (so readings queue for it
 while it is away) and reconnects when the broker goes down and comes back.
 
@@ -28,12 +33,17 @@ from typing import Any
 from bench.link import Link, next_packet, open_link, recv_all, send_some
 from bench.reading import LIVE_PREFIX, SITE, device_of, parse_seq_ts
 from bench.worker import Worker, context
+from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, ConfirmationBatch, ack_topic, parse_message_id
 from saltmarsh.contract.errors import WireError
 from saltmarsh.mqtt.codec import (
     DISCONNECT,
     DISCONNECT_PACKET,
+    GATEWAY_PROPERTY,
     PUBLISH,
+    QOS_AT_MOST_ONCE,
     decode_disconnect,
+    encode_publish,
+    read_properties,
     read_varint,
 )
 
@@ -56,6 +66,7 @@ class CountPlan:
     expect: int = 0  # stop once this many distinct non-live readings arrived; 0: until stopped
     persistent: bool = False
     host: str = "127.0.0.1"
+    confirm: bool = False  # confirm numbered messages, as the ingester does once they are stored
 
 
 @dataclass(slots=True)
@@ -89,8 +100,11 @@ def _seq_ts_slow(payload: bytes) -> tuple[int, int]:
 class Tally:
     """Counts, dedups and times the PUBLISHes in a byte stream; the counter's hot path."""
 
-    def __init__(self, result: CountResult) -> None:
+    def __init__(self, result: CountResult, confirm: bool = False) -> None:
         self.result = result
+        self.confirm = confirm
+        self.confirmations = ConfirmationBatch()
+        self._ack_topics: dict[tuple[bytes, str | None], str] = {}
         # By topic (one per device): a bitmap of the seqs seen, where the seq key sits in the
         # device's payloads, and whether it is a live device.
         self.seen: dict[bytes, tuple[bytearray, int, bool]] = {}
@@ -151,8 +165,10 @@ class Tally:
                 add_id(data[at : at + 2])
                 at += 2
             if data[at]:
-                props_len, at = read_varint(data, at)
-                at += props_len
+                props_len, props_at = read_varint(data, at)
+                at = props_at + props_len
+                if self.confirm:
+                    self._note(topic, data, props_at, at)
             else:
                 at += 1
             pos = stop
@@ -186,6 +202,32 @@ class Tally:
         result.unique += new
         return pos, ids, new
 
+    def _note(self, topic: bytes, data: bytes, start: int, end: int) -> None:
+        """Remember whom to confirm a numbered message to (a property walk: costs a few us)."""
+        gateway = number = None
+        for name, value in read_properties(data, start, end)[1]:
+            if name == MESSAGE_PROPERTY:
+                number = parse_message_id(value)
+            elif name == GATEWAY_PROPERTY:
+                gateway = value
+        if number is None:
+            return
+        key = (topic, gateway)
+        ack = self._ack_topics.get(key)
+        if ack is None:
+            _, _, site, device, _ = topic.decode().split("/")
+            ack = self._ack_topics[key] = ack_topic(site, gateway or device)
+        self.confirmations.add(ack, *number)
+
+    def take_confirmations(self) -> bytes:
+        """The confirmations of everything counted so far, as QoS 0 PUBLISH packets."""
+        if not self.confirmations:
+            return b""
+        batch, self.confirmations = self.confirmations, ConfirmationBatch()
+        return b"".join(
+            encode_publish(topic.encode(), payload, QOS_AT_MOST_ONCE) for topic, payload in batch.messages()
+        )
+
 
 def _connect(plan: CountPlan, deadline: float) -> Link:
     while True:
@@ -208,7 +250,7 @@ def _connect(plan: CountPlan, deadline: float) -> Link:
 
 def count_loop(plan: CountPlan, progress: Any, ready: Any, stop: Any) -> CountResult:
     result = CountResult()
-    tally = Tally(result)
+    tally = Tally(result, plan.confirm)
     link = _connect(plan, time.monotonic() + 10)
     data = link.early
     out = bytearray()
@@ -232,9 +274,12 @@ def count_loop(plan: CountPlan, progress: Any, ready: Any, stop: Any) -> CountRe
                     read = len(data)
                     consumed, ids, new = tally.scan(data, int(now_s * 1000))
                     data = data[consumed:]
-                    if ids:
-                        out += _PUBACK
-                        out += _PUBACK.join(ids)
+                    confirmations = tally.take_confirmations() if plan.confirm else b""
+                    if ids or confirmations:
+                        if ids:
+                            out += _PUBACK
+                            out += _PUBACK.join(ids)
+                        out += confirmations
                         send_some(link.sock, out)
             except (OSError, WireError):
                 if not plan.persistent:

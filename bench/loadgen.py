@@ -25,6 +25,7 @@ from typing import Any
 from bench.link import open_link, recv_all, send_some
 from bench.reading import ReadingTemplate, boot_id, device_id
 from bench.worker import Worker, context
+from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, message_id
 from saltmarsh.contract.errors import ProtocolError
 from saltmarsh.mqtt.codec import (
     DISCONNECT,
@@ -34,6 +35,8 @@ from saltmarsh.mqtt.codec import (
     decode_disconnect,
     encode_publish,
     parse_stream,
+    properties,
+    user_property,
 )
 
 _U16 = struct.Struct(">H")
@@ -58,6 +61,7 @@ class PublishPlan:
     window: int = 1000  # QoS 1 messages awaiting PUBACK
     rate: float = 0.0  # messages per second; 0: as fast as the window allows
     host: str = "127.0.0.1"
+    numbered: bool = True  # as saltmarsh sensors publish: the forwarder confirms them to each device
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,24 +84,29 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def publish_format(template: ReadingTemplate, seq_digits: int) -> bytes:
-    """A whole QoS 1 PUBLISH of `template` as a format: `%b` the packet id, `%d` seq, `%d` ts.
+def publish_format(template: ReadingTemplate, seq_digits: int, run: str | None = None) -> bytes:
+    """A whole QoS 1 PUBLISH of `template` as a format: `%b` the packet id, `%d` seq (twice when
+    numbered: in the `msg` property, as a saltmarsh sensor numbers its readings), `%d` ts.
 
     The remaining length depends on how many digits seq has (ts has 13), so there is one
     format per digit count; minting a packet is then one `%`.
     """
-    payload = template.payload(10 ** (seq_digits - 1), 10 ** (_TS_DIGITS - 1))
-    head = encode_publish(template.topic, payload, 1, 1)[: -len(payload) - 3]  # up to the packet id
-    return head.replace(b"%", b"%%") + b"%b\x00" + template.payload_format
+    seq = 10 ** (seq_digits - 1)
+    payload = template.payload(seq, 10 ** (_TS_DIGITS - 1))
+    props = b"\x00" if run is None else properties(user_property(MESSAGE_PROPERTY, message_id(run, seq)))
+    head = encode_publish(template.topic, payload, 1, 1, props=props)[: -len(payload) - len(props) - 2]
+    props_format = props.replace(b"%", b"%%") if run is None else props[:-seq_digits].replace(b"%", b"%%") + b"%d"
+    return head.replace(b"%", b"%%") + b"%b" + props_format + template.payload_format
 
 
 class PacketMint:
     """The load generator's PUBLISH packets: reading i goes to device i % devices, seq i // devices + 1."""
 
-    def __init__(self, templates: list[ReadingTemplate]) -> None:
+    def __init__(self, templates: list[ReadingTemplate], run: str | None = None) -> None:
         if not 0 < len(templates) <= MAX_PACKET_ID:
             raise ValueError(f"{len(templates)} devices: need 1 to {MAX_PACKET_ID}")
         self.templates = templates
+        self.run = run  # numbered in the `msg` property: each device's seq, in this run
         self._formats: dict[int, list[bytes]] = {}
         self._ids = _PACKET_IDS * 2
 
@@ -115,12 +124,16 @@ class PacketMint:
             d1 = min(devices, d0 + end - i)
             formats = self._formats.get(len(str(seq))) or self._add_formats(len(str(seq)))
             k = i % MAX_PACKET_ID
-            parts += [fmt % (pid, seq, ts_ms) for fmt, pid in zip(formats[d0:d1], ids[k : k + d1 - d0], strict=True)]
+            pairs = zip(formats[d0:d1], ids[k : k + d1 - d0], strict=True)
+            if self.run is None:
+                parts += [fmt % (pid, seq, ts_ms) for fmt, pid in pairs]
+            else:
+                parts += [fmt % (pid, seq, seq, ts_ms) for fmt, pid in pairs]
             i += d1 - d0
         return b"".join(parts)
 
     def _add_formats(self, seq_digits: int) -> list[bytes]:
-        formats = self._formats[seq_digits] = [publish_format(t, seq_digits) for t in self.templates]
+        formats = self._formats[seq_digits] = [publish_format(t, seq_digits, self.run) for t in self.templates]
         return formats
 
 
@@ -165,7 +178,10 @@ def publish_loop(plan: PublishPlan, progress: Any, stop: Any) -> PublishResult:
     sock = link.sock
     window = max(1, min(plan.window, link.receive_maximum))
     boot = boot_id()
-    mint = PacketMint([ReadingTemplate.for_device(device_id(plan.device_prefix, i), boot) for i in range(plan.devices)])
+    mint = PacketMint(
+        [ReadingTemplate.for_device(device_id(plan.device_prefix, i), boot) for i in range(plan.devices)],
+        boot if plan.numbered else None,
+    )
     count = plan.count or 2**62
     interval = 1.0 / plan.rate if plan.rate > 0 else 0.0
     # Top the window up in batches, not a few packets per wake-up: fewer, larger writes.

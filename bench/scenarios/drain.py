@@ -65,7 +65,7 @@ def _publish_backlog(lab: Lab, port: int, backlog: int, label: str, timeout_s: f
 def measure_ours(backlog: int, cap_s: float) -> dict[str, float]:
     with Lab(f"{NAME}-ours") as lab:
         cloud = lab.broker("cloud")
-        counter = Counter(CountPlan(cloud.port, "bench-drain-counter", expect=backlog, persistent=True))
+        counter = Counter(CountPlan(cloud.port, "bench-drain-counter", expect=backlog, persistent=True, confirm=True))
         lab.track(counter)
         counter.start()
         hop = start_hop(lab, OURS, cloud.port, drain_rate_limit=DRAIN_RATE_LIMIT)
@@ -139,7 +139,7 @@ OURS_FIGURES = {
 def measure_bridge(backlog: int, budget_s: float) -> dict[str, float]:
     with Lab(f"{NAME}-bridge") as lab:
         cloud = lab.broker("cloud")
-        counter = Counter(CountPlan(cloud.port, "bench-drain-counter", expect=backlog, persistent=True))
+        counter = Counter(CountPlan(cloud.port, "bench-drain-counter", expect=backlog, persistent=True, confirm=True))
         lab.track(counter)
         counter.start()
         hop = start_hop(lab, BRIDGE_CRASH_SAFE, cloud.port)

@@ -31,7 +31,7 @@ MB = 1e6
 def measure_once(system: str, total: int, cap_s: float) -> dict[str, float]:
     with Lab(f"{NAME}-{''.join(ch for ch in system if ch.isalnum())}") as lab:
         cloud = lab.broker("cloud")
-        counter = Counter(CountPlan(cloud.port, "bench-counter"))
+        counter = Counter(CountPlan(cloud.port, "bench-counter", confirm=True))
         lab.track(counter)
         counter.start()
         hop = start_hop(lab, system, cloud.port)
