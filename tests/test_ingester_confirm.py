@@ -82,13 +82,6 @@ def test_sender_of(topic: str, props: tuple[tuple[str, str], ...], expected: Sen
     assert sender_of(publish(topic, *props)) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "saltmarsh/contract/confirmation.py parse_message_id: digits.isdigit() is true for '\\u00b2', then "
-        "int('\\u00b2') raises ValueError; sender_of lets it out of cloud_ingester/service.py pump(), expected None"
-    ),
-)
 def test_sender_of_a_number_in_superscript_digits_is_none() -> None:
     assert sender_of(publish(READING, GW, ("msg", "run-1:\u00b2"))) is None
 

@@ -411,16 +411,6 @@ def test_many_ranges_release_exactly_their_numbers() -> None:
     assert elapsed < 1.0, f"{elapsed:.3f} s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "saltmarsh/runtime/unconfirmed.py Unconfirmed.confirm: a range narrower than what is held is "
-        "materialised in full (`named += range(first, last + 1)`) whether or not those numbers are held, so "
-        "memory and time grow as ranges x held: MAX_RANGES ranges of 19,999 unheld numbers against the "
-        "forwarder's 20,000-message window is 2e8 ints (GBs, tens of seconds on the loop thread) from one "
-        "~220 KB confirmation"
-    ),
-)
 def test_many_ranges_next_to_a_full_window_cost_what_is_held_not_their_width() -> None:
     held = 500
     u = tracker()

@@ -42,7 +42,8 @@ def message_id(run: str, number: int) -> str:
 def parse_message_id(text: str) -> tuple[str, int] | None:
     """(run, number) of a `msg` property, or None when it is not one (the message is still kept)."""
     run, sep, digits = text.rpartition(":")
-    if not sep or not digits.isdigit() or len(digits) > 16 or not ID_PATTERN.match(run):
+    # isascii: str.isdigit is true of "²" and "١", which int() refuses or reads as 1.
+    if not sep or not (digits.isascii() and digits.isdigit()) or len(digits) > 16 or not ID_PATTERN.match(run):
         return None
     number = int(digits)
     return (run, number) if 0 < number <= MAX_SEQ else None
@@ -117,14 +118,17 @@ class Confirmation:
         if len(payload) > MAX_CONFIRMATION_BYTES:
             raise ValidationError(Reason.OVERSIZED, "payload", f"{len(payload)} bytes, limit {MAX_CONFIRMATION_BYTES}")
         try:
-            doc: Any = json.loads(payload)
+            # Decoded first: json.loads would guess UTF-16 or UTF-32 from bytes.
+            text = payload.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ValidationError(Reason.NOT_UTF8, "payload", str(err)[:120]) from None
-        except ValueError as err:
-            raise ValidationError(Reason.MALFORMED_JSON, "payload", str(err)[:120]) from None
+        try:
+            doc: Any = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise ValidationError(Reason.MALFORMED_JSON, "payload", str(err)[:120] or "nested too deep") from None
         if not isinstance(doc, dict):
             raise ValidationError(Reason.WRONG_TYPE, "payload", f"expected an object, got {type(doc).__name__}")
-        if doc.get("v") != 1:
+        if type(doc.get("v")) is not int or doc.get("v") != 1:
             raise ValidationError(Reason.UNSUPPORTED_VERSION, "confirmation.v", f"{doc.get('v')!r} is not 1"[:80])
         for name in ("run", "ranges"):
             if name not in doc:

@@ -132,14 +132,14 @@ class Unconfirmed(Generic[K]):
             return []
         held = len(self._entries) + len(self._waiting) + len(self._older)
         named: list[int] = []
-        candidates: list[int] | None = None
-        for first, last in confirmation.ranges:
-            if last - first < held:
+        if confirmation.count <= held:
+            for first, last in confirmation.ranges:
                 named += range(first, last + 1)
-            else:
-                # A range wider than what is held: look up what is held, not the whole range.
-                if candidates is None:
-                    candidates = sorted((*self._entries, *self._waiting, *self._older))
+        else:
+            # Ranges wider in all than what is held: look up what is held, not every number named,
+            # so that no confirmation costs more than the window it confirms.
+            candidates = sorted((*self._entries, *self._waiting, *self._older))
+            for first, last in confirmation.ranges:
                 named += candidates[bisect.bisect_left(candidates, first) : bisect.bisect_right(candidates, last)]
         released = self.settle(named, now)
         self.stale_total += max(0, confirmation.count - len(released))
