@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from bench.options import BenchOptions
 from bench.results import RESULTS_MD, BenchReport, load_reports, render_markdown, render_report, save_reports
-from bench.scenarios import ceiling, drain, es, forwarder, ingester, relay, sensor
+from bench.scenarios import ceiling, drain, es, forwarder, ingester, relay, sensor, site_rate
 from bench.targets import print_targets, render_targets, verdicts
 
 BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
@@ -19,6 +19,7 @@ BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
     drain.NAME: drain.run,
     ingester.NAME: ingester.run,
     sensor.NAME: sensor.run,
+    site_rate.NAME: site_rate.run,
     es.NAME: es.run,
     relay.NAME: relay.run,
 }

@@ -300,6 +300,14 @@ class Publishers:
     def acked(self) -> int:
         return sum(int(p.value) for p in self.progress)
 
+    def wait_publishing(self, timeout_s: float = 20.0) -> None:
+        """Block until every publisher has had a PUBACK: from then on, paced ones offer their full rate."""
+        deadline = time.monotonic() + timeout_s
+        while not all(p.value for p in self.progress):
+            if time.monotonic() > deadline or not all(w.alive() for w in self.workers):
+                raise TimeoutError(f"not every publisher was acknowledged within {timeout_s:.0f} s")
+            time.sleep(0.01)
+
     def results(self, timeout_s: float) -> list[PublishResult]:
         deadline = time.monotonic() + timeout_s
         return [w.result(max(1.0, deadline - time.monotonic())) for w in self.workers]

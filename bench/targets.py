@@ -40,6 +40,18 @@ TARGETS = (
     Target("ingester CPU per reading", "ingester", "sqlite CPU/reading", "<=", 30.0, "us/reading"),
     Target("sensor agent RSS at 1 Hz", "sensor", "ours peak RSS (VmHWM)", "<=", 40.0, "MB"),
     Target("sensor agent CPU at 1 Hz", "sensor", "ours CPU", "<=", 1.0, "%"),
+    Target(
+        "gateway CPU/msg vs native bridge at 100 msg/s", "site_rate", "gateway total/native at 100/s", "<=", 1.0, "x"
+    ),
+    Target(
+        "gateway CPU/msg vs native bridge at 1,000 msg/s",
+        "site_rate",
+        "gateway total/native at 1,000/s",
+        "<=",
+        1.0,
+        "x",
+    ),
+    Target("forwarder idle CPU", "site_rate", "forwarder idle CPU", "<=", 0.1, "%"),
 )
 
 

@@ -1,5 +1,5 @@
-"""The benches' pure parts: statistics, reading templates, /proc parsing, RESULTS.md rendering, and
-the Elasticsearch and relay benches' documents, events and notes."""
+"""The benches' pure parts: statistics, reading templates, /proc parsing, RESULTS.md rendering, the
+Elasticsearch and relay benches' documents, events and notes, and the site-rate bench's arithmetic."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from bench.__main__ import BENCHES
 from bench.counter import CountResult, Tally
 from bench.loadgen import PacketMint, count_pubacks
 from bench.osmem import ready_url
-from bench.procstat import parse_stat_cpu_ticks, parse_status_kib
+from bench.procstat import Usage, parse_field, parse_schedstat_ns, parse_stat_cpu_ticks, parse_status_kib
 from bench.reading import TARGET_BYTES, ReadingTemplate, device_of, parse_seq_ts
 from bench.results import BenchReport, Environment, Figure, cpu_model, render_markdown, render_report
 from bench.salt_events import MINIONS, job_return, job_returns
-from bench.scenarios import es, relay
+from bench.scenarios import es, relay, site_rate
 from bench.stats import median, percentile, rate_between
 from bench.targets import TARGETS, render_targets, verdicts
 from saltmarsh.config.relay import DEFAULT_RELAY_TAGS
@@ -39,6 +39,8 @@ STAT_LINE = (
     "300000000 9000 18446744073709551615 1 1 0 0 0 0 0 16781312 16386 0 0 0 17 1 0 0 0 0 0"
 )
 STATUS_TEXT = "Name:\tpython\nVmPeak:\t  300000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n"
+TASK_STATUS_TEXT = "Name:\tpython\nvoluntary_ctxt_switches:\t8495\nnonvoluntary_ctxt_switches:\t2276\n"
+IO_TEXT = "rchar: 6976\nwchar: 124159763\nsyscw: 60244\nwrite_bytes: 155107328\ncancelled_write_bytes: 36864\n"
 
 
 @pytest.mark.parametrize(
@@ -72,6 +74,14 @@ def test_procstat_parses_cpu_ticks_and_memory() -> None:
     assert parse_status_kib(STATUS_TEXT, "VmHWM") == 51200
     assert parse_status_kib(STATUS_TEXT, "VmRSS") == 40960
     assert parse_status_kib(STATUS_TEXT, "VmSwap") == 0
+
+
+def test_procstat_parses_wakeups_and_disk_writes_and_subtracts_usage() -> None:
+    assert parse_field(TASK_STATUS_TEXT, "voluntary_ctxt_switches") == 8495
+    assert parse_field(IO_TEXT, "write_bytes") == 155_107_328
+    assert parse_field(IO_TEXT, "read_bytes") == 0
+    assert parse_schedstat_ns("254898264 6709785 601\n") == 254_898_264
+    assert Usage(1.5, 300, 8192, 2.0) - Usage(0.5, 100, 4096, 1.5) == Usage(1.0, 200, 4096, 0.5)
 
 
 def test_reading_is_a_valid_envelope_of_the_briefs_size() -> None:
@@ -281,3 +291,35 @@ def test_relay_bus_note_compares_with_the_bus_rate() -> None:
     assert "not the bound" in relay.bus_note(2000.0)
     assert "IS the bound" in relay.bus_note(100.0)
     assert "~300 events/s" in relay.bus_note(math.nan)
+
+
+def test_site_rate_window_divides_what_each_process_used_by_the_readings_published() -> None:
+    usage = {"forwarder": Usage(0.01, 250, 409_600, 0.011), "gateway broker": Usage(0.005, 100, 0, 0.004)}
+    window = site_rate.Window(published=100, wall_s=2.0, usage=usage, total=103)
+    assert window.cpu_us("forwarder") == pytest.approx(100.0)
+    assert window.cpu_us("forwarder", "gateway broker") == pytest.approx(150.0)
+    assert (window.wakeups("forwarder"), window.disk_bytes("forwarder"), window.offered) == (2.5, 4096.0, 50.0)
+
+
+def test_site_rate_targets_name_figures_and_ratios_the_bench_reports() -> None:
+    assert "site_rate" in BENCHES
+    figures = {"gateway total CPU/msg at 100/s": 300.0, "native bridge CPU/msg at 100/s": 100.0}
+    ratios = {f.name: f.value for f in site_rate.gateway_ratios(lambda name: figures.get(name, math.nan))}
+    assert ratios["gateway total/native at 100/s"] == pytest.approx(3.0)
+    assert math.isnan(ratios["gateway total/native at 1,000/s"])
+    reported = set(site_rate.figure_table()) | set(ratios)
+    assert {t.figure for t in TARGETS if t.bench == "site_rate"} <= reported
+
+
+def test_site_rate_says_where_the_sensor_agent_fell_short() -> None:
+    report = BenchReport(
+        "site_rate",
+        "site",
+        ENV,
+        [
+            Figure("sensor readings/s at 100/s", "readings/s", (100.0,)),
+            Figure("sensor readings/s at 1,000/s", "", (900.0,)),
+        ],
+    )
+    [note] = site_rate.sensor_notes(report)
+    assert "asked for 1,000 readings/s" in note and "reached only 900/s" in note

@@ -23,7 +23,8 @@ from bench.options import BenchOptions
 from bench.procstat import CpuMeter, disk_bytes, memory_bytes
 from bench.progress import Progress
 from bench.results import BenchReport, Figure, environment, figures_from_runs, ratio
-from bench.scenarios.topology import BRIDGE_CRASH_SAFE, GATEWAY_ID, OURS, start_hop
+from bench.scenarios.topology import BRIDGE_CRASH_SAFE, OURS, start_hop
+from bench.services import GATEWAY_ID
 from bench.stats import median, percentile
 
 NAME = "drain"

@@ -25,12 +25,12 @@ from bench.options import BenchOptions
 from bench.procstat import CpuMeter, memory_bytes
 from bench.progress import Progress
 from bench.results import BenchReport, environment, figures_from_runs, ratio
+from bench.services import start_ingester
 from bench.stats import rate_between
-from saltmarsh.ops.localfleet.configs import broker_table, ingester_config, sqlite_sink
+from saltmarsh.ops.localfleet.configs import sqlite_sink
 
 NAME = "ingester"
 TITLE = "cloud ingester into its sinks, vs a bare counting subscriber"
-INGESTER_ID = "ing1"
 MB = 1e6
 
 
@@ -72,17 +72,7 @@ def measure_sink(bench: SinkBench, total: int, cap_s: float) -> dict[str, float]
     with Lab(f"{NAME}-{bench.name}") as lab:
         (lab.base / "sink").mkdir()
         cloud = lab.broker("cloud")
-        config = lab.config(
-            "ingester",
-            ingester_config(
-                ingester_id=INGESTER_ID,
-                broker=broker_table(cloud.port),
-                sink=bench.sink_table(lab),
-                status_dir=lab.status_dir,
-            ),
-        )
-        ingester = lab.service("ingester", "cloud_ingester", config)
-        lab.wait_status("ingester", INGESTER_ID, lambda c: bool(c.get("subscribed")), 30, ingester.alive)
+        ingester = start_ingester(lab, cloud.port, bench.sink_table(lab))
         cpu = CpuMeter.begin(ingester.pid)
         publishers = Publishers(cloud.port, "ing", total=total, processes=1)
         lab.track(publishers)

@@ -13,7 +13,7 @@ from bench.lab import Lab
 from bench.options import BenchOptions
 from bench.procstat import CpuMeter, memory_bytes
 from bench.results import BenchReport, environment, figures_from_runs, ratio
-from saltmarsh.ops.localfleet.configs import broker_table, sensor_config
+from bench.services import start_sensor
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 
 NAME = "sensor"
@@ -31,28 +31,12 @@ def measure_once(window_s: float) -> dict[str, float]:
         counter = Counter(CountPlan(gateway.port, "bench-counter"))
         lab.track(counter)
         counter.start()
-        config = lab.config(
-            "sensor",
-            sensor_config(
-                device=DEVICE,
-                site="bench",
-                broker=broker_table(gateway.port),
-                state_dir=lab.layout.state_dir("sensor"),
-                status_dir=lab.status_dir,
-                interval_s=1.0,
-                model="HW-MD202",
-                firmware="1.0.0",
-                location={"lat": -27.4698, "lon": 153.0251, "place": "garden"},
-                driver={"type": "simulated", "seed": 7},
-            ),
-        )
-        sensor = lab.service("sensor", "sensor", config)
+        sensor = start_sensor(lab, gateway.port, DEVICE, interval_s=1.0)
         peer = ServiceProcess.python_module(
             "paho-sensor", "bench.paho_sensor", [str(gateway.port), "bench-p001"], lab.logs / "paho-sensor.log"
         )
         lab.track(peer)
         peer.start()
-        lab.wait_status("sensor", DEVICE, lambda c: bool(c.get("connected")), 30, sensor.alive)
         time.sleep(WARMUP_S)
         ours_cpu, peer_cpu = CpuMeter.begin(sensor.pid), CpuMeter.begin(peer.pid)
         started = time.monotonic()

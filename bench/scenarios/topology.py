@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 from bench.lab import Lab
 from bench.reading import SITE
+from bench.services import start_forwarder
 from saltmarsh.contract.errors import WireError
 from saltmarsh.mqtt.wire import WireClient
-from saltmarsh.ops.localfleet.configs import ConfigDoc, broker_table, forwarder_config
 from saltmarsh.ops.localfleet.mosquitto import Mosquitto, bridge_lines
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 
-GATEWAY_ID = "gw1"
 OURS = "ours"
 BRIDGE_DEFAULT = "bridge (a)"
 BRIDGE_CRASH_SAFE = "bridge (b)"
@@ -63,31 +62,13 @@ def bridge_spec(system: str, cloud_port: int) -> dict[str, object]:
     }
 
 
-def hop_forwarder_config(lab: Lab, gateway_port: int, cloud_port: int, drain_rate_limit: float) -> ConfigDoc:
-    return forwarder_config(
-        gateway_id=GATEWAY_ID,
-        site=SITE,
-        local=broker_table(gateway_port),
-        uplink=broker_table(cloud_port),
-        state_dir=lab.layout.state_dir("forwarder"),
-        status_dir=lab.status_dir,
-        spool_quota_bytes=20_000_000_000,
-        drain_rate_limit=drain_rate_limit,
-    )
-
-
 def start_hop(
     lab: Lab, system: str, cloud_port: int, drain_rate_limit: float = 5000.0, wait_uplink: bool = True
 ) -> Hop:
     """Start the gateway broker and whatever forwards from it; return once it is forwarding."""
     if system == OURS:
         gateway = lab.broker("gateway")
-        config = lab.config("forwarder", hop_forwarder_config(lab, gateway.port, cloud_port, drain_rate_limit))
-        forwarder = lab.service("forwarder", "gateway", config)
-        key = "uplink_connected" if wait_uplink else "local_connected"
-        lab.wait_status(
-            "forwarder", GATEWAY_ID, lambda c: bool(c.get("local_connected")) and bool(c.get(key)), 30, forwarder.alive
-        )
+        forwarder = start_forwarder(lab, gateway.port, cloud_port, drain_rate_limit, wait_uplink)
         return Hop(system, gateway, forwarder)
     gateway = lab.broker("gateway", **bridge_spec(system, cloud_port))
     if wait_uplink:
