@@ -13,6 +13,12 @@ Out: every step, in this order:
 
 One thread owns both connections, so there are no locks on the per-message path; the other
 threads (committer, connectors) only `wake` it.
+
+At a site's rate (fewer than half a commit's worth of messages per `cycle_ms`) the loop does not
+wake for every packet: it reads both links once per cycle, so that one wake-up, one commit, one
+batch of PUBACKs and one uplink write cover all of the cycle's messages, and only the committer
+(a batch is on disk: send it up) wakes it in between. Above that rate, or while the sender has
+a backlog or resends to push, it reads as data comes, as fast as it can.
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ class ForwarderLoop:
         uplink_link: Connector[tuple[WireClient, ConnAck]],
         commit_max_messages: int,
         offline_gather_s: float,
+        cycle_s: float = 0.0,
     ) -> None:
         self._waker = waker
         self._wake_socket = waker.socket
@@ -114,6 +121,11 @@ class ForwarderLoop:
         self._last_poll = {"local": 0.0, "uplink": 0.0}
         self._last_local_data = 0.0
         self._last_tick = 0.0
+        self._cycle_s = cycle_s
+        self._quiet_below = max(1, commit_max_messages // 2)  # messages per cycle
+        self._next_cycle = 0.0
+        self._cycle_messages = 0
+        self._quiet = cycle_s > 0
 
     def run(self, stop_event: threading.Event, grace_s: float = 2.0) -> bool:
         """Forward until `stop_event` is set (True) or the committer has died (False)."""
@@ -162,11 +174,17 @@ class ForwarderLoop:
         wake_socket = self._wake_socket
         readers: list[Any] = [wake_socket]
         writers: list[Any] = []
+        now = time.monotonic()
+        quiet = self._quiet and self.sender.idle and timeout_s > 0
+        if quiet:
+            # Only the committer wakes us before the cycle ends; the links wait in their sockets.
+            timeout_s = min(timeout_s, self._next_cycle - now)
         for client in (local, uplink):
             if client is not None:
-                readers.append(client)
                 if client.pending_out_bytes:
                     writers.append(client)
+                if not quiet:
+                    readers.append(client)
         try:
             readable, _, _ = select.select(readers, writers, [], max(0.0, min(timeout_s, _MAX_SELECT_S)))
         except (OSError, ValueError):
@@ -174,6 +192,10 @@ class ForwarderLoop:
             # and the one that is gone reports itself.
             readable = [c for c in (local, uplink) if c is not None]
         now = time.monotonic()
+        if now >= self._next_cycle:
+            self._end_cycle(now)
+            if quiet:
+                readable = [*readable, *(c for c in (local, uplink) if c is not None)]
         if wake_socket in readable:
             self._waker.drain()
         if local is not None and (local in readable or now - self._last_poll["local"] > _KEEPALIVE_POLL_S):
@@ -188,6 +210,12 @@ class ForwarderLoop:
         self._flush()
         self._follow_links()
 
+    def _end_cycle(self, now: float) -> None:
+        """Quiet for the next cycle if this one brought less than half a commit's worth."""
+        self._quiet = self._cycle_s > 0 and self._cycle_messages < self._quiet_below
+        self._cycle_messages = 0
+        self._next_cycle = now + (self._cycle_s or _KEEPALIVE_POLL_S)
+
     def _read_local(self, local: WireClient, now: float) -> None:
         self._last_poll["local"] = now
         try:
@@ -196,8 +224,15 @@ class ForwarderLoop:
             self._local_down(repr(err))
             return
         if publishes:
-            self.source.take(publishes, now)
             self._last_local_data = now
+            self._cycle_messages += len(publishes)
+            # One read may hold more than the receive maximum we asked for (Mosquitto sends past
+            # it once acks come back in bulk): cut it so that no batch, and no segment, outgrows
+            # commit_max_messages.
+            step = self._commit_max_messages
+            for start in range(0, len(publishes), step):
+                self.source.take(publishes[start : start + step], now)
+                self._submit_if_due(now)
         self._submit_if_due(now)
 
     def _collect_commits(self, now: float) -> None:

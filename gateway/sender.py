@@ -168,6 +168,18 @@ class Sender:
         return self.unconfirmed.full(cfg.max_messages, cfg.max_bytes)
 
     @property
+    def idle(self) -> bool:
+        """Nothing to push but what the next commit brings: no backlog, resends or live segments queued."""
+        return not (
+            self._resend
+            or self._behind
+            or self._live_open is not None
+            or self._backlog_open is not None
+            or self._queue.has_live()
+            or self._queue.has_backlog()
+        )
+
+    @property
     def can_send(self) -> bool:
         """Up, with room in the unconfirmed window: what is committed now goes up at once."""
         return self.client is not None and not self.window_full

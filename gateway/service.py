@@ -143,6 +143,7 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
         uplink_link=uplink_link,
         commit_max_messages=cfg.commit_max_messages,
         offline_gather_s=cfg.offline_commit_interval_ms / 1000.0,
+        cycle_s=cfg.cycle_ms / 1000.0,
     )
     status = StatusPublisher(
         cfg.status_dir,

@@ -42,7 +42,7 @@ def message_id(run: str, number: int) -> str:
 def parse_message_id(text: str) -> tuple[str, int] | None:
     """(run, number) of a `msg` property, or None when it is not one (the message is still kept)."""
     run, sep, digits = text.rpartition(":")
-    # isascii: str.isdigit is true of "²" and "١", which int() refuses or reads as 1.
+    # isascii: str.isdigit is true of superscripts, which int() refuses, and of other scripts' digits.
     if not sep or not (digits.isascii() and digits.isdigit()) or len(digits) > 16 or not ID_PATTERN.match(run):
         return None
     number = int(digits)
