@@ -51,6 +51,7 @@ class GroupCommitter:
         self._removals: list[Segment] = []
         self._removals_since = 0.0  # monotonic: when the oldest pending removal was handed over
         self._stopping = False
+        self._gather = True
         self._waiting = False  # in wait(): only then is a notify worth its cost
         self.done: deque[Committed] = deque()  # appended here, popped by the loop thread
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
@@ -72,9 +73,11 @@ class GroupCommitter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, batch: Inbound) -> None:
+    def submit(self, batch: Inbound, gather: bool = True) -> None:
+        """Spool `batch`; with `gather`, after `interval_ms`, so that what arrives meanwhile shares the fsync."""
         with self._cond:
             self._batches.append(batch)
+            self._gather = gather
             if self._waiting:
                 self._cond.notify()
 
@@ -83,11 +86,12 @@ class GroupCommitter:
         if not segments:
             return
         with self._cond:
-            if not self._removals:
+            first = not self._removals
+            if first:
                 self._removals_since = time.monotonic()
             self._removals += segments
-            if self._waiting:
-                self._cond.notify()
+            if first and self._waiting:
+                self._cond.notify()  # to wait for REMOVAL_DELAY_S; later ones change nothing
 
     @property
     def queued(self) -> int:
@@ -109,7 +113,7 @@ class GroupCommitter:
                     self._waiting = False
                 if self._stopping and not (self._batches or self._removals):
                     return
-            if self._interval_s > 0 and not self._stopping:
+            if self._interval_s > 0 and self._gather and self._batches and not self._stopping:
                 # A short gather: one fsync then covers what arrives meanwhile, at a bounded
                 # cost in latency; under load the previous fsync already did the gathering.
                 time.sleep(self._interval_s)

@@ -40,6 +40,7 @@ from saltmarsh.mqtt.wire import CLOSE_LINGER_S, ConnAck, WireClient
 _MAX_SELECT_S = 0.25  # how late a stop request or a keepalive may be noticed
 _KEEPALIVE_POLL_S = 1.0
 QUIET_S = 0.02  # no new local data for this long: the site broker has sent what it will
+IDLE_CYCLE_S = 1.0  # an idle forwarder looks at its links this often (the first message waits)
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,10 @@ class ForwarderLoop:
         writers: list[Any] = []
         now = time.monotonic()
         quiet = self._quiet and self.sender.idle and timeout_s > 0
+        cap_s = _MAX_SELECT_S
         if quiet:
             # Only the committer wakes us before the cycle ends; the links wait in their sockets.
-            timeout_s = min(timeout_s, self._next_cycle - now)
+            timeout_s = cap_s = min(timeout_s, self._next_cycle - now)
         for client in (local, uplink):
             if client is not None:
                 if client.pending_out_bytes:
@@ -186,7 +188,7 @@ class ForwarderLoop:
                 if not quiet:
                     readers.append(client)
         try:
-            readable, _, _ = select.select(readers, writers, [], max(0.0, min(timeout_s, _MAX_SELECT_S)))
+            readable, _, _ = select.select(readers, writers, [], max(0.0, min(timeout_s, cap_s)))
         except (OSError, ValueError):
             # A connection closed under us (its fileno raised or went stale): poll both now,
             # and the one that is gone reports itself.
@@ -201,6 +203,7 @@ class ForwarderLoop:
         if local is not None and (local in readable or now - self._last_poll["local"] > _KEEPALIVE_POLL_S):
             self._read_local(local, now)
         self._collect_commits(now)
+        self.source.confirm(now)
         if uplink is not None and (uplink in readable or now - self._last_poll["uplink"] > _KEEPALIVE_POLL_S):
             self._read_uplink(uplink, now)
         self.sender.pump(now)
@@ -211,10 +214,13 @@ class ForwarderLoop:
         self._follow_links()
 
     def _end_cycle(self, now: float) -> None:
-        """Quiet for the next cycle if this one brought less than half a commit's worth."""
+        """Quiet for the next cycle if this one brought less than half a commit's worth; a cycle
+        that brought nothing, with nothing on its way up, is followed by a long one."""
         self._quiet = self._cycle_s > 0 and self._cycle_messages < self._quiet_below
+        idle = not self._cycle_messages and not self.sender.inflight and not self.sender.unconfirmed.count
         self._cycle_messages = 0
-        self._next_cycle = now + (self._cycle_s or _KEEPALIVE_POLL_S)
+        cycle_s = max(self._cycle_s, IDLE_CYCLE_S) if idle else self._cycle_s
+        self._next_cycle = now + (cycle_s or _KEEPALIVE_POLL_S)
 
     def _read_local(self, local: WireClient, now: float) -> None:
         self._last_poll["local"] = now
@@ -253,7 +259,8 @@ class ForwarderLoop:
         if online or size >= self._commit_max_messages or now >= self._gather_deadline(now):
             batch = self.source.cut()
             if batch is not None:
-                self.committer.submit(batch)
+                # A quiet cycle's batch is all there is: no point waiting for more.
+                self.committer.submit(batch, gather=not self._quiet)
 
     def _gather_deadline(self, now: float) -> float:
         gathering = self.source.gathering

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1.0  # a refused message waits this long before it is sent again
 DUE_CHECK_S = 0.25  # how often the unconfirmed window is searched for messages to resend
-_IDLE_WAIT_S = 0.5
+_IDLE_WAIT_S = 1.0
 _MIN_WAIT_S = 0.001
 _U16 = struct.Struct(">H")
 

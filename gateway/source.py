@@ -8,8 +8,11 @@ message until it is on disk and a crash before that gets it redelivered from the
 Once a batch is spooled its senders get a confirmation too: every message that carries the
 sender's number (the `msg` user property, `saltmarsh.contract.confirmation`) is confirmed to the
 device its topic names, on that device's `ack` topic, which the site broker's ACL lets only that
-device read. The sensor deletes a reading only then: the gateway broker never owns one. A
-confirmation is true on any connection, since the spool has the message; PUBACKs are not:
+device read. The sensor deletes a reading only then: the gateway broker never owns one.
+Confirmations are gathered for `confirm_interval_ms` (5 s) and sent then, one per device: a
+sensor reading once a second would otherwise cost the site broker a confirmation per reading,
+as much as the reading itself. A confirmation is true on any connection, since the spool has
+the message; PUBACKs are not:
 
 A batch remembers the *generation* it arrived on: the local connection. An ack is only sent on
 that same connection: after a reconnect the broker redelivers what was unacked and may reuse
@@ -122,6 +125,8 @@ class LocalSource:
         # A site has a bounded set of topics (devices x channels), each seen over and over.
         self._lane_by_topic: dict[str, Lane | None] = {}
         self._ack_topic_by_topic: dict[str, str | None] = {}
+        self._unsent = ConfirmationBatch()  # spooled, not yet confirmed to their senders
+        self._confirm_at = 0.0
 
     @property
     def connected(self) -> bool:
@@ -143,6 +148,8 @@ class LocalSource:
         """The connection is gone (or we are stopping: `linger_s`, so the last acks count)."""
         if self.client is None:
             return
+        if linger_s:
+            self.confirm(0.0, force=True)  # a clean stop: spare the sensors their resends
         self.client.close(linger_s)
         self.client = None
         self.generation += 1
@@ -236,6 +243,22 @@ class LocalSource:
         self._ack_topic_by_topic[topic] = found
         return found
 
+    def confirm(self, now: float, force: bool = False) -> int:
+        """Send the gathered confirmations, one per device and run, once `confirm_interval_ms` has passed."""
+        if not self._unsent or (now < self._confirm_at and not force):
+            return 0
+        client = self.client
+        if client is None:
+            return 0  # kept for the next connection: a confirmation is true on any of them
+        unsent, self._unsent = self._unsent, ConfirmationBatch()
+        self._confirm_at = now + self._cfg.confirm_interval_ms / 1000.0
+        messages = unsent.messages()
+        for topic, payload in messages:
+            client.publish(topic.encode(), payload, QOS_AT_MOST_ONCE)
+        self.confirmations_sent_total += len(messages)
+        self.confirmed_total += unsent.count
+        return len(messages)
+
     def _refuse_oversized(self, msg: Publish) -> None:
         # Acked with the skipped ones, so the site broker does not redeliver it; the ingester,
         # and the cloud broker's max_packet_size, would refuse it anyway.
@@ -259,16 +282,11 @@ class LocalSource:
         return batch
 
     def ack(self, batch: Inbound) -> int:
-        """A batch is spooled: confirm it to its senders, and PUBACK it if this is still its connection."""
-        client = self.client
-        if client is None:
-            return 0  # the senders resend what they hear nothing about; the spool absorbs it
+        """A batch is spooled: its confirmations wait for `confirm`; PUBACK it if this is still its connection."""
         if batch.confirmations:
-            for topic, payload in batch.confirmations.messages():
-                client.publish(topic.encode(), payload, QOS_AT_MOST_ONCE)
-                self.confirmations_sent_total += 1
-            self.confirmed_total += batch.confirmations.count
-        if batch.generation != self.generation:
+            self._unsent.extend(batch.confirmations)
+        client = self.client
+        if client is None or batch.generation != self.generation:
             return 0
         ack = client.ack
         for packet_id in batch.packet_ids:

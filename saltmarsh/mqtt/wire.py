@@ -83,6 +83,11 @@ class WireClient:
         self._sock: socket.socket | None = None
         self._out = bytearray()
         self._in = b""
+        # recv_into one buffer for the connection's life: a fresh 256 KiB bytes per recv is
+        # above malloc's mmap threshold (saltmarsh.runtime.memory), so every read would map,
+        # shrink and unmap memory: about ten syscalls a read at a site's rate.
+        self._buf = bytearray(_RECV_BYTES)
+        self._view = memoryview(self._buf)
         self._inflight: set[int] = set()
         self._next_id = 1
         self._last_write = 0.0
@@ -296,18 +301,18 @@ class WireClient:
         short_read_drains = not isinstance(sock, ssl.SSLSocket)
         for _ in range(_MAX_RECVS_PER_POLL):
             try:
-                chunk = sock.recv(_RECV_BYTES)
+                size = sock.recv_into(self._buf)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 break
             except OSError as err:
                 self._close_socket()
                 raise ConnectionError(f"{self.host}:{self.port}: read failed: {err}") from err
-            if not chunk:
+            if not size:
                 # What arrived before the EOF is returned now; the next poll reports the loss.
                 self._gone = "connection closed by the broker"
                 break
-            chunks.append(chunk)
-            if short_read_drains and len(chunk) < _RECV_BYTES:
+            chunks.append(self._view[:size].tobytes())
+            if short_read_drains and size < _RECV_BYTES:
                 break
         data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         publishes, pubacks, others, consumed = parse_stream(data)

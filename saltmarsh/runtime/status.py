@@ -92,8 +92,15 @@ def find_status(directory: Path, service: str, instance: str | None = None) -> S
     return next((s for s in read_statuses(directory) if s.service == service and instance in (None, s.instance)), None)
 
 
+HEARTBEAT_S = STALE_AFTER_MS / 2000  # an unchanged file is rewritten this often, to show life
+
+
 class StatusPublisher:
-    """Writes a service's counters every `interval_s` from a daemon thread, and once at stop."""
+    """Writes a service's counters every `interval_s` from a daemon thread, and once at stop.
+
+    Counters that have not changed since the last write are written again only every
+    `HEARTBEAT_S`: an idle service then costs a snapshot a second, not a file.
+    """
 
     def __init__(
         self,
@@ -110,17 +117,24 @@ class StatusPublisher:
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"status-{service}", daemon=True)
+        self._last: Mapping[str, Any] | None = None
+        self._last_at = 0.0
 
     def start(self) -> None:
         self.write()
         self._thread.start()
 
-    def write(self) -> None:
-        write_status(self.directory, self.service, self.instance, self.snapshot())
+    def write(self, only_if_changed: bool = False) -> None:
+        counters = self.snapshot()
+        now = time.monotonic()
+        if only_if_changed and counters == self._last and now - self._last_at < HEARTBEAT_S:
+            return
+        write_status(self.directory, self.service, self.instance, counters)
+        self._last, self._last_at = counters, now
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.write()
+            self.write(only_if_changed=True)
 
     def stop(self) -> None:
         self._stop.set()
