@@ -14,7 +14,7 @@ Out: every step, in this order:
 One thread owns both connections, so there are no locks on the per-message path; the other
 threads (committer, connectors) only `wake` it.
 
-At a site's rate (fewer than half a commit's worth of messages per `cycle_ms`) the loop does not
+At a site's rate (fewer than a commit's worth of messages per `cycle_ms`) the loop does not
 wake for every packet: it reads both links once per cycle, so that one wake-up, one commit, one
 batch of PUBACKs and one uplink write cover all of the cycle's messages, and only the committer
 (a batch is on disk: send it up) wakes it in between. Above that rate, or while the sender has
@@ -123,7 +123,9 @@ class ForwarderLoop:
         self._last_local_data = 0.0
         self._last_tick = 0.0
         self._cycle_s = cycle_s
-        self._quiet_below = max(1, commit_max_messages // 2)  # messages per cycle
+        # Messages per cycle: the site broker may send twice that unacked (source.local_client),
+        # so a quiet cycle's messages all wait in the socket, none in the broker.
+        self._quiet_below = max(1, commit_max_messages)
         self._next_cycle = 0.0
         self._cycle_messages = 0
         self._quiet = cycle_s > 0
@@ -214,7 +216,7 @@ class ForwarderLoop:
         self._follow_links()
 
     def _end_cycle(self, now: float) -> None:
-        """Quiet for the next cycle if this one brought less than half a commit's worth; a cycle
+        """Quiet for the next cycle if this one brought less than a commit's worth; a cycle
         that brought nothing, with nothing on its way up, is followed by a long one."""
         self._quiet = self._cycle_s > 0 and self._cycle_messages < self._quiet_below
         idle = not self._cycle_messages and not self.sender.inflight and not self.sender.unconfirmed.count

@@ -47,6 +47,9 @@ _LANE_BY_CHANNEL: dict[str, Lane | None] = {
 }
 
 _LANE_CACHE_MAX = 100_000
+# A device with this many spooled and unconfirmed is confirmed at once, not at the interval: a
+# fast sensor would otherwise fill its unconfirmed window (1,000) and wait for us.
+CONFIRM_EARLY_AT = 200
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +247,10 @@ class LocalSource:
         return found
 
     def confirm(self, now: float, force: bool = False) -> int:
-        """Send the gathered confirmations, one per device and run, once `confirm_interval_ms` has passed."""
-        if not self._unsent or (now < self._confirm_at and not force):
+        """Send the gathered confirmations, one per device and run, once `confirm_interval_ms` has
+        passed or a device has CONFIRM_EARLY_AT waiting."""
+        unsent = self._unsent
+        if not unsent or (now < self._confirm_at and unsent.largest < CONFIRM_EARLY_AT and not force):
             return 0
         client = self.client
         if client is None:

@@ -143,25 +143,29 @@ class Confirmation:
 class ConfirmationBatch:
     """What one commit made durable, grouped by where each confirmation goes and the sender's run."""
 
-    __slots__ = ("_numbers", "count")
+    __slots__ = ("_numbers", "count", "largest")
 
     def __init__(self) -> None:
         self._numbers: dict[tuple[str, str], list[int]] = {}
         self.count = 0
+        self.largest = 0  # the most numbers held for one sender run
 
     def __bool__(self) -> bool:
         return bool(self._numbers)
 
     def add(self, topic: str, run: str, number: int) -> None:
         self.count += 1
-        try:
-            self._numbers[(topic, run)].append(number)
-        except KeyError:
-            self._numbers[(topic, run)] = [number]
+        numbers = self._numbers.get((topic, run))
+        if numbers is None:
+            numbers = self._numbers[(topic, run)] = []
+        numbers.append(number)
+        self.largest = max(self.largest, len(numbers))
 
     def extend(self, other: ConfirmationBatch) -> None:
         for key, numbers in other._numbers.items():
-            self._numbers.setdefault(key, []).extend(numbers)
+            mine = self._numbers.setdefault(key, [])
+            mine.extend(numbers)
+            self.largest = max(self.largest, len(mine))
         self.count += other.count
 
     def messages(self) -> list[tuple[str, bytes]]:
