@@ -12,9 +12,7 @@ from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 
 
-def wait_until_audited(
-    fleet: LocalFleet, timeout_s: float, killed: tuple[ServiceProcess, ...] = ()
-) -> AuditReport:
+def wait_until_audited(fleet: LocalFleet, timeout_s: float, killed: tuple[ServiceProcess, ...] = ()) -> AuditReport:
     """Wait for every sensor to finish and the sink to hold everything, then audit; any process
     but those the test `killed` itself must still be running."""
     deadline = time.monotonic() + timeout_s
