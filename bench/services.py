@@ -64,7 +64,7 @@ def sensor_doc(lab: Lab, gateway_port: int, device: str, interval_s: float) -> C
         device=device,
         site=SITE,
         broker=broker_table(gateway_port),
-        state_dir=lab.layout.state_dir("sensor"),
+        state_dir=lab.layout.state_dir(f"sensor-{device}"),
         status_dir=lab.status_dir,
         interval_s=interval_s,
         model="HW-MD202",
@@ -77,7 +77,8 @@ def sensor_doc(lab: Lab, gateway_port: int, device: str, interval_s: float) -> C
 
 def start_sensor(lab: Lab, gateway_port: int, device: str, interval_s: float) -> ServiceProcess:
     """`python -m sensor` with the simulated driver, returned once connected to the gateway broker."""
-    sensor = lab.service("sensor", "sensor", lab.config("sensor", sensor_doc(lab, gateway_port, device, interval_s)))
+    name = f"sensor-{device}"
+    sensor = lab.service(name, "sensor", lab.config(name, sensor_doc(lab, gateway_port, device, interval_s)))
     lab.wait_status("sensor", device, lambda c: bool(c.get("connected")), READY_TIMEOUT_S, sensor.alive)
     return sensor
 

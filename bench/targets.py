@@ -52,6 +52,15 @@ TARGETS = (
         "x",
     ),
     Target("forwarder idle CPU", "site_rate", "forwarder idle CPU", "<=", 0.1, "%"),
+    Target("readings lost across a forwarder outage", "forwarder_outage", "ours lost", "<=", 0, "readings"),
+    Target(
+        "gateway broker queue during a forwarder outage",
+        "forwarder_outage",
+        "ours broker stored peak",
+        "<=",
+        10_100,  # 10 sensors x their 1,000-message window, and their probes
+        "messages",
+    ),
 )
 
 
