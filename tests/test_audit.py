@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from saltmarsh.ops.audit import AuditReport, Expectations, Gap, format_report, run_audit
+from saltmarsh.ops.audit import AuditReport, Expectations, Gap, format_report, format_whereabouts, run_audit
+from saltmarsh.runtime.status import ServiceStatus
 from saltmarsh.sinks.base import StoredKey
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -255,3 +256,42 @@ def test_format_report_lists_suspicious_jumps_apart_from_losses() -> None:
     ) in lines
     assert lines[-1] == "audit: 1 device, 3 readings, 1 lost, 0 duplicated, 1 suspicious seq jump"
     assert run_audit(keys("probe-1", "b1", 1, 2, 2**53 - 1)).ok
+
+
+def status(service: str, instance: str, **counters: object) -> ServiceStatus:
+    return ServiceStatus(service, instance, pid=1, updated_ms=T0, counters=counters)
+
+
+@pytest.mark.parametrize(
+    ("statuses", "line"),
+    [
+        pytest.param(
+            [],
+            "in flight: evicted under quota 0; resent copies the sink absorbed 0",
+            id="nothing running",
+        ),
+        pytest.param(
+            [
+                status("sensor", "s1", unconfirmed=3, oldest_unconfirmed_age_s=0.5, spool_depth=40),
+                status("sensor", "s2", unconfirmed=2, oldest_unconfirmed_age_s=1.25, spool_depth=2),
+                status(
+                    "forwarder", "gw1", unconfirmed=700, oldest_unconfirmed_age_s=2.0, spool_depth=900, evicted_total=12
+                ),
+                status("ingester", "i1", duplicates_total=5),
+                status("ingester", "i2", duplicates_total=1),
+            ],
+            "in flight: sensors hold 42 spooled, 5 sent and unconfirmed (oldest 1.2 s); forwarders hold 900 "
+            "spooled, 700 sent and unconfirmed (oldest 2.0 s); evicted under quota 12; resent copies the sink "
+            "absorbed 6",
+            id="a site with a slow sink",
+        ),
+        pytest.param(
+            [status("sensor", "s1", unconfirmed="many", spool_depth=True), status("forwarder", "gw1")],
+            "in flight: sensors hold 0 spooled, 0 sent and unconfirmed (oldest 0.0 s); forwarders hold 0 spooled, "
+            "0 sent and unconfirmed (oldest 0.0 s); evicted under quota 0; resent copies the sink absorbed 0",
+            id="counters that are not counts count as none",
+        ),
+    ],
+)
+def test_whereabouts_says_where_unstored_readings_are(statuses: list[ServiceStatus], line: str) -> None:
+    assert format_whereabouts(statuses) == line

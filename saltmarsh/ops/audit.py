@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from saltmarsh.runtime.status import ServiceStatus
 from saltmarsh.sinks.base import StoredKey
 
 Expectations = Mapping[str, tuple[str, int]]  # device -> (boot, last seq it sent)
@@ -261,3 +262,34 @@ def format_report(report: AuditReport, max_gaps: int = 20) -> str:
         f"{report.lost} lost, {report.duplicated} duplicated{suspicious}"
     )
     return "\n".join(out)
+
+
+def format_whereabouts(statuses: Iterable[ServiceStatus]) -> str:
+    """Where readings not (yet) in the sink are, from the services' own counters: one line.
+
+    Unconfirmed ones are kept by their sender until the next durable owner confirms them; the
+    sink's duplicates are the resends it absorbed; evicted ones are the quota's, counted.
+    """
+    held: dict[str, tuple[int, float, int]] = {}  # service -> (unconfirmed, oldest age, spooled)
+    duplicates = evicted = 0
+    for status in statuses:
+        counters = status.counters
+        if status.service in ("sensor", "forwarder"):
+            unconfirmed, oldest, spooled = held.get(status.service, (0, 0.0, 0))
+            held[status.service] = (
+                unconfirmed + _count(counters.get("unconfirmed")),
+                max(oldest, float(counters.get("oldest_unconfirmed_age_s") or 0.0)),
+                spooled + _count(counters.get("spool_depth")),
+            )
+        evicted += _count(counters.get("evicted_total")) if status.service == "forwarder" else 0
+        duplicates += _count(counters.get("duplicates_total")) if status.service == "ingester" else 0
+    parts = [
+        f"{service}s hold {spooled} spooled, {unconfirmed} sent and unconfirmed (oldest {oldest:.1f} s)"
+        for service, (unconfirmed, oldest, spooled) in sorted(held.items(), reverse=True)
+    ]
+    parts += [f"evicted under quota {evicted}", f"resent copies the sink absorbed {duplicates}"]
+    return "in flight: " + "; ".join(parts)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

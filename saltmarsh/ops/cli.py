@@ -22,7 +22,7 @@ from pathlib import Path
 
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
 from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
-from saltmarsh.ops.audit import AuditReport, format_report, run_audit
+from saltmarsh.ops.audit import AuditReport, format_report, format_whereabouts, run_audit
 from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 from saltmarsh.ops.progress import fleet_progress_line
 from saltmarsh.runtime.status import ServiceStatus, read_status_dir
@@ -131,11 +131,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print("saltmarsh audit: give exactly one of --db and --config", file=sys.stderr)
         return 2
     expectations: dict[str, tuple[str, int]] | None = None
+    statuses: list[ServiceStatus] = []
     if args.status_dir:
         status_dir = Path(args.status_dir)
-        statuses = _read_status_dir(status_dir, "audit")
-        if statuses is None:
+        found = _read_status_dir(status_dir, "audit")
+        if found is None:
             return 2
+        statuses = found
         expectations = {}
         for s in statuses:
             if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters:
@@ -149,6 +151,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     spec = Path(args.db) if args.db else load_ingester_config(Path(args.config)).sink
     report = _audit(spec, expectations)
     print(format_report(report))
+    if statuses:
+        print(format_whereabouts(statuses))
     return 0 if report.ok else 1
 
 
