@@ -3,9 +3,10 @@
 In: samples from one driver (a DHT11/DHT22 on a GPIO pin, a simulated room, or a replayed CSV
 file), once per interval.
 Out: one reading envelope per sample, `(device, boot, seq)`-keyed, written to a local disk spool
-first and then published at QoS 1 to the site's gateway broker, in order, removed from the spool
-only on PUBACK; plus a retained online/offline presence message on the device's status topic,
-and a status file of counters.
+first and then published at QoS 1 to the site's gateway broker, in order, numbered in the `msg`
+user property, and removed from the spool only when the forwarder confirms, on the device's
+`ack` topic, that its own spool has it (`saltmarsh.contract.confirmation`); plus a retained
+online/offline presence message on the device's status topic, and a status file of counters.
 """
 
 from sensor.agent import Agent
