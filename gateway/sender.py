@@ -34,8 +34,7 @@ from collections.abc import Callable
 from gateway.schedule import Phase, SendQueue, batch_size
 from gateway.token_bucket import TokenBucket
 from saltmarsh.config.gateway import GatewayConfig
-from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, Confirmation, ack_topic
-from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, ack_topic
 from saltmarsh.mqtt.codec import (
     GATEWAY_PROPERTY,
     PROP_USER_PROPERTY,
@@ -147,7 +146,6 @@ class Sender:
         self._drain_meter = RateMeter()
         self.forwarded_total = 0  # PUBACKed by the cloud broker
         self.refused_total = 0
-        self.bad_confirmations_total = 0
         self.window_full_total = 0  # times the unconfirmed window filled and stopped new sends
         self._was_full = False
 
@@ -369,28 +367,12 @@ class Sender:
 
     def confirm(self, publishes: list[Publish], now: float) -> None:
         """Confirmations from the ingesters, on this gateway's `ack` topic."""
+        receive = self.unconfirmed.receive
         for publish in publishes:
             if publish.packet_id and self.client is not None:
                 self.client.ack(publish.packet_id)
-            try:
-                if not self._is_ack_topic(publish.topic):
-                    raise ValidationError(Reason.UNKNOWN_TOPIC, "topic", "not this gateway's ack topic")
-                confirmation = Confirmation.parse(publish.payload)
-            except ValidationError as err:
-                self.bad_confirmations_total += 1
-                log.warning(
-                    "unreadable confirmation ignored",
-                    extra={
-                        "event": "bad_confirmation",
-                        "topic": publish.topic[:200],
-                        "field": err.field,
-                        "reason": err.reason.value,
-                        "detail": err.detail,
-                        "bad_confirmations_total": self.bad_confirmations_total,
-                    },
-                )
-                continue
-            self._released(self.unconfirmed.confirm(confirmation, now))
+            ours = self._is_ack_topic(publish.topic)
+            self._released(receive(publish.topic, publish.payload, now, ours=ours))
 
     def tick(self) -> None:
         """Once a second or so: the oldest unconfirmed age for the status file."""

@@ -92,7 +92,7 @@ def forwarder_counters(
         "window_full_total": sender.window_full_total,
         "confirmed_total": unconfirmed.confirmed_total,
         "resent_total": unconfirmed.resent_total,
-        "bad_confirmations_total": sender.bad_confirmations_total,
+        "bad_confirmations_total": sender.unconfirmed.bad_total,
         "stale_confirmations_total": unconfirmed.stale_total + unconfirmed.foreign_total,
         # Down to the devices: messages confirmed as spooled here.
         "device_confirmed_total": source.confirmed_total,

@@ -32,8 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from saltmarsh.config.sensor import SensorConfig
-from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, Confirmation, ack_topic, message_id
-from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, ack_topic, message_id
 from saltmarsh.mqtt.codec import QOS_AT_LEAST_ONCE, QOS_AT_MOST_ONCE
 from saltmarsh.mqtt.paho import connect_client, delivered, make_client
 from saltmarsh.runtime.spool import Segment, Spool
@@ -64,7 +63,6 @@ class SpoolSender:
         self.connects = 0
         self.acked_total = 0  # PUBACKed by the gateway broker
         self.rejected_total = 0
-        self.bad_confirmations_total = 0
         self._rate = RateMeter()
         self._rate_lock = threading.Lock()
         self._in_flight: dict[int, int] = {}  # paho mid -> message number, until its PUBACK
@@ -170,26 +168,10 @@ class SpoolSender:
             self._release(self.unconfirmed.settle(settled, now))
 
     def _apply_confirmations(self, now: float) -> None:
+        receive = self.unconfirmed.receive
         while self._confirmations:
             topic, payload = self._confirmations.popleft()
-            try:
-                if topic != self.ack_topic:
-                    raise ValidationError(Reason.UNKNOWN_TOPIC, "topic", f"{topic[:200]!r} is not {self.ack_topic}")
-                confirmation = Confirmation.parse(payload)
-            except ValidationError as err:
-                self.bad_confirmations_total += 1
-                log.warning(
-                    "unreadable confirmation ignored",
-                    extra={
-                        "event": "bad_confirmation",
-                        "field": err.field,
-                        "reason": err.reason.value,
-                        "detail": err.detail,
-                        "bad_confirmations_total": self.bad_confirmations_total,
-                    },
-                )
-                continue
-            self._release(self.unconfirmed.confirm(confirmation, now))
+            self._release(receive(topic, payload, now, ours=topic == self.ack_topic))
 
     def _release(self, released: list[tuple[int, OpenSegment]]) -> None:
         done: list[Segment] = []

@@ -58,7 +58,7 @@ def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
         "oldest_unconfirmed_age_s": _age_s(sender.unconfirmed.oldest_first_sent),
         "confirmed_total": sender.unconfirmed.confirmed_total,
         "resent_total": sender.unconfirmed.resent_total,
-        "bad_confirmations_total": sender.bad_confirmations_total,
+        "bad_confirmations_total": sender.unconfirmed.bad_total,
         "connected": sender.connected,
         "connects": sender.connects,
         "publish_rate": sender.publish_rate(),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,9 +60,30 @@ def kill9_restart(broker: Mosquitto, times: int, up_s: float) -> None:
         broker.start()
 
 
-@pytest.mark.parametrize("forwarder", ["running", "stopped"])
-def test_gateway_broker_kill9_five_times(tmp_path: Path, forwarder: str) -> None:
-    """What the gateway Mosquitto held dies with it; the sensors still have it, unconfirmed."""
+@dataclass(frozen=True)
+class BrokerCrash:
+    """A broker killed five times; the consumer reading from it, and the sender that must hold on."""
+
+    broker: Callable[[LocalFleet], Mosquitto]
+    consumer: Callable[[LocalFleet], ServiceProcess]
+    sender: str  # whose `unconfirmed` and `resent_total` show the holding on
+
+
+GATEWAY_BROKER = BrokerCrash(lambda f: f.gateway_broker, lambda f: f.forwarder, "sensor")
+CLOUD_BROKER = BrokerCrash(lambda f: f.cloud_broker, lambda f: f.ingester, "forwarder")
+
+
+@pytest.mark.parametrize(
+    ("crash", "consumer_down"),
+    [
+        pytest.param(GATEWAY_BROKER, False, id="gateway-broker-forwarder-running"),
+        pytest.param(GATEWAY_BROKER, True, id="gateway-broker-forwarder-stopped"),
+        pytest.param(CLOUD_BROKER, False, id="cloud-broker-ingester-running"),
+        pytest.param(CLOUD_BROKER, True, id="cloud-broker-ingester-stopped"),
+    ],
+)
+def test_broker_kill9_five_times(tmp_path: Path, crash: BrokerCrash, consumer_down: bool) -> None:
+    """What a Mosquitto held dies with it; the sender before it still has it, unconfirmed."""
     readings = 300
     with running_fleet(
         tmp_path / "fleet",
@@ -70,36 +93,15 @@ def test_gateway_broker_kill9_five_times(tmp_path: Path, forwarder: str) -> None
         confirmations=FAST_CONFIRMATIONS,
     ) as fleet:
         time.sleep(2)
-        if forwarder == "stopped":
-            fleet.forwarder.kill9()
-        kill9_restart(fleet.gateway_broker, times=5, up_s=1.5)
-        if forwarder == "stopped":
-            assert counter_sum(fleet, "sensor", "unconfirmed") > 0, "the sensors should hold what no one confirmed"
-            fleet.restart(fleet.forwarder)
+        consumer = crash.consumer(fleet)
+        if consumer_down:
+            consumer.kill9()
+        kill9_restart(crash.broker(fleet), times=5, up_s=1.5)
+        if consumer_down:
+            assert counter_sum(fleet, crash.sender, "unconfirmed") > 0, "what no one confirmed should be held"
+            fleet.restart(consumer)
         assert_clean(fleet, readings)
-        assert counter_sum(fleet, "sensor", "resent_total") > 0
-
-
-@pytest.mark.parametrize("ingester", ["running", "stopped"])
-def test_cloud_broker_kill9_five_times(tmp_path: Path, ingester: str) -> None:
-    """What the cloud Mosquitto held dies with it; the forwarder's spool still has it, unconfirmed."""
-    readings = 300
-    with running_fleet(
-        tmp_path / "fleet",
-        sensors=SENSORS,
-        rate_hz=RATE_HZ,
-        readings_per_sensor=readings,
-        confirmations=FAST_CONFIRMATIONS,
-    ) as fleet:
-        time.sleep(2)
-        if ingester == "stopped":
-            fleet.ingester.kill9()
-        kill9_restart(fleet.cloud_broker, times=5, up_s=1.5)
-        if ingester == "stopped":
-            assert counter_sum(fleet, "forwarder", "unconfirmed") > 0, "the forwarder should hold what no one confirmed"
-            fleet.restart(fleet.ingester)
-        assert_clean(fleet, readings)
-        assert counter_sum(fleet, "forwarder", "resent_total") > 0
+        assert counter_sum(fleet, crash.sender, "resent_total") > 0
 
 
 def test_dropped_confirmations_are_resent_counted_and_lose_nothing(tmp_path: Path) -> None:

@@ -220,7 +220,7 @@ def test_a_confirmation_delivers_exactly_the_segments_it_completes(
     e2e.confirm(*ranges)
     assert e2e.delivered() == [segs[i].segno for i in delivered]
     assert e2e.delivered() == [], "each segment is handed over once"
-    assert (e2e.sender.unconfirmed.count, e2e.sender.bad_confirmations_total) == (unconfirmed, 0)
+    assert (e2e.sender.unconfirmed.count, e2e.sender.unconfirmed.bad_total) == (unconfirmed, 0)
     e2e.confirm(*ranges)  # the same confirmation again, as a second ingester might send for a copy
     assert e2e.delivered() == []
     assert e2e.sender.unconfirmed.count == unconfirmed
@@ -263,7 +263,7 @@ def test_a_confirmation_that_is_not_ours_is_counted_and_delivers_nothing(
     e2e.sender.confirm([Publish(topic, payload, 1, 77, False, False, ())], NOW)
     assert e2e.delivered() == []
     unconfirmed = e2e.sender.unconfirmed
-    assert (e2e.sender.bad_confirmations_total, unconfirmed.foreign_total) == (bad, foreign)
+    assert (e2e.sender.unconfirmed.bad_total, unconfirmed.foreign_total) == (bad, foreign)
     assert (unconfirmed.count, unconfirmed.confirmed_total) == (4, 0)
     assert e2e.uplink.acked == [77], "a QoS 1 confirmation is PUBACKed, ours or not"
     e2e.confirm((1, 4))
@@ -279,14 +279,14 @@ def test_a_gateway_for_every_site_takes_confirmations_on_each(tmp_path: Path, ma
     h.confirm((2, 2), topic=f"saltmarsh/v1/other/{GATEWAY}/ack")
     h.confirm((2, 2), topic="saltmarsh/v1/other/gw-2/ack")
     assert len(h.delivered()) == 2
-    assert h.sender.bad_confirmations_total == 1
+    assert h.sender.unconfirmed.bad_total == 1
 
 
 def test_a_deeply_nested_confirmation_is_counted_as_bad(e2e: Harness) -> None:
     e2e.spool_segments(1)
     e2e.pump()
     e2e.sender.confirm([Publish(ACK_TOPIC, b"[" * 100_000, 0, 0, False, False, ())], NOW)
-    assert (e2e.sender.bad_confirmations_total, e2e.sender.unconfirmed.count) == (1, 1)
+    assert (e2e.sender.unconfirmed.bad_total, e2e.sender.unconfirmed.count) == (1, 1)
 
 
 # -- the unconfirmed window --------------------------------------------------------------------

@@ -26,15 +26,19 @@ broker delivers one publisher's messages in order. That is what the resend rules
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from saltmarsh.contract.confirmation import Confirmation
+from saltmarsh.contract.errors import Reason, ValidationError
 from saltmarsh.contract.mint import new_boot_id
 from saltmarsh.runtime.backoff import BackoffPolicy, backoff_delay
 from saltmarsh.runtime.spool import Record, Segment
 
 K = TypeVar("K")
+
+log = logging.getLogger(__name__)
 
 
 class _Entry(Generic[K]):
@@ -84,6 +88,7 @@ class Unconfirmed(Generic[K]):
         self.resent_total = 0
         self.stale_total = 0  # confirmations naming numbers not held: copies already released
         self.foreign_total = 0  # confirmations for another run of this sender
+        self.bad_total = 0  # unreadable confirmations, or on a topic not ours: counted, logged, ignored
 
     def __len__(self) -> int:
         return self.count
@@ -124,6 +129,29 @@ class Unconfirmed(Generic[K]):
         self._entries[new] = entry
         self.resent_total += 1
         return new, entry.key, entry.origin
+
+    def receive(self, topic: str, payload: bytes, now: float, *, ours: bool) -> list[tuple[int, K]]:
+        """A confirmation as it arrived (`ours`: on this sender's ack topic), applied as `confirm`
+        does; anything unreadable is counted and logged, never raised."""
+        try:
+            if not ours:
+                raise ValidationError(Reason.UNKNOWN_TOPIC, "topic", f"{topic[:200]!r} is not this sender's ack topic")
+            confirmation = Confirmation.parse(payload)
+        except ValidationError as err:
+            self.bad_total += 1
+            log.warning(
+                "unreadable confirmation ignored",
+                extra={
+                    "event": "bad_confirmation",
+                    "topic": topic[:200],
+                    "field": err.field,
+                    "reason": err.reason.value,
+                    "detail": err.detail,
+                    "bad_confirmations_total": self.bad_total,
+                },
+            )
+            return []
+        return self.confirm(confirmation, now)
 
     def confirm(self, confirmation: Confirmation, now: float) -> list[tuple[int, K]]:
         """(origin, key) of each held message a confirmation names, released; another run's release nothing."""
