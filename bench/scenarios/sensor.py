@@ -27,8 +27,9 @@ def measure_once(window_s: float) -> dict[str, float]:
     with Lab(NAME) as lab:
         gateway = lab.broker("gateway")
         # The forwarder's stand-in: without a subscriber the broker answers "no matching
-        # subscribers" and the agent, rightly, sends again.
-        counter = Counter(CountPlan(gateway.port, "bench-counter"))
+        # subscribers" and the agent, rightly, sends again; it confirms what it counts, as the
+        # forwarder does once its spool has it, so the agent deletes its readings as at a site.
+        counter = Counter(CountPlan(gateway.port, "bench-counter", confirm=True))
         lab.track(counter)
         counter.start()
         sensor = start_sensor(lab, gateway.port, DEVICE, interval_s=1.0)
