@@ -14,11 +14,12 @@ Out: every step, in this order:
 One thread owns both connections, so there are no locks on the per-message path; the other
 threads (committer, connectors) only `wake` it.
 
-At a site's rate (fewer than a commit's worth of messages per `cycle_ms`) the loop does not
-wake for every packet: it reads both links once per cycle, so that one wake-up, one commit, one
-batch of PUBACKs and one uplink write cover all of the cycle's messages, and only the committer
-(a batch is on disk: send it up) wakes it in between. Above that rate, or while the sender has
-a backlog or resends to push, it reads as data comes, as fast as it can.
+At a site's rate the loop does not wake for every packet: it reads both links once per cycle,
+so that one wake-up, one commit, one batch of PUBACKs and one uplink write cover all of the
+cycle's messages, and only the committer (a batch is on disk: send it up) wakes it in between.
+A cycle lasts as long as about CYCLE_MESSAGES take to arrive, `cycle_ms` at the most. Past a
+commit's worth in a cycle, or while the sender has a backlog or resends to push, it reads as
+data comes, as fast as it can.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ _MAX_SELECT_S = 0.25  # how late a stop request or a keepalive may be noticed
 _KEEPALIVE_POLL_S = 1.0
 QUIET_S = 0.02  # no new local data for this long: the site broker has sent what it will
 IDLE_CYCLE_S = 1.0  # an idle forwarder looks at its links this often (the first message waits)
+CYCLE_MESSAGES = 500  # what a quiet cycle aims to gather: half the site broker's inflight cap
+MIN_CYCLE_S = 0.02
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,7 @@ class ForwarderLoop:
         # so a quiet cycle's messages all wait in the socket, none in the broker.
         self._quiet_below = max(1, commit_max_messages)
         self._next_cycle = 0.0
+        self._cycle_started = 0.0
         self._cycle_messages = 0
         self._quiet = cycle_s > 0
 
@@ -216,13 +220,26 @@ class ForwarderLoop:
         self._follow_links()
 
     def _end_cycle(self, now: float) -> None:
-        """Quiet for the next cycle if this one brought less than a commit's worth; a cycle
-        that brought nothing, with nothing on its way up, is followed by a long one."""
-        self._quiet = self._cycle_s > 0 and self._cycle_messages < self._quiet_below
-        idle = not self._cycle_messages and not self.sender.inflight and not self.sender.unconfirmed.count
+        """Quiet for the next cycle if this one brought less than a commit's worth, and as long as
+        it takes about CYCLE_MESSAGES to arrive at this one's rate, `cycle_ms` at the most.
+
+        Short enough that the site broker always has room to send them: it sends a session at
+        most its max_inflight_messages (1,000 in the formula) unacked, and a cycle that reached
+        that cap would hold the forwarder at the cap's rate. A cycle that brought nothing, with
+        nothing on its way up, is followed by a long one.
+        """
+        messages, elapsed = self._cycle_messages, now - self._cycle_started
+        self._quiet = self._cycle_s > 0 and messages < self._quiet_below
         self._cycle_messages = 0
-        cycle_s = max(self._cycle_s, IDLE_CYCLE_S) if idle else self._cycle_s
-        self._next_cycle = now + (cycle_s or _KEEPALIVE_POLL_S)
+        self._cycle_started = now
+        if not self._cycle_s:
+            self._next_cycle = now + _KEEPALIVE_POLL_S
+        elif not messages and not self.sender.inflight and not self.sender.unconfirmed.count:
+            self._next_cycle = now + max(self._cycle_s, IDLE_CYCLE_S)
+        else:
+            rate = messages / elapsed if elapsed > 0 else 0.0
+            cycle_s = CYCLE_MESSAGES / rate if rate > 0 else self._cycle_s
+            self._next_cycle = now + min(self._cycle_s, max(MIN_CYCLE_S, cycle_s))
 
     def _read_local(self, local: WireClient, now: float) -> None:
         self._last_poll["local"] = now

@@ -28,11 +28,11 @@ class GatewayConfig:
     # While the uplink is down, batches (and so spool segments) grow for up to this long: far
     # fewer segments to track in memory during a long outage, at no cost to anyone waiting.
     offline_commit_interval_ms: int = 500
-    # Below commit_max_messages per cycle (2,000 msg/s at the defaults) the forwarder reads both
-    # links once per cycle instead of at every packet: one wake-up, one commit and one uplink
-    # write then cover the cycle's messages, and the CPU per message falls with the rate instead
-    # of rising. It costs latency only, up to a cycle: the senders keep every message until it
-    # is confirmed. 0 reads as data comes, at any rate.
+    # At a site's rate the forwarder reads both links once per cycle instead of at every packet:
+    # one wake-up, one commit and one uplink write then cover the cycle's messages, and the CPU
+    # per message falls with the rate instead of rising. A cycle gathers about 500 messages, and
+    # lasts this long at the most. It costs latency only, up to a cycle: the senders keep every
+    # message until it is confirmed. 0 reads as data comes, at any rate.
     cycle_ms: int = 1000
     # Confirmations to devices are gathered this long, then sent one per device: at 1 Hz a
     # sensor costs the site broker a confirmation per reading at less than a few seconds. The
