@@ -67,6 +67,23 @@ def gather_deadline(
     return min(first_at + offline_gather_s, last_local_data + QUIET_S)
 
 
+def cycle_length(messages: int, elapsed_s: float, cycle_s: float, *, idle: bool) -> float:
+    """How long the next quiet cycle lasts: as long as about CYCLE_MESSAGES take to arrive at the
+    rate of the last one (`messages` in `elapsed_s`), `cycle_s` at the most.
+
+    Short enough that the site broker always has room to send them: it sends a session at most
+    its max_inflight_messages (1,000 in the formula) unacked, and a cycle that reached that cap
+    would hold the forwarder at the cap's rate. After a cycle that brought nothing, with nothing
+    on its way up, a long one. With `cycle_s` 0 there are no quiet cycles, only keepalive polls.
+    """
+    if not cycle_s:
+        return _KEEPALIVE_POLL_S
+    if idle:
+        return max(cycle_s, IDLE_CYCLE_S)
+    rate = messages / elapsed_s if elapsed_s > 0 else 0.0
+    return min(cycle_s, max(MIN_CYCLE_S, CYCLE_MESSAGES / rate)) if rate > 0 else cycle_s
+
+
 class Waker:
     """Interrupts the loop's select from any thread; wake-ups coalesce until the loop has seen one."""
 
@@ -220,26 +237,13 @@ class ForwarderLoop:
         self._follow_links()
 
     def _end_cycle(self, now: float) -> None:
-        """Quiet for the next cycle if this one brought less than a commit's worth, and as long as
-        it takes about CYCLE_MESSAGES to arrive at this one's rate, `cycle_ms` at the most.
-
-        Short enough that the site broker always has room to send them: it sends a session at
-        most its max_inflight_messages (1,000 in the formula) unacked, and a cycle that reached
-        that cap would hold the forwarder at the cap's rate. A cycle that brought nothing, with
-        nothing on its way up, is followed by a long one.
-        """
+        """Quiet for the next cycle if this one brought less than a commit's worth; see `cycle_length`."""
         messages, elapsed = self._cycle_messages, now - self._cycle_started
         self._quiet = self._cycle_s > 0 and messages < self._quiet_below
         self._cycle_messages = 0
         self._cycle_started = now
-        if not self._cycle_s:
-            self._next_cycle = now + _KEEPALIVE_POLL_S
-        elif not messages and not self.sender.inflight and not self.sender.unconfirmed.count:
-            self._next_cycle = now + max(self._cycle_s, IDLE_CYCLE_S)
-        else:
-            rate = messages / elapsed if elapsed > 0 else 0.0
-            cycle_s = CYCLE_MESSAGES / rate if rate > 0 else self._cycle_s
-            self._next_cycle = now + min(self._cycle_s, max(MIN_CYCLE_S, cycle_s))
+        idle = not messages and not self.sender.inflight and not self.sender.unconfirmed.count
+        self._next_cycle = now + cycle_length(messages, elapsed, self._cycle_s, idle=idle)
 
     def _read_local(self, local: WireClient, now: float) -> None:
         self._last_poll["local"] = now

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.committer import GroupCommitter
 from gateway.connector import Connector
-from gateway.loop import QUIET_S, ForwarderLoop, Waker, gather_deadline
+from gateway.loop import IDLE_CYCLE_S, MIN_CYCLE_S, QUIET_S, ForwarderLoop, Waker, cycle_length, gather_deadline
 from gateway.sender import Sender
 from gateway.source import LocalSource
 from saltmarsh.config.gateway import GatewayConfig, gateway_config
@@ -40,6 +40,23 @@ def test_gather_deadline(online: bool, size: int, first_at: float, last_local_da
     assert gather_deadline(
         online=online, size=size, first_at=first_at, last_local_data=last_local_data, offline_gather_s=0.5, now=NOW
     ) == pytest.approx(deadline)
+
+
+@pytest.mark.parametrize(
+    ("messages", "elapsed_s", "cycle_s", "idle", "length"),
+    [
+        pytest.param(100, 1.0, 1.0, False, 1.0, id="100 msg/s: the longest cycle"),
+        pytest.param(1000, 1.0, 1.0, False, 0.5, id="1,000 msg/s: 500 a cycle, half the broker's inflight cap"),
+        pytest.param(1000, 0.5, 1.0, False, 0.25, id="a cycle at the cap: the next is shorter, until it is not"),
+        pytest.param(100_000, 1.0, 1.0, False, MIN_CYCLE_S, id="flat out: the shortest"),
+        pytest.param(0, 1.0, 1.0, True, IDLE_CYCLE_S, id="idle: a long one"),
+        pytest.param(0, 1.0, 0.2, False, 0.2, id="nothing came, something is on its way up"),
+        pytest.param(5, 0.0, 1.0, False, 1.0, id="no time measured"),
+        pytest.param(500, 1.0, 0.0, False, 1.0, id="cycles off: keepalive polls only"),
+    ],
+)
+def test_cycle_length(messages: int, elapsed_s: float, cycle_s: float, idle: bool, length: float) -> None:
+    assert cycle_length(messages, elapsed_s, cycle_s, idle=idle) == pytest.approx(length)
 
 
 def _readable(sock: socket.socket) -> bool:
