@@ -1,5 +1,6 @@
 """The benches' pure parts: statistics, reading templates, /proc parsing, RESULTS.md rendering, the
-Elasticsearch and relay benches' documents, events and notes, and the site-rate bench's arithmetic."""
+Elasticsearch and relay benches' documents, events and notes, and the site-rate and sink-outage
+benches' arithmetic."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from bench.counter import CountResult, Tally
 from bench.loadgen import PacketMint, count_pubacks
 from bench.osmem import ready_url
 from bench.procstat import Usage, parse_field, parse_schedstat_ns, parse_stat_cpu_ticks, parse_status_kib
-from bench.reading import TARGET_BYTES, ReadingTemplate, device_of, parse_seq_ts
+from bench.reading import TARGET_BYTES, ReadingTemplate, device_id, device_of, parse_seq_ts
 from bench.results import BenchReport, Environment, Figure, cpu_model, render_markdown, render_report
 from bench.salt_events import MINIONS, job_return, job_returns
-from bench.scenarios import es, relay, site_rate
+from bench.scenarios import es, relay, sink_outage, site_rate
 from bench.stats import median, percentile, rate_between
 from bench.targets import TARGETS, render_targets, verdicts
 from saltmarsh.config.relay import DEFAULT_RELAY_TAGS
@@ -323,3 +324,51 @@ def test_site_rate_says_where_the_sensor_agent_fell_short() -> None:
     )
     [note] = site_rate.sensor_notes(report)
     assert "asked for 1,000 readings/s" in note and "reached only 900/s" in note
+
+
+def test_sink_outage_counts_the_rows_of_readings_published_before_the_sink_came_back() -> None:
+    # 3 devices, 7 acknowledged: reading i is device i % 3, seq i // 3 + 1, as the load generator mints it.
+    published = sink_outage.Published("so0", 3, 7)
+    minted = [(i % 3, i // 3 + 1) for i in range(10)]
+    assert [published.holds(d, seq) for d, seq in minted] == [True] * 7 + [False] * 3
+    backlog = sink_outage.Backlog([published, sink_outage.Published("so1", 3, 0)])
+    backlog.add([(device_id("so0", d), seq) for d, seq in minted[5:]] + [(device_id("so1", 0), 1), ("x-d0000", 1)])
+    assert (backlog.expected, backlog.stored, backlog.done) == (7, 2, False)
+    backlog.add([(device_id("so0", d), seq) for d, seq in minted[:5]])
+    assert (backlog.stored, backlog.done) == (7, True)
+
+
+def test_sink_outage_memory_is_the_peak_after_the_warm_up_against_its_last_sample() -> None:
+    samples = [
+        sink_outage.Sample(sink_outage.WARM_UP, 9_000_000, 4_000_000),
+        sink_outage.Sample(sink_outage.WARM_UP, 10_000_000, 5_000_000),
+        sink_outage.Sample(sink_outage.OUTAGE, 22_000_000, 5_500_000, 30_000, 20_000),
+        sink_outage.Sample(sink_outage.AFTER, 18_000_000, 5_000_000),
+    ]
+    assert sink_outage.memory_figures("ours", samples) == pytest.approx(
+        {
+            "ours cloud broker RSS before": 10.0,
+            "ours cloud broker RSS peak": 22.0,
+            "ours cloud broker RSS growth": 12.0,
+            "ours gateway broker RSS growth": 0.5,
+        }
+    )
+
+
+def test_sink_outage_targets_name_figures_and_ratios_the_bench_reports() -> None:
+    assert "sink_outage" in BENCHES
+    figures = {
+        "ours cloud broker RSS growth": 10.0,
+        "(b) cloud broker RSS growth": 200.0,
+        "(a) delivered after the counter came back": 1_000.0,
+        "(a) published after the counter stopped": 40_000.0,
+    }
+    ratios = {f.name: f.value for f in sink_outage.outage_ratios(lambda name: figures.get(name, math.nan))}
+    assert ratios["ours/(b) cloud broker RSS growth"] == pytest.approx(0.05)
+    assert ratios["(a) delivered/published after the stop"] == pytest.approx(0.025)
+    assert math.isnan(ratios["ours/(a) cloud broker RSS growth"])
+    report = BenchReport("sink_outage", "outage", ENV, [Figure("ours drain time", "s", (61.0, 63.0))])
+    [drain] = sink_outage.target_figures(report)
+    assert (drain.name, drain.runs) == ("drain time after a 5 min outage", (61.0, 63.0))
+    reported = set(sink_outage.figure_table()) | set(ratios) | set(sink_outage.TARGET_FIGURES.values())
+    assert {t.figure for t in TARGETS if t.bench == "sink_outage"} <= reported

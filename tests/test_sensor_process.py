@@ -1,4 +1,9 @@
-"""The real `python -m sensor` process against real Mosquitto: delivery, outage, restart, presence, bad config."""
+"""The real `python -m sensor` process against real Mosquitto: delivery, outage, restart, presence, bad config.
+
+The subscriber here is a plain MQTT client, not a forwarder, so nobody confirms: the agent runs
+with `confirmations.mode = "broker"`, where the PUBACK deletes. Its end-to-end behaviour, with a
+real forwarder confirming, is in tests/test_confirmations.py and tests/test_sensor_sender.py.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ def write_config(tmp_path: Path, port: int, **overrides: Any) -> Path:
         "publish_window": 20,
         "model": "DHT22",
         "driver": {"type": "simulated", "seed": 3},
+        "confirmations": {"mode": "broker"},
         **overrides,
     }
     doc = configs.sensor_config(
