@@ -10,7 +10,18 @@ from collections.abc import Callable
 
 from bench.options import BenchOptions
 from bench.results import RESULTS_MD, BenchReport, load_reports, render_markdown, render_report, save_reports
-from bench.scenarios import ceiling, drain, es, forwarder, forwarder_outage, ingester, relay, sensor, site_rate
+from bench.scenarios import (
+    ceiling,
+    drain,
+    es,
+    forwarder,
+    forwarder_outage,
+    ingester,
+    relay,
+    sensor,
+    sink_outage,
+    site_rate,
+)
 from bench.targets import print_targets, render_targets, verdicts
 
 BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
@@ -20,6 +31,7 @@ BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
     ingester.NAME: ingester.run,
     sensor.NAME: sensor.run,
     site_rate.NAME: site_rate.run,
+    sink_outage.NAME: sink_outage.run,
     forwarder_outage.NAME: forwarder_outage.run,
     es.NAME: es.run,
     relay.NAME: relay.run,

@@ -61,6 +61,24 @@ TARGETS = (
         10_100,  # 10 sensors x their 1,000-message window, and their probes
         "messages",
     ),
+    Target("readings lost in a sink outage", "sink_outage", "ours lost", "<=", 0, "readings"),
+    Target(
+        "forwarder unconfirmed in a sink outage (its window)",
+        "sink_outage",
+        "forwarder unconfirmed max",
+        "<=",
+        20_000,
+        "messages",
+    ),
+    Target(
+        "cloud broker RSS growth, 5 min sink outage at 1,000 msg/s",
+        "sink_outage",
+        "cloud broker RSS growth in a 5 min outage",
+        "<=",
+        20.0,
+        "MB",
+    ),
+    Target("drain after a 5 min sink outage", "sink_outage", "drain time after a 5 min outage", "<=", 120.0, "s"),
 )
 
 
