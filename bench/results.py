@@ -221,6 +221,10 @@ BOUNDS = """## What bounds the figures
   confirmations), each wake-up about 100 us of Python plus a 256 KiB receive buffer mapped and
   unmapped. The bridge costs Mosquitto about 2 wake-ups per message. Idle: the loop's 250 ms
   select cap and the once-a-second status file, about 0.09% of a core each.
+- **Sink outage**: the cloud broker holds what the forwarder has out unconfirmed, its window of
+  20,000 messages, at about 0.93 KB each in Mosquitto with their user properties: ~19 MB
+  however long the outage, close under the 20 MB target. The drain after it is that window at
+  once, then the spool at `drain_rate_limit` (5,000/s): about (backlog - 20,000) / 5,000 s.
 - **Elasticsearch sink**: the osmem-server emulator (~12x our CPU per document); only the CPU
   comparison with the client's own bulk helper means anything here.
 """
