@@ -91,6 +91,15 @@ MORE_PROPS = properties(b"\x01\x01", b"\x02\x00\x00\x00\x3c", GW, b"\x03\x00\x04
         (b"\x00", Publish("t", b"x" * 20_000, 1, 7, False, False, ())),  # three-byte remaining length
         (properties(GW), Publish("t/\u00e9", b"\x00\xff", 1, 2, False, False, (("gw", "gw-1"),))),
         (MORE_PROPS, Publish("t", b"p", 1, 3, False, False, (("gw", "gw-1"), ("k", "v")))),
+        # User properties only, read inline; then one after another kind, by the general reader.
+        (
+            properties(GW, user_property("msg", "6b0f-1:42"), user_property("", "\u00e9")),
+            Publish("t", b"p", 1, 4, False, False, (("gw", "gw-1"), ("msg", "6b0f-1:42"), ("", "\u00e9"))),
+        ),
+        (
+            properties(GW, b"\x01\x01", user_property("msg", "r:1")),
+            Publish("t", b"p", 1, 5, False, False, (("gw", "gw-1"), ("msg", "r:1"))),
+        ),
     ],
 )
 def test_publish_round_trip(props: bytes, expected: Publish) -> None:
@@ -149,6 +158,10 @@ def test_parse_stream_many_packets_and_a_partial_tail() -> None:
         (b"\x32\x05\x00\x01t\x00\x01", "malformed PUBLISH header"),  # no property length
         (b"\x32\x08\x00\x01t\x00\x01\x02\x99\x00", "unknown property"),
         (b"\x32\x06\x00\x01\xff\x00\x01\x00", "not UTF-8"),
+        # user properties: a value longer than its block, a key cut short, a value not UTF-8
+        (b"\x32\x0d\x00\x01t\x00\x01\x07\x26\x00\x01k\x00\x09v", "runs past its property block"),
+        (b"\x32\x09\x00\x01t\x00\x01\x03\x26\x00\x05", "malformed properties"),
+        (b"\x32\x0d\x00\x01t\x00\x01\x07\x26\x00\x01k\x00\x01\xff", "malformed properties"),
         (b"\x40\x01\x00", "PUBACK of 1 bytes"),
     ],
 )

@@ -373,9 +373,26 @@ def parse_stream(data: bytes) -> tuple[list[Publish], list[tuple[int, int]], lis
 
 def _publish_properties(data: bytes, at: int, stop: int) -> tuple[tuple[tuple[str, str], ...], int]:
     props_len, at = read_varint(data, at)
-    if at + props_len > stop:
+    end = at + props_len
+    if end > stop:
         raise ProtocolError("PUBLISH properties run past the packet")
-    return read_properties(data, at, at + props_len)[1], at + props_len
+    # saltmarsh's own publishes carry user properties only (`gw`, `msg`): read those pairs
+    # inline, once per message on both hot paths; anything else takes the general reader.
+    user: list[tuple[str, str]] = []
+    pos = at
+    try:
+        while pos < end and data[pos] == PROP_USER_PROPERTY:
+            key_end = pos + 3 + ((data[pos + 1] << 8) | data[pos + 2])
+            value_end = key_end + 2 + ((data[key_end] << 8) | data[key_end + 1])
+            if value_end > end:
+                raise ProtocolError("a user property runs past its property block")
+            user.append((data[pos + 3 : key_end].decode(), data[key_end + 2 : value_end].decode()))
+            pos = value_end
+    except (IndexError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"malformed properties: {err}") from err
+    if pos == end:
+        return tuple(user), end
+    return read_properties(data, at, end)[1], end
 
 
 def decode_publish(packet: bytes) -> Publish:
