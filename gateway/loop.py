@@ -55,9 +55,9 @@ def gather_deadline(
 
     Online (uplink up, unconfirmed window open), one batch waits for the committer at most:
     while it writes, the next one grows, so a busy forwarder commits big batches and an idle
-    one commits at once. Offline nothing is
-    waiting for the data, so batches grow into big segments: spool memory is per segment, and
-    an outage at 1,000 msg/s in 5 ms commits would be 150,000 segments per million messages.
+    one commits at once. Offline nothing is waiting for the data, so batches grow into big
+    segments: spool memory is per segment, and an outage at 1,000 msg/s in 5 ms commits would
+    be 150,000 segments per million messages.
     The batch goes when it is full, half a second old (`offline_commit_interval_ms`), or when
     the site broker goes quiet, which is also what its inflight limit looks like once we hold
     that many unacked.

@@ -35,6 +35,7 @@ from gateway.schedule import Phase, SendQueue, batch_size
 from gateway.token_bucket import TokenBucket
 from saltmarsh.config.gateway import GatewayConfig
 from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, ack_topic
+from saltmarsh.contract.topics import ROOT, Channel
 from saltmarsh.mqtt.codec import (
     GATEWAY_PROPERTY,
     PROP_USER_PROPERTY,
@@ -63,7 +64,7 @@ _U16 = struct.Struct(">H")
 def uplink_ack_topic(cfg: GatewayConfig) -> str:
     """Where the ingesters confirm this gateway's messages: on each site it carries."""
     if cfg.site == "+":
-        return ack_topic("any-site", cfg.gateway_id).replace("/any-site/", "/+/")
+        return f"{ROOT}/+/{cfg.gateway_id}/{Channel.ACK.value}"  # the id is checked by the config
     return ack_topic(cfg.site, cfg.gateway_id)
 
 
