@@ -106,6 +106,21 @@ BAD_PILLAR = {
         "saltmarsh pillar: saltmarsh:cloud:ingester:limits:max_payload_bytes "
         "is replaced by saltmarsh:max_message_bytes",
     ),
+    "unknown-confirmation-mode": (
+        "sites/example.sls",
+        "saltmarsh:\n",
+        "saltmarsh:\n  confirmations: {mode: acked}\n",
+        "sensor1",
+        "saltmarsh pillar: saltmarsh:confirmations:mode 'acked' is not a confirmation mode; "
+        "expected one of end-to-end, broker",
+    ),
+    "confirmation-silence-out-of-range": (
+        "sites/example.sls",
+        "saltmarsh:\n",
+        "saltmarsh:\n  confirmations: {silence_s: 0}\n",
+        "gw1",
+        "saltmarsh pillar: saltmarsh:confirmations:silence_s 0 is not a number of seconds between 0.1 and 86400",
+    ),
     "unknown-driver": (
         "sites/example.sls",
         "type: simulated, pin: D17",
