@@ -17,6 +17,7 @@ from bench.scenarios import (
     forwarder,
     forwarder_outage,
     ingester,
+    powercut,
     relay,
     sensor,
     sink_outage,
@@ -35,6 +36,7 @@ BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
     forwarder_outage.NAME: forwarder_outage.run,
     es.NAME: es.run,
     relay.NAME: relay.run,
+    powercut.NAME: powercut.run,
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from saltmarsh.contract.errors import SaltmarshError
@@ -40,15 +40,16 @@ class BrokerSpec:
     autosave_interval_s: int = 60
     max_packet_size: int = 16_384 + 1024  # as the formula renders it: max_message_bytes + 1024
     extra_lines: tuple[str, ...] = ()
+    # Started as root, Mosquitto would drop to the `mosquitto` user and then fail, silently, to
+    # write our persistence and log paths: it runs as whoever starts it (a guest's root, in a VM).
+    user: str = field(default_factory=getpass.getuser)
 
     def render(self) -> str:
         lines = [
             f"# saltmarsh {self.name} broker (generated)",
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            # Started as root, Mosquitto would drop to the `mosquitto` user and then fail,
-            # silently, to write our persistence and log paths.
-            f"user {getpass.getuser()}",
+            f"user {self.user}",
             f"max_queued_messages {self.max_queued_messages}",
             f"max_inflight_messages {self.max_inflight_messages}",
             f"max_packet_size {self.max_packet_size}",

@@ -1,0 +1,71 @@
+"""The gateway a guest runs: its broker, forwarder and sensors' configs, as files for its data disks.
+
+The same config builders as the local fleet (`saltmarsh.ops.localfleet.configs`), with the
+paths a Pi has: state under /var/lib (the data disks), status under /run (tmpfs), the cloud
+broker at the guest's forwarded address. The sensors keep their spools on a disk of their own
+(vdc), so that each side's writes per reading can be read off /proc/diskstats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from saltmarsh.ops.localfleet.configs import broker_table, forwarder_config, sensor_config
+from saltmarsh.ops.localfleet.mosquitto import BrokerSpec
+from saltmarsh.ops.vm.machine import GUEST_HOST
+
+GATEWAY_STATE = Path("/var/lib/saltmarsh")  # vdb
+SENSOR_STATE = Path("/var/lib/saltmarsh-sensor")  # vdc
+STATUS_DIR = Path("/run/saltmarsh/status")
+GUEST_BROKER_PORT = 1884  # inside the guest: its own loopback, not the host's
+GUEST_UPLINK_PORT = 11883  # the guestfwd address of the host's cloud broker
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSite:
+    site: str = "vm"
+    gateway_id: str = "vm-gw"
+    sensors: int = 2
+    interval_s: float = 0.05
+    forwarder: bool = True  # False: a Pi that is only a sensor, its broker elsewhere
+    broker_port: int = GUEST_BROKER_PORT
+
+    def device(self, index: int) -> str:
+        return f"vm-s{index + 1:02d}"
+
+    def gateway_files(self) -> dict[str, bytes]:
+        """vdb: the configs under etc/, and the directories the services expect."""
+        files: dict[str, bytes] = {"mosquitto/.keep": b"", "forwarder/.keep": b""}
+        spec = BrokerSpec("gateway", self.broker_port, GATEWAY_STATE / "mosquitto", user="root")
+        files["etc/mosquitto.conf"] = spec.render().encode()
+        if self.forwarder:
+            doc = forwarder_config(
+                gateway_id=self.gateway_id,
+                site=self.site,
+                local=broker_table(self.broker_port),
+                uplink=broker_table(GUEST_UPLINK_PORT, host=GUEST_HOST),
+                state_dir=GATEWAY_STATE / "forwarder",
+                status_dir=STATUS_DIR,
+                confirm_interval_ms=1000,
+            )
+            files["etc/forwarder.toml"] = tomli_w.dumps(doc).encode()
+        for index in range(self.sensors):
+            device = self.device(index)
+            doc = sensor_config(
+                device=device,
+                site=self.site,
+                broker=broker_table(self.broker_port),
+                state_dir=SENSOR_STATE / device,
+                status_dir=STATUS_DIR,
+                interval_s=self.interval_s,
+                driver={"type": "simulated", "seed": index + 1},
+            )
+            files[f"etc/sensor-{device}.toml"] = tomli_w.dumps(doc).encode()
+        return files
+
+    def sensor_files(self) -> dict[str, bytes]:
+        """vdc: one directory per sensor's spool."""
+        return {f"{self.device(i)}/.keep": b"" for i in range(self.sensors)}
