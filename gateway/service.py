@@ -75,6 +75,7 @@ def forwarder_counters(
         "oldest_unsent_age_s": round(oldest_age_s, 3),
         "evicted_total": stats.evicted_messages,
         "quarantined": stats.quarantined,
+        "salvaged_total": stats.salvaged,
         "uplink_connected": sender.connected,
         "local_connected": source.connected,
         "live_rate": live_rate,
@@ -105,8 +106,12 @@ def open_spool(cfg: GatewayConfig) -> Spool:
     spool = Spool.open(cfg.spool_dir, cfg.spool_quota_bytes)
     if spool.stats().quarantined:
         log.error(
-            "the spool was unreadable and has been quarantined; forwarding continues with an empty one",
-            extra={"event": "forwarder_spool_quarantined", "spool": str(cfg.spool_dir)},
+            "the spool was unreadable and has been quarantined; forwarding goes on with what could be read of it",
+            extra={
+                "event": "forwarder_spool_quarantined",
+                "spool": str(cfg.spool_dir),
+                "salvaged_messages": spool.stats().salvaged,
+            },
         )
     return spool
 

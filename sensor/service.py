@@ -49,6 +49,8 @@ def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
         "spool_depth": stats.depth_messages,
         "spool_bytes": stats.depth_bytes,
         "spool_evicted": stats.evicted_messages,
+        "quarantined": stats.quarantined,
+        "salvaged_total": stats.salvaged,
         "oldest_unsent_age_s": round(oldest_age_s, 3),
         "acked_total": sender.acked_total,
         "rejected_total": sender.rejected_total,

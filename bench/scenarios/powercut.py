@@ -66,10 +66,8 @@ def committed(records: Iterable[BootRecord]) -> dict[BootKey, int]:
     """Each sensor boot's last committed seq, as last printed before its cut."""
     out: dict[BootKey, int] = {}
     for record in records:
-        for (service, instance), counters in record.last_status.items():
-            if service == "sensor" and counters.get("boot") and int(counters.get("last_seq") or 0) > 0:
-                key = (instance, str(counters["boot"]))
-                out[key] = max(out.get(key, 0), int(counters["last_seq"]))
+        for key, seq in record.sensor_seqs.items():
+            out[key] = max(out.get(key, 0), seq)
     return out
 
 
@@ -141,7 +139,7 @@ class PowerCutRun:
         self.boots = 0
 
     def sink_path(self) -> Path:
-        return Path(SINK_BENCHES["sqlite"].sink_table(self.lab)["path"])
+        return Path(str(SINK_BENCHES["sqlite"].sink_table(self.lab)["path"]))
 
     def stored_keys(self) -> list[tuple[str, str, int]]:
         path = self.sink_path()

@@ -34,12 +34,14 @@ from pathlib import Path
 import diskcache
 
 from saltmarsh.contract.errors import SpoolError
+from saltmarsh.runtime.salvage import COUNTERS_KEY as _COUNTERS_KEY
+from saltmarsh.runtime.salvage import SEGMENT_PREFIX, Salvage, check_segment, salvage
 
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">HI")
-_COUNTERS_KEY = "meta/counters"
 _DB_FILE = "cache.db"
+RESTORE_BATCH = 500  # salvaged segments spooled again per transaction
 
 Record = tuple[str, bytes]
 """One spooled message: topic and payload, exactly as received."""
@@ -60,7 +62,7 @@ class Segment:
 
     @property
     def key(self) -> str:
-        return f"seg/{self.segno:016d}/{self.lane.value}/{self.count}/{self.nbytes}/{self.spooled_ms}"
+        return f"{SEGMENT_PREFIX}{self.segno:016d}/{self.lane.value}/{self.count}/{self.nbytes}/{self.spooled_ms}"
 
     @classmethod
     def from_key(cls, key: str) -> Segment:
@@ -79,6 +81,7 @@ class SpoolStats:
     quota_bytes: int
     over_quota_keep_bytes: int  # bytes of never-evicted messages above the quota
     quarantined: int
+    salvaged: int = 0  # messages read back off a quarantined spool and spooled again
 
 
 def encode_records(records: Iterable[Record]) -> bytes:
@@ -130,6 +133,7 @@ class Spool:
         self.directory = directory
         self.quota_bytes = quota_bytes
         self._quarantined = quarantined
+        self._salvaged = 0
         self._cache = diskcache.Cache(
             str(directory),
             # FULL: a commit that returned survives power loss, not just a process crash.
@@ -159,7 +163,9 @@ class Spool:
         parsed = json.loads(counters) if isinstance(counters, str) else {}
         self._evicted_messages = int(parsed.get("evicted_messages", 0))
         self._evicted_segments = int(parsed.get("evicted_segments", 0))
-        found = [Segment.from_key(k) for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("seg/")]
+        found = [
+            Segment.from_key(k) for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(SEGMENT_PREFIX)
+        ]
         for seg in sorted(found, key=lambda s: s.segno):
             self._track(seg)
         self._next_segno = max(self._segments, default=0) + 1
@@ -176,12 +182,50 @@ class Spool:
                 problem = f"{type(err).__name__}: {err}"
         moved = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
         shutil.move(str(directory), str(moved))
-        log.error(
-            "spool quarantined",
-            extra={"event": "spool_quarantined", "spool": str(directory), "moved_to": str(moved), "why": problem},
-        )
         directory.mkdir(parents=True)
-        return cls(directory, quota_bytes, quarantined=1)
+        spool = cls(directory, quota_bytes, quarantined=1)
+        found = salvage(moved / _DB_FILE)
+        lost_rows = spool._restore(found)
+        log.error(
+            "spool quarantined; what could be read of it is spooled again",
+            extra={
+                "event": "spool_quarantined",
+                "spool": str(directory),
+                "moved_to": str(moved),
+                "why": problem,
+                "salvaged_messages": spool._salvaged,
+                "salvaged_segments": len(found.segments) - lost_rows,
+                "unreadable_rows": found.unreadable + lost_rows,
+                "first_error": found.error,
+            },
+        )
+        return spool
+
+    def _restore(self, found: Salvage) -> int:
+        """Spool again the segments read off a quarantined file, in their order; how many were not whole."""
+        batches: list[tuple[Lane, Sequence[Record]]] = []
+        not_whole = 0
+        oldest_ms: int | None = None
+        for key, blob in found.segments:
+            try:
+                seg = Segment.from_key(key)
+                records = decode_records(blob) if check_segment(key, blob) is None else None
+            except (ValueError, SpoolError, struct.error, UnicodeDecodeError):
+                records = None
+            if not records:
+                not_whole += 1
+                continue
+            oldest_ms = seg.spooled_ms if oldest_ms is None else oldest_ms
+            batches.append((seg.lane, records))
+            self._salvaged += len(records)
+        with self._lock:
+            self._evicted_messages = found.counters.get("evicted_messages", 0)
+            self._evicted_segments = found.counters.get("evicted_segments", 0)
+        for start in range(0, len(batches), RESTORE_BATCH):
+            self.append(batches[start : start + RESTORE_BATCH], now_ms=oldest_ms)
+        with self._lock, self._cache.transact():
+            self._cache.set(_COUNTERS_KEY, self._counters_json())
+        return not_whole
 
     def _track(self, seg: Segment) -> None:
         self._segments[seg.segno] = seg
@@ -346,6 +390,7 @@ class Spool:
                 quota_bytes=self.quota_bytes,
                 over_quota_keep_bytes=max(0, self._keep_bytes - self.quota_bytes) if self.quota_bytes else 0,
                 quarantined=self._quarantined,
+                salvaged=self._salvaged,
             )
 
     def close(self) -> None:

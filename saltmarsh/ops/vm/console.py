@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SECTOR_BYTES = 512
-_WRITTEN_SECTORS = 9  # /proc/diskstats: major minor name rd_ios rd_merges rd_sectors rd_ticks wr_ios wr_merges wr_sectors
+_WRITTEN_SECTORS = (
+    9  # /proc/diskstats: major minor name rd_ios rd_merges rd_sectors rd_ticks wr_ios wr_merges wr_sectors
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,9 @@ class BootRecord:
     events: list[VmEvent] = field(default_factory=list)
     last_status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     last_disk: DiskSample | None = None
+    # (device, sensor boot) -> the highest last_seq it reported: a sensor restarted within one
+    # guest boot starts a new sensor boot, and the old one's readings must still be accounted for.
+    sensor_seqs: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, parsed: ConsoleLine) -> None:
         if isinstance(parsed, VmEvent):
@@ -82,6 +87,14 @@ class BootRecord:
             self.last_disk = parsed
         else:
             self.last_status[(parsed.service, parsed.instance)] = parsed.counters
+            if parsed.service == "sensor":
+                self._note_sensor(parsed.instance, parsed.counters)
+
+    def _note_sensor(self, device: str, counters: dict[str, Any]) -> None:
+        boot, seq = counters.get("boot"), counters.get("last_seq")
+        if isinstance(boot, str) and boot and type(seq) is int and seq > 0:
+            key = (device, boot)
+            self.sensor_seqs[key] = max(self.sensor_seqs.get(key, 0), seq)
 
     def event(self, name: str) -> VmEvent | None:
         return next((e for e in self.events if e.name == name), None)

@@ -41,17 +41,17 @@ def recovered_copy(disk: Path, copy: Path) -> tuple[int, str]:
     Exit 0 or 1 is a clean or journal-replayed filesystem; more is damage beyond the journal.
     """
     subprocess.run(["cp", "--sparse=always", str(disk), str(copy)], check=True)
-    result = subprocess.run(["e2fsck", "-fp", str(copy)], capture_output=True, text=True)
+    result = subprocess.run(["e2fsck", "-fp", str(copy)], capture_output=True, text=True, check=False)
     return result.returncode, (result.stdout + result.stderr).strip()
 
 
 def copy_out(disk: Path, directory: str, into: Path) -> Path:
     """`directory` of an unmounted, consistent disk, copied to `into`/<its name>, with debugfs rdump."""
     into.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["debugfs", "-R", f"rdump {directory} {into}", str(disk)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["debugfs", "-R", f"rdump {directory} {into}", str(disk)], capture_output=True, text=True, check=False
+    )
     copied = into / Path(directory).name
     if result.returncode != 0 or not copied.exists():
         raise RuntimeError(f"debugfs could not copy {directory} off {disk}: {result.stderr.strip()[-500:]}")
     return copied
-
-

@@ -29,7 +29,9 @@ for m in $(/bin/busybox cat /lib/modules/order); do
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done
-/bin/busybox mount -o ro -t ext4 /dev/vda /newroot || { echo "initramfs: cannot mount the root image"; /bin/busybox poweroff -f; }
+/bin/busybox mount -o ro -t ext4 /dev/vda /newroot || {
+  echo "initramfs: cannot mount the root image"; /bin/busybox poweroff -f
+}
 /bin/busybox mount --move /dev /newroot/dev
 /bin/busybox umount /proc /sys
 exec /bin/busybox switch_root /newroot /sbin/saltmarsh-init
@@ -125,7 +127,9 @@ def build_initramfs(kernel: Kernel, out: Path, busybox: Path = BUSYBOX) -> Path:
     modules = index_modules(kernel.modules_dir)
     order = load_order(BOOT_MODULES, lambda name: module_depends(modules[name].read_bytes()))
     dir_mode, exe_mode, file_mode = 0o040755, 0o100755, 0o100644
-    files: dict[str, tuple[int, bytes]] = {d: (dir_mode, b"") for d in ("bin", "dev", "proc", "sys", "newroot", "lib")}
+    files: dict[str, tuple[int, bytes]] = dict.fromkeys(
+        ("bin", "dev", "proc", "sys", "newroot", "lib"), (dir_mode, b"")
+    )
     files["lib/modules"] = (dir_mode, b"")
     files["bin/busybox"] = (exe_mode, busybox.read_bytes())
     files["init"] = (exe_mode, INITRAMFS_INIT.encode())

@@ -105,7 +105,9 @@ class Machine:
         with self.console.open(errors="replace") as f:
             return read_boot(f)
 
-    def wait_for(self, predicate: Callable[[BootRecord], bool], timeout_s: float, interval_s: float = 0.25) -> BootRecord:
+    def wait_for(
+        self, predicate: Callable[[BootRecord], bool], timeout_s: float, interval_s: float = 0.25
+    ) -> BootRecord:
         """The boot's record once `predicate` holds; TimeoutError (with the console's tail) if not."""
         deadline = time.monotonic() + timeout_s
         while True:
