@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 
-.PHONY: demo test lint typecheck pytest bench system-deps venv clean
+.PHONY: demo test lint typecheck pytest bench powercut system-deps powercut-deps venv clean
 
 system-deps:
 	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
@@ -26,6 +26,16 @@ system-deps:
 	fi
 	@if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv; \
+	fi
+
+# The power-cut suite's VM: qemu (TCG), a Debian kernel and root image built from apt.
+powercut-deps:
+	@if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1 \
+		|| ! command -v socat >/dev/null 2>&1 || [ ! -x /bin/busybox ] || ! command -v cpio >/dev/null 2>&1; then \
+		echo "installing qemu, debootstrap, busybox-static, socat and cpio from apt"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			qemu-system-x86 qemu-utils debootstrap busybox-static socat cpio e2fsprogs; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -53,6 +63,10 @@ test: system-deps venv lint typecheck pytest
 
 bench: system-deps venv
 	$(VENV)/bin/python -m bench
+
+# Power cuts of a gateway VM and a sensor VM, audited; results into bench/RESULTS.md (~20 min).
+powercut: system-deps powercut-deps venv
+	$(VENV)/bin/python -m bench --only powercut --runs 1 --strict
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -79,6 +79,26 @@ TARGETS = (
         "MB",
     ),
     Target("drain after a 5 min sink outage", "sink_outage", "drain time after a 5 min outage", "<=", 120.0, "s"),
+    Target("power cuts of the gateway VM", "powercut", "gateway VM power cuts", ">=", 10, "cuts"),
+    Target("readings lost across the gateway VM's power cuts", "powercut", "gateway VM lost", "<=", 0, "readings"),
+    Target(
+        "readings stored twice across the gateway VM's power cuts",
+        "powercut",
+        "gateway VM duplicated in the sink",
+        "<=",
+        0,
+        "readings",
+    ),
+    Target("spools corrupt after a gateway VM power cut", "powercut", "gateway VM corrupt spools", "<=", 0, "spools"),
+    Target("readings lost across the sensor VM's power cuts", "powercut", "sensor VM lost", "<=", 0, "readings"),
+    Target(
+        "readings stored twice across the sensor VM's power cuts",
+        "powercut",
+        "sensor VM duplicated in the sink",
+        "<=",
+        0,
+        "readings",
+    ),
 )
 
 

@@ -22,6 +22,7 @@ SENSOR_STATE = Path("/var/lib/saltmarsh-sensor")  # vdc
 STATUS_DIR = Path("/run/saltmarsh/status")
 GUEST_BROKER_PORT = 1884  # inside the guest: its own loopback, not the host's
 GUEST_UPLINK_PORT = 11883  # the guestfwd address of the host's cloud broker
+GUEST_GATEWAY_PORT = 11884  # ... and of a gateway broker on the host, for a sensor-only guest
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,18 +31,33 @@ class GuestSite:
     gateway_id: str = "vm-gw"
     sensors: int = 2
     interval_s: float = 0.05
-    forwarder: bool = True  # False: a Pi that is only a sensor, its broker elsewhere
+    # False: a Pi that is only a sensor, its gateway's broker elsewhere (`broker_host`, a guestfwd).
+    gateway: bool = True
+    broker_host: str = "127.0.0.1"
     broker_port: int = GUEST_BROKER_PORT
+
+    @classmethod
+    def sensor_only(cls, site: str, sensors: int = 1, interval_s: float = 0.05) -> GuestSite:
+        """A sensor Pi: its agents publish to a gateway broker outside the guest."""
+        return cls(
+            site=site,
+            sensors=sensors,
+            interval_s=interval_s,
+            gateway=False,
+            broker_host=GUEST_HOST,
+            broker_port=GUEST_GATEWAY_PORT,
+        )
 
     def device(self, index: int) -> str:
         return f"vm-s{index + 1:02d}"
 
     def gateway_files(self) -> dict[str, bytes]:
         """vdb: the configs under etc/, and the directories the services expect."""
-        files: dict[str, bytes] = {"mosquitto/.keep": b"", "forwarder/.keep": b""}
-        spec = BrokerSpec("gateway", self.broker_port, GATEWAY_STATE / "mosquitto", user="root")
-        files["etc/mosquitto.conf"] = spec.render().encode()
-        if self.forwarder:
+        files: dict[str, bytes] = {"etc/.keep": b""}
+        if self.gateway:
+            files |= {"mosquitto/.keep": b"", "forwarder/.keep": b""}
+            spec = BrokerSpec("gateway", self.broker_port, GATEWAY_STATE / "mosquitto", user="root")
+            files["etc/mosquitto.conf"] = spec.render().encode()
             doc = forwarder_config(
                 gateway_id=self.gateway_id,
                 site=self.site,
@@ -57,7 +73,7 @@ class GuestSite:
             doc = sensor_config(
                 device=device,
                 site=self.site,
-                broker=broker_table(self.broker_port),
+                broker=broker_table(self.broker_port, host=self.broker_host),
                 state_dir=SENSOR_STATE / device,
                 status_dir=STATUS_DIR,
                 interval_s=self.interval_s,
