@@ -28,6 +28,9 @@ FLUSH_TIMEOUT_S = 3.0
 DRAIN_POLL_S = 0.1
 EXIT_OK = 0
 EXIT_CANNOT_START = 2
+# One small reading per commit: small pages keep what each commit writes to an SD card small
+# (saltmarsh.runtime.spool._create_with_page_size).
+SPOOL_PAGE_SIZE = 1024
 
 
 def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
@@ -80,7 +83,7 @@ def run(cfg: SensorConfig, stop: threading.Event | None = None, driver: Driver |
     stop = stop or threading.Event()
     boot = new_boot_id()
     driver = driver or open_driver(cfg.driver, wait=stop.wait)
-    spool = Spool.open(cfg.spool_dir, cfg.spool_quota_bytes)
+    spool = Spool.open(cfg.spool_dir, cfg.spool_quota_bytes, page_size=SPOOL_PAGE_SIZE)
     sender = SpoolSender(cfg, spool, boot)
     agent = Agent(cfg, driver, spool, boot, on_spooled=sender.notify)
     status = StatusPublisher(cfg.status_dir, SERVICE, cfg.device, lambda: counters(agent, sender, spool))

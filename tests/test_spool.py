@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from saltmarsh.runtime.spool import Lane, Record, Spool
 
@@ -67,3 +70,23 @@ def test_stats_running_totals_match_a_full_walk(tmp_path: Path) -> None:
     assert stats.over_quota_keep_bytes == max(0, keep_bytes - 600)
     assert stats.evicted_messages > 0
     spool.close()
+
+
+PAGE_SIZE_CASES = {"sensor's small pages": (1024, 1024), "SQLite's default": (0, 4096)}
+
+
+@pytest.mark.parametrize("case", sorted(PAGE_SIZE_CASES))
+def test_page_size_is_set_on_a_new_spool_and_kept_after(tmp_path: Path, case: str) -> None:
+    asked, expected = PAGE_SIZE_CASES[case]
+    spool = Spool(tmp_path / "s", page_size=asked)
+    spool.append([(Lane.BULK, [("t", b"x" * 300)])])
+    spool.close()
+    reopened = Spool(tmp_path / "s", page_size=2048)  # an existing file keeps its page size
+    assert [r for seg in reopened.pending() for r in reopened.lease(seg) or []] == [("t", b"x" * 300)]
+    reopened.close()
+    con = sqlite3.connect(tmp_path / "s" / "cache.db")
+    try:
+        assert con.execute("PRAGMA page_size").fetchone() == (expected,)
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        con.close()

@@ -21,7 +21,8 @@ file and survives the cut) is stored, with no gap in any boot, exactly once.
 Also measured: how long each boot took to come back (qemu start to the services reporting) and
 to have everything committed before the cut in the sink; bytes written per reading on each
 data disk (from the guest's /proc/diskstats: the SD card's wear); and each spool's integrity
-after every cut (SQLite `PRAGMA integrity_check` of a copy taken off the unmounted disk).
+after every cut (SQLite's `PRAGMA integrity_check` and diskcache's own `check()` of a copy taken
+off the unmounted disk, its journal replayed).
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ import math
 import random
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import diskcache
 
 from bench.lab import Lab
 from bench.options import BenchOptions
@@ -119,6 +123,19 @@ def integrity(db: Path) -> str:
     finally:
         conn.close()
     return "; ".join(str(r[0]) for r in rows)
+
+
+def diskcache_check(directory: Path) -> str:
+    """diskcache's own check of a copied spool (its files and its SQLite): 'ok', or its warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache = diskcache.Cache(str(directory))
+        try:
+            found = cache.check()
+        finally:
+            cache.close()
+    problems = [str(w.message) for w in [*found, *caught]]
+    return "; ".join(problems) if problems else "ok"
 
 
 @dataclass(slots=True)
@@ -238,6 +255,8 @@ class PowerCutRun:
             for db in copy.rglob("cache.db"):
                 self.tally.spools_checked += 1
                 verdict = integrity(db)
+                if verdict == "ok":
+                    verdict = diskcache_check(db.parent)
                 if verdict != "ok":
                     self.tally.corrupt.append(f"boot {self.boots} {db.relative_to(into)}: {verdict}")
 

@@ -126,11 +126,35 @@ def _quick_check(directory: Path) -> str | None:
     return None if row and row[0] == "ok" else str(row)
 
 
+def _create_with_page_size(db: Path, page_size: int) -> None:
+    """A new, empty spool file with SQLite pages of `page_size`; an existing one keeps its own.
+
+    A commit writes every page it changed to the WAL (the table's, its indexes', diskcache's
+    counters'), then to the database at the checkpoint. A sensor commits one small reading at a
+    time, so its pages are mostly empty: with 1 KiB pages an SD card is written about half as
+    much per reading as with SQLite's 4 KiB default (bench powercut: bytes per reading).
+    """
+    if db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db)
+    try:
+        con.execute(f"PRAGMA page_size={int(page_size)}")
+        con.execute("PRAGMA journal_mode=wal")
+        # The page size is fixed once the file has a page: make one.
+        con.execute("CREATE TABLE saltmarsh_page_size (x)")
+        con.execute("DROP TABLE saltmarsh_page_size")
+    finally:
+        con.close()
+
+
 class Spool:
     """Segments in spool order, with a quota and leases that keep in-flight segments from eviction."""
 
-    def __init__(self, directory: Path, quota_bytes: int = 0, quarantined: int = 0) -> None:
+    def __init__(self, directory: Path, quota_bytes: int = 0, quarantined: int = 0, page_size: int = 0) -> None:
         self.directory = directory
+        if page_size:
+            _create_with_page_size(directory / _DB_FILE, page_size)
         self.quota_bytes = quota_bytes
         self._quarantined = quarantined
         self._salvaged = 0
@@ -171,19 +195,19 @@ class Spool:
         self._next_segno = max(self._segments, default=0) + 1
 
     @classmethod
-    def open(cls, directory: Path, quota_bytes: int = 0) -> Spool:
+    def open(cls, directory: Path, quota_bytes: int = 0, page_size: int = 0) -> Spool:
         """Open, or quarantine an unreadable spool and start a fresh one; never refuse to run."""
         directory.mkdir(parents=True, exist_ok=True)
         problem = _quick_check(directory)
         if problem is None:
             try:
-                return cls(directory, quota_bytes)
+                return cls(directory, quota_bytes, page_size=page_size)
             except (sqlite3.DatabaseError, ValueError, OSError) as err:
                 problem = f"{type(err).__name__}: {err}"
         moved = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
         shutil.move(str(directory), str(moved))
         directory.mkdir(parents=True)
-        spool = cls(directory, quota_bytes, quarantined=1)
+        spool = cls(directory, quota_bytes, quarantined=1, page_size=page_size)
         found = salvage(moved / _DB_FILE)
         lost_rows = spool._restore(found)
         log.error(
