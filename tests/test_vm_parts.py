@@ -13,6 +13,7 @@ from bench.scenarios.powercut import committed, highest_stored, missing
 from saltmarsh.ops.vm.console import DiskSample, StatusLine, VmEvent, parse_diskstats, parse_line, read_boot
 from saltmarsh.ops.vm.kernel import load_order, module_depends, newc_archive
 from saltmarsh.ops.vm.machine import GuestFwd, MachineSpec
+from saltmarsh.ops.vm.site import GuestSite
 
 DEPENDS = {
     "ext4": ["jbd2", "mbcache", "crc16"],
@@ -137,3 +138,37 @@ def test_machine_reaches_only_its_forwards() -> None:
         "file=d1,format=raw,if=virtio",
         "file=d2,format=raw,if=virtio",
     ]
+
+
+def _site_files(site: GuestSite) -> dict[str, str]:
+    return {name: content.decode() for name, content in site.gateway_files().items()}
+
+
+SITE_CASES: dict[str, tuple[GuestSite, set[str], dict[str, list[str]]]] = {
+    "gateway": (
+        GuestSite(site="s"),
+        {"etc/mosquitto.conf", "etc/forwarder.toml", "etc/sensor-vm-s01.toml", "etc/sensor-vm-s02.toml"},
+        {"etc/forwarder.toml": ['host = "10.0.2.100"', "port = 11883"], "etc/sensor-vm-s01.toml": ["port = 1884"]},
+    ),
+    "sensor only": (
+        GuestSite.sensor_only("s"),
+        {"etc/sensor-vm-s01.toml"},
+        {"etc/sensor-vm-s01.toml": ['host = "10.0.2.100"', "port = 11884"]},
+    ),
+    "bridged peer": (
+        GuestSite.bridged("s", {"extra_lines": ("connection cloud", "address 10.0.2.100:11883")}),
+        {"etc/mosquitto.conf", "etc/sensor-vm-s01.toml", "etc/sensor-vm-s02.toml"},
+        {"etc/mosquitto.conf": ["address 10.0.2.100:11883"], "etc/sensor-vm-s01.toml": ['mode = "broker"']},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SITE_CASES))
+def test_guest_site_files(case: str) -> None:
+    site, configs, holds = SITE_CASES[case]
+    files = _site_files(site)
+    assert {name for name in files if name.endswith((".conf", ".toml"))} == configs
+    for name, needles in holds.items():
+        for needle in needles:
+            assert needle in files[name], f"{name} lacks {needle!r}"
+    assert "user root" in files.get("etc/mosquitto.conf", "user root")

@@ -49,8 +49,8 @@ class Hop:
         return self.gateway.process.pid
 
 
-def bridge_spec(system: str, cloud_port: int) -> dict[str, object]:
-    bridge = bridge_lines("cloud", cloud_port, BRIDGE_TOPIC)
+def bridge_spec(system: str, cloud_port: int, remote_host: str = "127.0.0.1") -> dict[str, object]:
+    bridge = bridge_lines("cloud", cloud_port, BRIDGE_TOPIC, remote_host)
     if system == BRIDGE_DEFAULT:
         return {"persistence": False, "max_queued_messages": 1000, "max_inflight_messages": 20, "extra_lines": bridge}
     return {

@@ -8,8 +8,10 @@ broker at the guest's forwarded address. The sensors keep their spools on a disk
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -35,6 +37,18 @@ class GuestSite:
     gateway: bool = True
     broker_host: str = "127.0.0.1"
     broker_port: int = GUEST_BROKER_PORT
+    # A peer to compare with: the gateway's Mosquitto bridging to the cloud itself (BrokerSpec
+    # settings, its bridge lines last) instead of the forwarder, the sensors deleting on its PUBACK.
+    bridge: Mapping[str, Any] | None = None
+
+    @property
+    def forwarder(self) -> bool:
+        return self.gateway and self.bridge is None
+
+    @classmethod
+    def bridged(cls, site: str, settings: Mapping[str, Any]) -> GuestSite:
+        """A gateway Pi as plain Mosquitto runs one: its broker's native bridge, `settings` as BrokerSpec's."""
+        return cls(site=site, bridge=dict(settings))
 
     @classmethod
     def sensor_only(cls, site: str, sensors: int = 1, interval_s: float = 0.05) -> GuestSite:
@@ -56,8 +70,11 @@ class GuestSite:
         files: dict[str, bytes] = {"etc/.keep": b""}
         if self.gateway:
             files |= {"mosquitto/.keep": b"", "forwarder/.keep": b""}
-            spec = BrokerSpec("gateway", self.broker_port, GATEWAY_STATE / "mosquitto", user="root")
+            spec = BrokerSpec(
+                "gateway", self.broker_port, GATEWAY_STATE / "mosquitto", user="root", **(self.bridge or {})
+            )
             files["etc/mosquitto.conf"] = spec.render().encode()
+        if self.forwarder:
             doc = forwarder_config(
                 gateway_id=self.gateway_id,
                 site=self.site,
@@ -78,6 +95,7 @@ class GuestSite:
                 status_dir=STATUS_DIR,
                 interval_s=self.interval_s,
                 driver={"type": "simulated", "seed": index + 1},
+                **({"confirmations": {"mode": "broker"}} if self.bridge is not None else {}),
             )
             files[f"etc/sensor-{device}.toml"] = tomli_w.dumps(doc).encode()
         return files
