@@ -163,6 +163,7 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
             now_ms=int(time.time() * 1000),
             mono_now=time.monotonic(),
         ),
+        metrics_dir=cfg.metrics_dir,
     )
     log.info(
         "forwarder starting",

@@ -86,7 +86,9 @@ def run(cfg: SensorConfig, stop: threading.Event | None = None, driver: Driver |
     spool = Spool.open(cfg.spool_dir, cfg.spool_quota_bytes, page_size=SPOOL_PAGE_SIZE)
     sender = SpoolSender(cfg, spool, boot)
     agent = Agent(cfg, driver, spool, boot, on_spooled=sender.notify)
-    status = StatusPublisher(cfg.status_dir, SERVICE, cfg.device, lambda: counters(agent, sender, spool))
+    status = StatusPublisher(
+        cfg.status_dir, SERVICE, cfg.device, lambda: counters(agent, sender, spool), metrics_dir=cfg.metrics_dir
+    )
     backlog = spool.stats()
     log.info(
         "sensor starting",

@@ -184,3 +184,15 @@ def test_a_sink_file_that_is_not_sqlite_stops_the_ingester_with_exit_2(tmp_path:
     done = _run("cloud_ingester", config)
     assert done.returncode == 2, done.stderr
     assert f"sqlite {sink}: file is not a database" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=IDS)
+@pytest.mark.parametrize("given", [True, False], ids=["metrics_dir set", "metrics_dir absent"])
+def test_metrics_dir(tmp_path: Path, service: Service, given: bool) -> None:
+    _, _, make, load, _ = service
+    text = make(tmp_path, "")
+    if given:
+        text = f'metrics_dir = "{tmp_path}/metrics"\n' + text
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    assert load(config).metrics_dir == (tmp_path / "metrics" if given else None)

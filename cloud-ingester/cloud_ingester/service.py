@@ -50,7 +50,7 @@ def run(cfg: IngesterConfig, stop_event: threading.Event) -> int:
             "inbox_depth": writer.held,
         }
 
-    status = StatusPublisher(cfg.status_dir, "ingester", cfg.ingester_id, snapshot)
+    status = StatusPublisher(cfg.status_dir, "ingester", cfg.ingester_id, snapshot, metrics_dir=cfg.metrics_dir)
     log.info(
         "starting",
         extra={

@@ -22,6 +22,9 @@ class GatewayConfig:
     uplink: BrokerConfig
     state_dir: Path
     status_dir: Path
+    # Also write the status counters as Prometheus text here, for node_exporter's textfile
+    # collector (saltmarsh.runtime.metrics); None: no metrics file.
+    metrics_dir: Path | None = None
     spool_quota_bytes: int = 1_000_000_000
     commit_interval_ms: int = 5  # group commit: at most this long between fsyncs while busy
     commit_max_messages: int = 2000
@@ -63,6 +66,7 @@ def gateway_config(t: Table) -> GatewayConfig:
         uplink=BrokerConfig.from_table(t.table("uplink", required=True), f"gateway-{gateway_id}"),
         state_dir=t.path("state_dir"),
         status_dir=t.path("status_dir"),
+        metrics_dir=t.path("metrics_dir", None),
         spool_quota_bytes=t.integer("spool_quota_bytes", 1_000_000_000, lo=0),
         commit_interval_ms=t.integer("commit_interval_ms", 5, lo=0, hi=10_000),
         commit_max_messages=t.integer("commit_max_messages", 2000, lo=1, hi=100_000),

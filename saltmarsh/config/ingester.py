@@ -36,6 +36,9 @@ class IngesterConfig:
     # Unacked messages the broker may send at once (MQTT 5 receive maximum), which bounds what
     # the ingester holds in memory; 0 means twice batch_max_messages.
     receive_maximum: int = 0
+    # Also write the status counters as Prometheus text here, for node_exporter's textfile
+    # collector (saltmarsh.runtime.metrics); None: no metrics file.
+    metrics_dir: Path | None = None
 
 
 def _sink(t: Table) -> SinkConfig:
@@ -67,6 +70,7 @@ def ingester_config(t: Table) -> IngesterConfig:
         ingester_id=ingester_id,
         broker=BrokerConfig.from_table(t.table("broker"), f"ingester-{ingester_id}"),
         status_dir=t.path("status_dir"),
+        metrics_dir=t.path("metrics_dir", None),
         sink=_sink(t.table("sink", required=True)),
         share_group=t.ident("share_group", "saltmarsh-ingesters"),
         site=t.text("site", "+"),

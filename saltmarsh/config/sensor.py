@@ -54,6 +54,9 @@ class SensorConfig:
     broker: BrokerConfig
     state_dir: Path
     status_dir: Path
+    # Also write the status counters as Prometheus text here, for node_exporter's textfile
+    # collector (saltmarsh.runtime.metrics); None: no metrics file.
+    metrics_dir: Path | None = None
     driver: DriverConfig = field(default_factory=DriverConfig)
     interval_s: float = 1.0
     max_readings: int = 0  # 0 = run until stopped
@@ -126,6 +129,7 @@ def sensor_config(t: Table) -> SensorConfig:
         broker=BrokerConfig.from_table(t.table("broker"), f"sensor-{device}"),
         state_dir=t.path("state_dir"),
         status_dir=t.path("status_dir"),
+        metrics_dir=t.path("metrics_dir", None),
         driver=_driver(t.table("driver")),
         interval_s=t.number("interval_s", 1.0, lo=0.0001),
         max_readings=t.integer("max_readings", 0, lo=0),

@@ -8,6 +8,7 @@ torn document. `updated_ms` lets a reader tell a live service from a stale file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -15,6 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from saltmarsh.runtime.metrics import write_metrics
+
+log = logging.getLogger(__name__)
 
 STALE_AFTER_MS = 10_000
 
@@ -109,8 +114,12 @@ class StatusPublisher:
         instance: str,
         snapshot: Callable[[], Mapping[str, Any]],
         interval_s: float = 1.0,
+        *,
+        metrics_dir: Path | None = None,
     ) -> None:
         self.directory = directory
+        self.metrics_dir = metrics_dir  # also as Prometheus text, for node_exporter (runtime.metrics)
+        self._metrics_failed = False
         self.service = service
         self.instance = instance
         self.snapshot = snapshot
@@ -130,7 +139,24 @@ class StatusPublisher:
         if only_if_changed and counters == self._last and now - self._last_at < HEARTBEAT_S:
             return
         write_status(self.directory, self.service, self.instance, counters)
+        if self.metrics_dir is not None:
+            self._write_metrics(counters)
         self._last, self._last_at = counters, now
+
+    def _write_metrics(self, counters: Mapping[str, Any]) -> None:
+        # The metrics file is for a scraper: a full or read-only directory is reported, once,
+        # and never stops the service or its status file.
+        try:
+            write_metrics(self.metrics_dir or self.directory, self.service, self.instance, counters, time.time())
+        except OSError as err:
+            if not self._metrics_failed:
+                log.warning(
+                    "metrics file not written",
+                    extra={"event": "metrics_write_failed", "metrics_dir": str(self.metrics_dir), "why": repr(err)},
+                )
+            self._metrics_failed = True
+        else:
+            self._metrics_failed = False
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
