@@ -58,6 +58,9 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Applied:
     return Applied(roots, port, first, second)
 
 
+METRICS_DIR = "var/lib/prometheus/node-exporter"  # paths:metrics_dir, under the minion's root
+
+
 @pytest.mark.parametrize("minion_id", sorted(ROLES))
 def test_config_applies_then_changes_nothing(applied: Applied, minion_id: str) -> None:
     first, second = applied.first[minion_id], applied.second[minion_id]
@@ -76,6 +79,7 @@ def test_sensor_config_loads(applied: Applied) -> None:
     assert cfg.broker.password is not None
     assert cfg.broker.password.reveal() == "example-sensor1-placeholder-password"
     assert cfg.state_dir == applied.roots["sensor1"] / "var/lib/saltmarsh/sensor"
+    assert cfg.metrics_dir == applied.roots["sensor1"] / METRICS_DIR
 
 
 def test_forwarder_config_loads(applied: Applied) -> None:
@@ -85,6 +89,8 @@ def test_forwarder_config_loads(applied: Applied) -> None:
     assert cfg.uplink.tls and cfg.uplink.ca_file == applied.roots["gw1"] / "etc/saltmarsh/tls/uplink-ca.pem"
     assert cfg.uplink.password is not None
     assert cfg.uplink.password.reveal() == "example-gw1-uplink-placeholder-password"
+    assert cfg.metrics_dir == applied.roots["gw1"] / METRICS_DIR
+    assert (applied.roots["gw1"] / METRICS_DIR).is_dir()
 
 
 def test_ingester_configs_load(applied: Applied) -> None:
@@ -94,6 +100,7 @@ def test_ingester_configs_load(applied: Applied) -> None:
     assert {c.sink.path for c in configs} == {applied.roots["master"] / "var/lib/saltmarsh/ingester/sink.db"}
     assert configs[0].broker.password is not None
     assert configs[0].broker.password.reveal() == "example-ingester-placeholder-password"
+    assert {c.metrics_dir for c in configs} == {applied.roots["master"] / METRICS_DIR}
 
 
 def test_one_message_size_reaches_both_brokers_and_every_service(applied: Applied) -> None:

@@ -157,6 +157,7 @@ saltmarsh-cloud-config-ingester-{{ loop.index }}-file-managed:
         kinesis: {{ public.kinesis | json }}
         sites: {{ public_sites | json }}
         status_dir: {{ paths.status_dir | json }}
+        metrics_dir: {{ paths.metrics_dir | json }}
         state_dir: {{ ingester_state_dir | json }}
         broker_port: {{ cloud.broker.local_port }}
         ingester_user: {{ ingester_user }}

@@ -42,7 +42,7 @@ saltmarsh-cloud-service-ingester-{{ loop.index }}-unit-file-managed:
         user: {{ saltmarsh.user.name }}
         group: {{ saltmarsh.user.group }}
         limits: {{ saltmarsh.limits.ingester | json }}
-        read_write_paths: [{{ ingester_state_dir }}, {{ paths.status_dir }}]
+        read_write_paths: [{{ ingester_state_dir }}, {{ paths.status_dir }}{{ (', ' ~ paths.metrics_dir) if paths.metrics_dir else '' }}]
         after: [{{ cloud.broker.service }}.service]
 
 saltmarsh-cloud-service-ingester-{{ loop.index }}-running:

@@ -48,6 +48,18 @@ saltmarsh-common-config-{{ name | replace('_', '-') }}-file-directory:
     - makedirs: true
 {%- endfor %}
 
+{%- if paths.metrics_dir %}
+
+{#- The services write here as their own user; node_exporter only reads. #}
+saltmarsh-common-config-metrics-dir-file-directory:
+  file.directory:
+    - name: {{ paths.metrics_dir }}
+    - user: root
+    - group: {{ user.group }}
+    - mode: '0775'
+    - makedirs: true
+{%- endif %}
+
 {#- /run is a tmpfs: recreate the status directory at every boot, before any service starts. #}
 saltmarsh-common-config-tmpfiles-file-managed:
   file.managed:

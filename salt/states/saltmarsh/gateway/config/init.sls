@@ -167,6 +167,7 @@ saltmarsh-gateway-config-forwarder-file-managed:
         confirmations: {{ saltmarsh.confirmations | json }}
         state_dir: {{ (paths.state_dir ~ '/forwarder') | json }}
         status_dir: {{ paths.status_dir | json }}
+        metrics_dir: {{ paths.metrics_dir | json }}
         local_port: {{ mosquitto.port }}
         local_user: {{ forwarder_user | json }}
         local_password_file: {{ secrets.local | json }}

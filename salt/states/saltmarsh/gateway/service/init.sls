@@ -64,7 +64,7 @@ saltmarsh-gateway-service-forwarder-unit-file-managed:
         user: {{ saltmarsh.user.name }}
         group: {{ saltmarsh.user.group }}
         limits: {{ saltmarsh.limits.forwarder | json }}
-        read_write_paths: [{{ paths.state_dir }}/forwarder, {{ paths.status_dir }}]
+        read_write_paths: [{{ paths.state_dir }}/forwarder, {{ paths.status_dir }}{{ (', ' ~ paths.metrics_dir) if paths.metrics_dir else '' }}]
         after: [{{ mosquitto.service }}.service]
 
 saltmarsh-gateway-service-forwarder-running:

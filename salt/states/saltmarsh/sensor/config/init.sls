@@ -47,6 +47,7 @@ saltmarsh-sensor-config-file-managed:
         confirmations: {{ saltmarsh.confirmations | json }}
         state_dir: {{ (paths.state_dir ~ '/sensor') | json }}
         status_dir: {{ paths.status_dir | json }}
+        metrics_dir: {{ paths.metrics_dir | json }}
         password_file: {{ sensor_password | json }}
         ca_file: {{ sensor_ca | json }}
     - require:

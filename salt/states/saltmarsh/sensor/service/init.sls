@@ -20,7 +20,7 @@ saltmarsh-sensor-service-unit-file-managed:
         user: {{ saltmarsh.user.name }}
         group: {{ saltmarsh.user.group }}
         limits: {{ saltmarsh.limits.sensor | json }}
-        read_write_paths: [{{ paths.state_dir }}/sensor, {{ paths.status_dir }}]
+        read_write_paths: [{{ paths.state_dir }}/sensor, {{ paths.status_dir }}{{ (', ' ~ paths.metrics_dir) if paths.metrics_dir else '' }}]
         {#- A DHT is bit-banged through /dev/gpiomem: hide devices only from the simulated driver. #}
         private_devices: {{ driver_type in ['simulated', 'replay'] }}
         supplementary_groups: {{ saltmarsh.user.extra_groups | json }}
