@@ -64,7 +64,7 @@ test: system-deps venv lint typecheck pytest
 bench: system-deps venv
 	$(VENV)/bin/python -m bench
 
-# Power cuts of a gateway VM and a sensor VM, audited; results into bench/RESULTS.md (~20 min).
+# Power cuts of a gateway VM, a sensor VM and the native-bridge peer, audited; results into bench/RESULTS.md (~25 min).
 powercut: system-deps powercut-deps venv
 	$(VENV)/bin/python -m bench --only powercut --runs 1 --strict
 
