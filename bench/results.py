@@ -114,6 +114,11 @@ class BenchReport:
     def figure(self, name: str) -> Figure | None:
         return next((f for f in [*self.figures, *self.ratios] if f.name == name), None)
 
+    def value(self, name: str) -> float:
+        """A figure's median, NaN when it was not measured."""
+        fig = self.figure(name)
+        return fig.value if fig is not None else math.nan
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -139,6 +144,13 @@ def figures_from_runs(runs: list[dict[str, float]], units: dict[str, str], notes
         values = tuple(r[name] for r in runs if name in r and not math.isnan(r[name]))
         out.append(Figure(name, unit, values, notes.get(name, "")))
     return out
+
+
+def figures_from_table(runs: list[dict[str, float]], table: dict[str, tuple[str, str]]) -> list[Figure]:
+    """`figures_from_runs` with units and notes from one {name: (unit, note)} table, in its order."""
+    units = {name: unit for name, (unit, _) in table.items()}
+    notes = {name: note for name, (_, note) in table.items() if note}
+    return figures_from_runs(runs, units, notes)
 
 
 def ratio(name: str, numerator: float, denominator: float, note: str) -> Figure:

@@ -198,21 +198,17 @@ def run(options: BenchOptions) -> BenchReport:
     notes = {f"{side} {k}": n for side in ("ours", "peer") for k, n in SIDE_NOTES.items()}
     report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_runs(rows, units, notes))
 
-    def value(name: str) -> float:
-        fig = report.figure(name)
-        return fig.value if fig is not None else math.nan
-
     report.ratios += [
         ratio(
             "ours/peer readings/s",
-            value("ours readings/s"),
-            value("peer readings/s"),
+            report.value("ours readings/s"),
+            report.value("peer readings/s"),
             "ElasticsearchSink.write vs helpers.bulk, same emulator, same batches",
         ),
         ratio(
             "ours/peer CPU/reading",
-            value("ours CPU/reading"),
-            value("peer CPU/reading"),
+            report.value("ours CPU/reading"),
+            report.value("peer CPU/reading"),
             "below 1: ours spends less of this process per reading",
         ),
     ]
@@ -221,10 +217,10 @@ def run(options: BenchOptions) -> BenchReport:
         "memory and fsyncs nothing, so these rates say nothing about a real cluster's; they compare two "
         "writers against the same server.",
         bound_note(
-            value("ours CPU/reading"),
-            value("ours emulator CPU/reading"),
-            value("ours emulator CPU"),
-            value("ours readings/s"),
+            report.value("ours CPU/reading"),
+            report.value("ours emulator CPU/reading"),
+            report.value("ours emulator CPU"),
+            report.value("ours readings/s"),
         ),
         f"{total:,} valid reading envelopes (~321 B, {DEVICES} devices), parsed before the clock starts; "
         f"batches of {BATCH:,}. Ours: `ElasticsearchSink.write` (create ops, plain_json). Peer: "
@@ -232,7 +228,7 @@ def run(options: BenchOptions) -> BenchReport:
         "bodies, built in its generator. A fresh osmem-server per side; the order alternates per run.",
         f"{versions_line()}.",
     ]
-    stored = [(s, value(f"{s} stored")) for s in ("ours", "peer")]
+    stored = [(s, report.value(f"{s} stored")) for s in ("ours", "peer")]
     short = [f"{s} {fmt(v)}" for s, v in stored if v != total]
     if short:
         report.notes.append(f"stored counts differ from the {total:,} written: {', '.join(short)}")

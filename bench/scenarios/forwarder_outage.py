@@ -27,7 +27,7 @@ from bench.counter import Counter, CountPlan
 from bench.lab import Lab
 from bench.loadgen import Publishers
 from bench.options import BenchOptions
-from bench.results import BenchReport, environment, figures_from_runs, ratio
+from bench.results import BenchReport, environment, figures_from_table, ratio
 from bench.scenarios.ingester import SINK_BENCHES
 from bench.scenarios.site_rate import broker_pid
 from bench.scenarios.topology import OURS, start_hop
@@ -177,19 +177,13 @@ UNITS = {
 def run(options: BenchOptions) -> BenchReport:
     outage_s = options.seconds(600, 30)
     rows = [measure_run(outage_s) for _ in range(options.runs)]
-    units = {name: unit for name, (unit, _) in UNITS.items()}
-    notes = {name: note for name, (_, note) in UNITS.items() if note}
-    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_runs(rows, units, notes))
-
-    def value(name: str) -> float:
-        fig = report.figure(name)
-        return fig.value if fig is not None else math.nan
+    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_table(rows, UNITS))
 
     report.ratios.append(
         ratio(
             "plain/ours broker queue at peak",
-            value("plain broker stored peak"),
-            value("ours broker stored peak"),
+            report.value("plain broker stored peak"),
+            report.value("ours broker stored peak"),
             f"how much more a {outage_s / 60:.0f}-minute forwarder outage leaves in the broker with plain QoS 1",
         )
     )

@@ -41,7 +41,7 @@ import diskcache
 from bench.lab import Lab
 from bench.options import BenchOptions
 from bench.reading import SITE
-from bench.results import BenchReport, environment, figures_from_runs, ratio
+from bench.results import BenchReport, environment, figures_from_table, ratio
 from bench.scenarios.ingester import SINK_BENCHES
 from bench.scenarios.topology import BRIDGE_CRASH_SAFE, OURS, bridge_spec, start_hop
 from bench.services import INGESTER_ID, start_ingester
@@ -409,19 +409,13 @@ def run(options: BenchOptions) -> BenchReport:
         for name, spec in UNITS.items()
         if plan.site.gateway or not name.startswith("gateway disk")
     }
-    units = {name: unit for name, (unit, _) in table.items()}
-    notes = {name: note for name, (_, note) in table.items() if note}
-    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_runs(rows, units, notes))
-
-    def value(name: str) -> float:
-        fig = report.figure(name)
-        return fig.value if fig is not None else math.nan
+    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_table(rows, table))
 
     report.ratios.append(
         ratio(
             "kept, gateway VM / bridge VM",
-            value(f"{GATEWAY_PLAN.name} kept"),
-            value(f"{BRIDGE_PLAN.name} kept"),
+            report.value(f"{GATEWAY_PLAN.name} kept"),
+            report.value(f"{BRIDGE_PLAN.name} kept"),
             "the same cuts: the forwarder with end-to-end confirmations vs Mosquitto's crash-safe bridge",
         )
     )

@@ -237,24 +237,20 @@ def run(options: BenchOptions) -> BenchReport:
             notes |= {f"{store} {side} {k}": n for k, n in NOTES.items() if k in store_units}
     report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_runs(rows, units, notes))
 
-    def value(name: str) -> float:
-        fig = report.figure(name)
-        return fig.value if fig is not None else math.nan
-
     for store in ("fake store", "osmem"):
         report.ratios.append(
             ratio(
                 f"{store}: ours/peer events/s",
-                value(f"{store} ours events/s"),
-                value(f"{store} peer events/s"),
+                report.value(f"{store} ours events/s"),
+                report.value(f"{store} peer events/s"),
                 "relay (queue, sender thread, batches) vs one store call per event",
             )
         )
         report.ratios.append(
             ratio(
                 f"{store}: ours/peer CPU/event",
-                value(f"{store} ours CPU/event"),
-                value(f"{store} peer CPU/event"),
+                report.value(f"{store} ours CPU/event"),
+                report.value(f"{store} peer CPU/event"),
                 "below 1: the relay spends less CPU per event",
             )
         )
@@ -268,7 +264,7 @@ def run(options: BenchOptions) -> BenchReport:
         "ratio is the relay's own cost: the queue and sender thread against a plain loop.",
         "osmem-server is an in-memory OpenSearch-API emulator, NOT Elasticsearch; each side gets a fresh one, "
         "and the order alternates per run.",
-        bus_note(value("osmem ours events/s")),
+        bus_note(report.value("osmem ours events/s")),
         f"{versions_line()}.",
     ]
     return report

@@ -36,7 +36,7 @@ from bench.lab import Lab
 from bench.loadgen import Publishers
 from bench.options import BenchOptions
 from bench.procstat import memory_bytes
-from bench.results import BenchReport, Figure, environment, figures_from_runs, ratio
+from bench.results import BenchReport, Figure, environment, figures_from_table, ratio
 from bench.scenarios.ingester import SINK_BENCHES
 from bench.scenarios.site_rate import broker_pid, saltmarsh_site, wait_stored
 from bench.scenarios.topology import BRIDGE_CRASH_SAFE, BRIDGE_DEFAULT, OURS, start_hop
@@ -469,17 +469,11 @@ def run(options: BenchOptions) -> BenchReport:
         rows.append(row)
         failures += failed
     table = figure_table()
-    units = {name: unit for name, (unit, _) in table.items()}
-    notes = {name: note for name, (_, note) in table.items() if note}
-    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_runs(rows, units, notes))
+    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_table(rows, table))
     if outage_s == FULL_OUTAGE_S:
         report.figures += target_figures(report)
 
-    def value(name: str) -> float:
-        fig = report.figure(name)
-        return fig.value if fig is not None else math.nan
-
-    report.ratios += outage_ratios(value)
+    report.ratios += outage_ratios(report.value)
     report.notes += failures
     report.notes += [
         f"{PUBLISHER_PROCESSES} publisher processes paced at {RATE:,.0f} msg/s in all, one reading a second from "

@@ -21,7 +21,6 @@ same rates (simulated driver), sending into our whole path on its own, counted i
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from bench.lab import Lab
 from bench.loadgen import Publishers
 from bench.options import BenchOptions
 from bench.procstat import CLOCK_TICKS, Usage
-from bench.results import BenchReport, Figure, environment, figures_from_runs, ratio
+from bench.results import BenchReport, Figure, environment, figures_from_table, ratio
 from bench.scenarios.ingester import SINK_BENCHES
 from bench.scenarios.topology import BRIDGE_DEFAULT, OURS, Hop, start_hop
 from bench.services import start_ingester, start_sensor
@@ -324,15 +323,9 @@ def run(options: BenchOptions) -> BenchReport:
     sensor_s = options.seconds(30, 8)
     rows = [measure_run(i + 1, options.runs, window_s, idle_s, sensor_s) for i in range(options.runs)]
     table = figure_table()
-    units = {name: unit for name, (unit, _) in table.items()}
-    notes = {name: note for name, (_, note) in table.items() if note}
-    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_runs(rows, units, notes))
+    report = BenchReport(NAME, TITLE, environment(options.quick), figures_from_table(rows, table))
 
-    def value(name: str) -> float:
-        fig = report.figure(name)
-        return fig.value if fig is not None else math.nan
-
-    report.ratios += gateway_ratios(value)
+    report.ratios += gateway_ratios(report.value)
     report.notes += [
         f"{PUBLISHER_PROCESSES} publisher processes paced at the rate in total, one device per reading a "
         f"second (100 or 1,000 devices), ~321-byte readings at QoS 1; a {window_s:.0f} s window per rate "
