@@ -99,7 +99,8 @@ def test_vagrant_keys_are_made_once_each_and_private(tmp_path: Path) -> None:
         private = serialization.load_pem_private_key((keys / f"{name}.pem").read_bytes(), password=None)
         public = serialization.load_pem_public_key((keys / f"{name}.pub").read_bytes())
         assert isinstance(private, rsa.RSAPrivateKey) and private.key_size == 2048
-        assert private.public_key().public_numbers() == public.public_numbers()  # type: ignore[union-attr]
+        assert isinstance(public, rsa.RSAPublicKey)
+        assert private.public_key().public_numbers() == public.public_numbers()
         assert (keys / f"{name}.pem").stat().st_mode & 0o777 == 0o600
     before = {p.name: p.read_bytes() for p in keys.iterdir()}
     subprocess.run(["ruby", "-e", script, str(keys)], check=True, capture_output=True)

@@ -125,27 +125,19 @@ def missing(expected: Mapping[BootKey, int], stored: Mapping[BootKey, int]) -> d
     return {key: last - stored.get(key, 0) for key, last in expected.items() if stored.get(key, 0) < last}
 
 
-def integrity(db: Path) -> str:
-    """SQLite's integrity_check of a copied spool: 'ok', or what it found."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("PRAGMA integrity_check").fetchall()
-    except sqlite3.DatabaseError as err:
-        return f"{type(err).__name__}: {err}"
-    finally:
-        conn.close()
-    return "; ".join(str(r[0]) for r in rows)
-
-
-def diskcache_check(directory: Path) -> str:
-    """diskcache's own check of a copied spool (its files and its SQLite): 'ok', or its warnings."""
+def spool_check(directory: Path) -> str:
+    """diskcache's own check of a copied spool (SQLite's integrity_check, then its own files and
+    counters): 'ok', or what it found."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cache = diskcache.Cache(str(directory))
         try:
-            found = cache.check()
-        finally:
-            cache.close()
+            cache = diskcache.Cache(str(directory))
+            try:
+                found = cache.check()
+            finally:
+                cache.close()
+        except sqlite3.DatabaseError as err:
+            return f"{type(err).__name__}: {err}"
     problems = [str(w.message) for w in [*found, *caught]]
     return "; ".join(problems) if problems else "ok"
 
@@ -272,9 +264,7 @@ class PowerCutRun:
         for copy in copies:
             for db in copy.rglob("cache.db"):
                 self.tally.spools_checked += 1
-                verdict = integrity(db)
-                if verdict == "ok":
-                    verdict = diskcache_check(db.parent)
+                verdict = spool_check(db.parent)
                 if verdict != "ok":
                     self.tally.corrupt.append(f"boot {self.boots} {db.relative_to(into)}: {verdict}")
 

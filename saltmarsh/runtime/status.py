@@ -140,19 +140,19 @@ class StatusPublisher:
             return
         write_status(self.directory, self.service, self.instance, counters)
         if self.metrics_dir is not None:
-            self._write_metrics(counters)
+            self._write_metrics(self.metrics_dir, counters)
         self._last, self._last_at = counters, now
 
-    def _write_metrics(self, counters: Mapping[str, Any]) -> None:
+    def _write_metrics(self, directory: Path, counters: Mapping[str, Any]) -> None:
         # The metrics file is for a scraper: a full or read-only directory is reported, once,
         # and never stops the service or its status file.
         try:
-            write_metrics(self.metrics_dir or self.directory, self.service, self.instance, counters, time.time())
+            write_metrics(directory, self.service, self.instance, counters, time.time())
         except OSError as err:
             if not self._metrics_failed:
                 log.warning(
                     "metrics file not written",
-                    extra={"event": "metrics_write_failed", "metrics_dir": str(self.metrics_dir), "why": repr(err)},
+                    extra={"event": "metrics_write_failed", "metrics_dir": str(directory), "why": repr(err)},
                 )
             self._metrics_failed = True
         else:

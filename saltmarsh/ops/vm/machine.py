@@ -135,6 +135,3 @@ class Machine:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
-
-    def stop(self) -> None:
-        self.cut_power()
