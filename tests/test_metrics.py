@@ -106,3 +106,16 @@ def test_a_metrics_dir_that_cannot_be_written_does_not_stop_the_status(tmp_path:
     publisher.write()
     publisher.write()
     assert (tmp_path / "status" / "forwarder-gw1.json").exists()
+
+
+def test_periodic_writes_renew_the_metrics_file_at_most_every_interval(tmp_path: Path) -> None:
+    counters = {"spool_depth": 1}
+    publisher = StatusPublisher(
+        tmp_path / "status", "forwarder", "gw1", lambda: dict(counters), metrics_dir=tmp_path / "metrics"
+    )
+    publisher.write()
+    counters["spool_depth"] = 7
+    publisher.write(only_if_changed=True)  # what the status thread does each second
+    assert '"spool_depth": 7' in (tmp_path / "status" / "forwarder-gw1.json").read_text()
+    parsed = _parsed(tmp_path / "metrics" / "saltmarsh_forwarder_gw1.prom")
+    assert parsed["saltmarsh_forwarder_spool_depth"][1][0][2] == 1, "rewritten only after METRICS_INTERVAL_S"

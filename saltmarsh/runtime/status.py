@@ -98,6 +98,10 @@ def find_status(directory: Path, service: str, instance: str | None = None) -> S
 
 
 HEARTBEAT_S = STALE_AFTER_MS / 2000  # an unchanged file is rewritten this often, to show life
+# The periodic metrics file is rewritten at most this often: a scraper reads it every 15 s or
+# more, and each rewrite costs about 0.8 ms of CPU here, which at a site's 100 msg/s once a
+# second would add 8 us to every message. Explicit writes (start, stop) always write it.
+METRICS_INTERVAL_S = 10.0
 
 
 class StatusPublisher:
@@ -120,6 +124,7 @@ class StatusPublisher:
         self.directory = directory
         self.metrics_dir = metrics_dir  # also as Prometheus text, for node_exporter (runtime.metrics)
         self._metrics_failed = False
+        self._metrics_at = 0.0  # monotonic: the last metrics file written
         self.service = service
         self.instance = instance
         self.snapshot = snapshot
@@ -139,8 +144,9 @@ class StatusPublisher:
         if only_if_changed and counters == self._last and now - self._last_at < HEARTBEAT_S:
             return
         write_status(self.directory, self.service, self.instance, counters)
-        if self.metrics_dir is not None:
+        if self.metrics_dir is not None and (not only_if_changed or now - self._metrics_at >= METRICS_INTERVAL_S):
             self._write_metrics(self.metrics_dir, counters)
+            self._metrics_at = now
         self._last, self._last_at = counters, now
 
     def _write_metrics(self, directory: Path, counters: Mapping[str, Any]) -> None:
