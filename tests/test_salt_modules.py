@@ -12,7 +12,7 @@ from saltmarsh.runtime.status import write_status
 from tests.salt_support import STATES
 
 
-def _load(relative: str, name: str) -> ModuleType:
+def load_salt_module(relative: str, name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, STATES / relative)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -21,8 +21,8 @@ def _load(relative: str, name: str) -> ModuleType:
     return module
 
 
-svc = _load("_modules/saltmarsh_svc.py", "saltmarsh_svc_under_test")
-spool = _load("_beacons/saltmarsh_spool.py", "saltmarsh_spool_under_test")
+svc = load_salt_module("_modules/saltmarsh_svc.py", "saltmarsh_svc_under_test")
+spool = load_salt_module("_beacons/saltmarsh_spool.py", "saltmarsh_spool_under_test")
 
 
 def test_dropin_resets_and_replaces_exec_start() -> None:
