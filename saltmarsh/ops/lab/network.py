@@ -1,0 +1,169 @@
+"""The lab's wires: one network namespace per node, veth links, bridges, routes and faults.
+
+Every function returns the `ip`/`tc` command lines it needs (pure, so the topology can be checked
+without root); `run` carries them out. The cloud node holds the uplink bridge; each gateway holds
+its site's LAN bridge, forwards between its LAN and its uplink, and is its sensors' default route.
+A gateway's uplink is its own veth pair, so it can be cut (link down) or made bad (netem) alone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from saltmarsh.contract.errors import SaltmarshError
+from saltmarsh.ops.lab.fleet import Fleet, Node
+
+NETNS_PREFIX = "smlab-"
+UPLINK_BRIDGE = "uplink0"
+LAN_BRIDGE = "lan0"
+UPLINK_DEV = "uplink"  # a gateway's end of its uplink
+LAN_DEV = "eth0"  # a sensor's end of its LAN link
+
+Command = list[str]
+
+
+def netns_name(node: Node) -> str:
+    return NETNS_PREFIX + node.id
+
+
+def peer_name(index: int) -> str:
+    """The cloud-side (or gateway-side) end of node `index`'s link: 15 characters at most."""
+    return f"smp{index}"
+
+
+def _in(ns: str, *argv: str) -> Command:
+    return ["ip", "-n", ns, *argv]
+
+
+def _prefix(fleet: Fleet, node: Node, on_lan: bool) -> int:
+    return (fleet.lans[node.site] if on_lan and node.site else fleet.uplink).prefixlen
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One node's link to the node above it: which namespace holds the far end, and its name."""
+
+    node: str
+    node_dev: str
+    far_ns: str
+    far_dev: str
+
+
+def links(fleet: Fleet) -> list[Link]:
+    master_ns = netns_name(fleet.master)
+    out: list[Link] = []
+    for index, node in enumerate(fleet.nodes):
+        if node.has("gateway"):
+            out.append(Link(node.id, UPLINK_DEV, master_ns, peer_name(index)))
+        elif node.has("sensor") and node.site is not None:
+            out.append(Link(node.id, LAN_DEV, netns_name(fleet.gateway_of(node.site)), peer_name(index)))
+    return out
+
+
+def build_commands(fleet: Fleet) -> list[Command]:
+    """Everything `lab up` does to the network, in order."""
+    master = fleet.master
+    master_ns = netns_name(master)
+    cmds: list[Command] = [["ip", "netns", "add", netns_name(node)] for node in fleet.nodes]
+    for node in fleet.nodes:
+        cmds.append(_in(netns_name(node), "link", "set", "lo", "up"))
+    cmds += [
+        _in(master_ns, "link", "add", UPLINK_BRIDGE, "type", "bridge"),
+        _in(master_ns, "addr", "add", f"{master.uplink}/{fleet.uplink.prefixlen}", "dev", UPLINK_BRIDGE),
+        _in(master_ns, "link", "set", UPLINK_BRIDGE, "up"),
+    ]
+    for gateway in fleet.with_role("gateway"):
+        ns = netns_name(gateway)
+        cmds += [
+            _in(ns, "link", "add", LAN_BRIDGE, "type", "bridge"),
+            _in(ns, "addr", "add", f"{gateway.lan}/{_prefix(fleet, gateway, True)}", "dev", LAN_BRIDGE),
+            _in(ns, "link", "set", LAN_BRIDGE, "up"),
+            ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ]
+    by_id = {node.id: node for node in fleet.nodes}
+    for link in links(fleet):
+        node = by_id[link.node]
+        ns = netns_name(node)
+        bridge = UPLINK_BRIDGE if node.has("gateway") else LAN_BRIDGE
+        address = node.uplink if node.has("gateway") else node.lan
+        cmds += [
+            _in(ns, "link", "add", link.node_dev, "type", "veth", "peer", "name", link.far_dev, "netns", link.far_ns),
+            _in(link.far_ns, "link", "set", link.far_dev, "master", bridge, "up"),
+            _in(ns, "addr", "add", f"{address}/{_prefix(fleet, node, not node.has('gateway'))}", "dev", link.node_dev),
+            _in(ns, "link", "set", link.node_dev, "up"),
+        ]
+        if node.has("gateway"):
+            cmds.append(_in(ns, "route", "add", "default", "via", str(master.uplink)))
+            cmds.append(_in(master_ns, "route", "add", str(fleet.lans[str(node.site)]), "via", str(node.uplink)))
+        else:
+            cmds.append(_in(ns, "route", "add", "default", "via", str(fleet.gateway_of(str(node.site)).lan)))
+    return cmds
+
+
+def teardown_commands(namespaces: Iterable[str]) -> list[Command]:
+    """Deleting a namespace deletes the veth ends and bridges inside it, and with them their peers."""
+    return [["ip", "netns", "delete", ns] for ns in namespaces]
+
+
+def uplink_of(fleet: Fleet, gateway_id: str) -> Link:
+    for link in links(fleet):
+        if link.node == gateway_id and fleet.node(gateway_id).has("gateway"):
+            return link
+    raise SaltmarshError(f"{gateway_id} is not a gateway of this lab")
+
+
+def link_state_commands(link: Link, up: bool) -> list[Command]:
+    state = "up" if up else "down"
+    # Both ends, as a pulled cable: neither side keeps a carrier to send into.
+    return [
+        _in(netns_name_of(link), "link", "set", link.node_dev, state),
+        _in(link.far_ns, "link", "set", link.far_dev, state),
+    ]
+
+
+def netns_name_of(link: Link) -> str:
+    return NETNS_PREFIX + link.node
+
+
+def netem_commands(link: Link, loss_pct: float, delay_ms: float, rate_kbit: float | None) -> list[Command]:
+    """The same impairment in both directions (netem shapes only what leaves a device)."""
+    spec = ["netem", "loss", f"{loss_pct}%", "delay", f"{delay_ms}ms"]
+    if rate_kbit is not None:
+        spec += ["rate", f"{rate_kbit}kbit"]
+    return [
+        ["ip", "netns", "exec", netns_name_of(link), "tc", "qdisc", "replace", "dev", link.node_dev, "root", *spec],
+        ["ip", "netns", "exec", link.far_ns, "tc", "qdisc", "replace", "dev", link.far_dev, "root", *spec],
+    ]
+
+
+def clear_netem_commands(link: Link) -> list[Command]:
+    return [
+        ["ip", "netns", "exec", netns_name_of(link), "tc", "qdisc", "del", "dev", link.node_dev, "root"],
+        ["ip", "netns", "exec", link.far_ns, "tc", "qdisc", "del", "dev", link.far_dev, "root"],
+    ]
+
+
+def run(commands: Sequence[Command], check: bool = True) -> list[str]:
+    """Run each command; with check, stop at the first failure, naming it. Returns the failures."""
+    failures: list[str] = []
+    for argv in commands:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            failure = f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}"
+            if check:
+                raise SaltmarshError(failure)
+            failures.append(failure)
+    return failures
+
+
+def lab_namespaces() -> list[str]:
+    """Every lab namespace on this machine, whichever run made it."""
+    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in done.stdout.splitlines() if line.startswith(NETNS_PREFIX)]
+
+
+def namespace_pids(ns: str) -> list[int]:
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in done.stdout.split() if pid.isdigit()]

@@ -1,0 +1,180 @@
+"""The lab's pillar: the repo's pillar layout, filled for the lab's fleet with fresh secrets.
+
+The master reads `pillar_roots: [<lab pillar>, <repo>/pillar]`: the repo's top.sls assigns files
+by minion id from the first fleet.yaml it finds, which is the lab's; the lab's sites/, secrets/
+and cloud.sls shadow the repo's placeholder ones. Every password is fresh, the TLS material comes
+from a fresh lab CA, and every secret is also returned, so the security checks can look for it
+in every log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saltmarsh.ops.lab.ca import LabCA
+from saltmarsh.ops.lab.fleet import Fleet
+from saltmarsh.ops.localfleet.fleet import SENSOR_PLACES
+
+PASSWORD_BYTES = 24
+UPLINK_PORT = 8883
+SITE_BROKER_PORT = 1883
+
+
+@dataclass(frozen=True, slots=True)
+class LabSettings:
+    """What the lab sets for every minion: it runs the code from this checkout's venv."""
+
+    venv: str
+    service_user: str = "saltmarsh"
+    beacon_interval_s: int = 5
+    sensor_interval_s: float = 1.0
+
+    def pillar(self) -> dict[str, Any]:
+        manage = self.service_user != "root"
+        return {
+            "install": {"enabled": False, "venv": self.venv},
+            "user": {"manage": manage, "name": self.service_user, "group": self.service_user},
+            # A master restarting itself from a state would cut its own job: the lab restarts it.
+            "master": {"manage_service": False},
+            "sensor": {"interval_s": self.sensor_interval_s},
+            "gateway": {"beacons": {"interval_s": self.beacon_interval_s, "spool_interval_s": self.beacon_interval_s}},
+        }
+
+
+@dataclass
+class LabPillar:
+    root: Path
+    secrets: list[str] = field(default_factory=list)
+
+    def _password(self) -> str:
+        value = secrets.token_urlsafe(PASSWORD_BYTES)
+        self.secrets.append(value)
+        return value
+
+    def _key(self, pem: str) -> str:
+        self.secrets.append(pem.strip().splitlines()[1])  # a line of the key body is enough to find it
+        return pem
+
+    def write(self, path: str, doc: dict[str, Any], secret: bool = False) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # JSON is YAML, and Salt's yaml renderer reads it; secrets are 0600 from the first byte.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+        with os.fdopen(fd, "w") as out:
+            json.dump(doc, out, indent=1)
+            out.write("\n")
+
+
+def _sites_entry(fleet: Fleet, site: str, ca_pem: str) -> dict[str, Any]:
+    gateway = fleet.gateway_of(site)
+    devices: dict[str, Any] = {}
+    for index, sensor in enumerate(fleet.with_role("sensor", site)):
+        place, lat, lon = SENSOR_PLACES[index % len(SENSOR_PLACES)]
+        devices[sensor.id] = {
+            "model": "HW-MD202",
+            "driver": {"type": "simulated", "seed": index + 1},
+            "location": {"lat": lat, "lon": lon, "place": place},
+        }
+    return {
+        "name": f"lab site {site}",
+        "broker": {"host": str(gateway.lan), "port": SITE_BROKER_PORT},
+        "uplink": {"host": str(fleet.master.uplink), "port": UPLINK_PORT, "tls": True, "ca_cert": ca_pem},
+        "gateways": {gateway.id: {}},
+        "devices": devices,
+        "thresholds": {"temperature": {"above": 35, "below": -5}},
+        "kinesis": {"select": [{"name": "alerts", "kinds": ["alert"]}]},
+    }
+
+
+def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA) -> LabPillar:
+    """Write the lab's pillar tree under `root`; returns it with every secret it generated."""
+    pillar = LabPillar(root)
+    master = fleet.master
+    broker = ca.issue(master.id, server=True, dns=(master.id,), ips=(master.address,))
+    pillar.write(
+        "fleet.yaml",
+        {
+            "cloud": {"minions": [master.id]},
+            "sites": {
+                site: {
+                    "gateways": [fleet.gateway_of(site).id],
+                    "sensors": [s.id for s in fleet.with_role("sensor", site)],
+                }
+                for site in fleet.sites
+            },
+        },
+    )
+    pillar.write(
+        "cloud.sls",
+        {
+            "saltmarsh": {
+                **settings.pillar(),
+                "cloud": {
+                    "broker": {"ca_cert": ca.cert_pem, "tls_cert": broker.cert_pem},
+                    "ingester": {"instances": 1},
+                    "elasticsearch": {"enabled": False},
+                    "kinesis": {"enabled": False},
+                },
+            }
+        },
+    )
+    pillar.write(
+        "secrets/cloud.sls",
+        {
+            "saltmarsh": {
+                "cloud": {
+                    "broker": {"tls_key": pillar._key(broker.key_pem)},
+                    "ingester": {"password": pillar._password()},
+                    "elasticsearch": {"api_key": pillar._password()},
+                    "kinesis": {
+                        "access_key_id": "LABKEY" + secrets.token_hex(6).upper(),
+                        "secret_access_key": pillar._password(),
+                    },
+                }
+            }
+        },
+        secret=True,
+    )
+    for site in fleet.sites:
+        pillar.write(
+            f"sites/{site}.sls",
+            {"saltmarsh": {**settings.pillar(), "sites": {site: _sites_entry(fleet, site, ca.cert_pem)}}},
+        )
+        gateway = fleet.gateway_of(site)
+        client = ca.issue(gateway.id, server=False)
+        site_secret = f"secrets/{site}"
+        pillar.write(
+            f"{site_secret}/{gateway.id}.sls",
+            _site_secret(
+                site,
+                "gateways",
+                gateway.id,
+                {
+                    "forwarder_password": pillar._password(),
+                    "tls_cert": client.cert_pem,
+                    "tls_key": pillar._key(client.key_pem),
+                },
+            ),
+            secret=True,
+        )
+        pillar.write(
+            f"{site_secret}/{gateway.id}-uplink.sls",
+            _site_secret(site, "gateways", gateway.id, {"uplink_password": pillar._password()}),
+            secret=True,
+        )
+        for sensor in fleet.with_role("sensor", site):
+            pillar.write(
+                f"{site_secret}/{sensor.id}.sls",
+                _site_secret(site, "devices", sensor.id, {"password": pillar._password()}),
+                secret=True,
+            )
+    return pillar
+
+
+def _site_secret(site: str, section: str, entry: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {"saltmarsh": {"sites": {site: {section: {entry: values}}}}}

@@ -1,0 +1,50 @@
+"""The lab's state file: what `lab up` made, written before it makes it, so `lab down` can undo a
+crashed run as well as a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_NAME = "lab.json"
+DEFAULT_DIR = Path(os.environ.get("SALTMARSH_LAB_DIR", "/tmp/saltmarsh-lab"))
+
+
+@dataclass
+class LabState:
+    base: Path
+    fleet: dict[str, Any] = field(default_factory=dict)  # the fleet document the lab was built from
+    namespaces: list[str] = field(default_factory=list)
+    anchors: dict[str, int] = field(default_factory=dict)  # node id -> anchor pid
+    service_user: str = ""
+    phase: str = "planned"
+
+    @property
+    def path(self) -> Path:
+        return self.base / STATE_NAME
+
+    def save(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        doc = {**asdict(self), "base": str(self.base)}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(self.path)
+
+    @classmethod
+    def load(cls, base: Path) -> LabState | None:
+        try:
+            doc = json.loads((base / STATE_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(
+            base=base,
+            fleet=dict(doc.get("fleet", {})),
+            namespaces=list(doc.get("namespaces", [])),
+            anchors={str(k): int(v) for k, v in doc.get("anchors", {}).items()},
+            service_user=str(doc.get("service_user", "")),
+            phase=str(doc.get("phase", "")),
+        )
