@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,8 +25,8 @@ from saltmarsh.contract.errors import SaltmarshError
 from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.ca import LabCA
 from saltmarsh.ops.lab.fleet import REPO, Fleet, Node, fleet_document, parse_fleet
-from saltmarsh.ops.lab.node import NodeDirs, start_anchor
-from saltmarsh.ops.lab.pillar import LabSettings, write_lab_pillar
+from saltmarsh.ops.lab.node import NodeDirs, enter_argv, start_anchor
+from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabSettings, write_lab_pillar
 from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, Master, StateRun, apply_role, start_daemon, write_salt_configs
 from saltmarsh.ops.lab.state import LabState
 from saltmarsh.runtime.status import ServiceStatus, read_statuses
@@ -116,9 +117,13 @@ class Lab:
             raise
         return lab
 
-    def _build(self, say: Say) -> None:
+    def _build(self, say_plain: Say) -> None:
         fleet = self.fleet
         started = time.monotonic()
+
+        def say(text: str) -> None:
+            say_plain(f"[{time.monotonic() - started:5.1f} s] {text}")
+
         say(f"network: {len(fleet.nodes)} namespaces, uplink {fleet.uplink}, {len(fleet.sites)} site LANs")
         network.run(network.build_commands(fleet))
         self.pillar_root.mkdir(parents=True, exist_ok=True)
@@ -130,11 +135,12 @@ class Lab:
         secrets_path.chmod(0o600)
         for node in fleet.nodes:
             dirs = self.dirs(node.id)
-            write_salt_configs(node, fleet.master, dirs)
+            write_salt_configs(node, fleet, dirs)
             self.state.anchors[node.id] = start_anchor(node.id, network.netns_name(node), dirs, REPO, self.pillar_root)
             self.state.save()
         self.state.phase = "salt"
         self.state.save()
+        start_elasticsearch(self.anchor(fleet.master.id), self.dirs(fleet.master.id))
         say("salt: starting the master and one minion per node")
         start_daemon(self.anchor(fleet.master.id), "salt-master")
         master = self.master
@@ -145,9 +151,8 @@ class Lab:
         master.accept(ids)
         say(f"salt: accepted {len(ids)} minion keys by id")
         master.wait_for_minions(ids)
-        synced = master.salt("*", "saltutil.sync_all")
-        if not isinstance(synced, dict) or set(synced) != set(ids):
-            raise SaltmarshError(f"saltutil.sync_all did not return from every minion: {synced}")
+        # No saltutil.sync_all first: a highstate syncs the formula's modules (the service
+        # provider among them) before it runs a state.
         for role in ROLE_ORDER:
             self.apply(role, say)
             if role == "cloud":
@@ -225,6 +230,22 @@ class Lab:
                 found += [p for p in dirs.upper(top).rglob("*.log") if p.is_file()]
             found += [p for p in (dirs.upper("var") / "log").rglob("*") if p.is_file()]
         return sorted(set(found))
+
+
+def start_elasticsearch(anchor_pid: int, dirs: NodeDirs) -> None:
+    """osmem-server in the cloud node, where the relay engine's default URL points: the lab's
+    stand-in for the fleet's Elasticsearch cluster, which Salt does not manage."""
+    import osmem_server  # type: ignore[import-untyped]  # a test extra: only the lab needs it
+
+    argv = [osmem_server.resolve_binary(), "-addr", ELASTICSEARCH_URL.removeprefix("http://"), "-no-stdin-watch"]
+    with (dirs.root / "elasticsearch.log").open("ab") as log:
+        subprocess.Popen(
+            enter_argv(anchor_pid, argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _alive(pid: int) -> bool:

@@ -22,6 +22,13 @@ from saltmarsh.ops.localfleet.fleet import SENSOR_PLACES
 
 PASSWORD_BYTES = 24
 UPLINK_PORT = 8883
+# The lab's stand-in for the fleet's Elasticsearch cluster, inside the cloud node
+# (saltmarsh.ops.lab.lab.start_elasticsearch); osmem refuses the client's vendor media types.
+ELASTICSEARCH_URL = "http://127.0.0.1:9200"
+RELAY_ENGINE = {
+    "name": "saltmarsh_relay",
+    "config": {"elasticsearch": {"hosts": [ELASTICSEARCH_URL], "plain_json": True}},
+}
 SITE_BROKER_PORT = 1883
 
 
@@ -114,6 +121,7 @@ def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA)
         {
             "saltmarsh": {
                 **settings.pillar(),
+                "master": {"manage_service": False, "engine": RELAY_ENGINE},
                 "cloud": {
                     "broker": {"ca_cert": ca.cert_pem, "tls_cert": broker.cert_pem},
                     "ingester": {"instances": 1},

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from saltmarsh.contract.errors import SaltmarshError
-from saltmarsh.ops.lab.fleet import Node
+from saltmarsh.ops.lab.fleet import Fleet, Node
 from saltmarsh.ops.lab.node import PILLAR_MOUNT, REPO_MOUNT, NodeDirs, enter_argv, run_in
 
 BIN = Path(sys.executable).parent
@@ -54,15 +54,28 @@ def minion_config(node: Node, master: Node) -> dict[str, Any]:
         "recon_default": 1000,
         "recon_max": 5000,
         "log_level_logfile": "info",
+        # A node has no DNS server to ask: the fqdns grain's reverse lookups would each wait for
+        # a resolver timeout, at every grains refresh (the minion's start, every sync).
+        "enable_fqdns_grains": False,
     }
 
 
-def write_salt_configs(node: Node, master: Node, dirs: NodeDirs) -> None:
+def hosts_file(fleet: Fleet) -> str:
+    """Every node by name, as a site's DNS or DHCP server would make them known."""
+    lines = ["127.0.0.1 localhost"]
+    for node in fleet.nodes:
+        lines += [f"{address} {node.id}" for address in (node.uplink, node.lan) if address is not None]
+    return "\n".join(lines) + "\n"
+
+
+def write_salt_configs(node: Node, fleet: Fleet, dirs: NodeDirs) -> None:
     """Written into the node's own /etc before its anchor mounts it."""
+    master = fleet.master
     etc_salt = dirs.upper("etc") / "salt"
     etc_salt.mkdir(parents=True, exist_ok=True)
     (etc_salt / "minion").write_text(yaml.safe_dump(minion_config(node, master), sort_keys=False))
     (etc_salt / "grains").write_text(yaml.safe_dump(node.grains, sort_keys=False))
+    (dirs.upper("etc") / "hosts").write_text(hosts_file(fleet))
     if node.has("master"):
         (etc_salt / "master").write_text(yaml.safe_dump(master_config(node), sort_keys=False))
 
