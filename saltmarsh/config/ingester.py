@@ -85,3 +85,9 @@ def ingester_config(t: Table) -> IngesterConfig:
 
 def load_ingester_config(path: Path) -> IngesterConfig:
     return ingester_config(load_toml(path))
+
+
+def load_sink_config(path: Path) -> SinkConfig:
+    """Only the `[sink]` of an ingester config: what an audit reads, from a machine that does not
+    hold the ingester's broker credentials (the lab's host, reading a node's config)."""
+    return _sink(load_toml(path).table("sink", required=True))

@@ -1,4 +1,4 @@
-"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site.
+"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site, lab.
 
 Every verb exits
     0  done, and all is well
@@ -23,6 +23,7 @@ from pathlib import Path
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
 from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
 from saltmarsh.ops.audit import AuditReport, format_report, format_whereabouts, run_audit
+from saltmarsh.ops.lab.cli import add_lab_parser
 from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 from saltmarsh.ops.progress import fleet_progress_line
 from saltmarsh.runtime.status import ServiceStatus, read_status_dir
@@ -286,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--status-dir", default=str(DEFAULT_STATUS_DIR))
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    add_lab_parser(verbs, _count)
     return parser
 
 

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from saltmarsh.contract.errors import ConfigError
 from saltmarsh.ops.pillar import SITE_PATTERN, gateway_id, sensor_ids

@@ -140,7 +140,8 @@ class Lab:
             self.state.save()
         self.state.phase = "salt"
         self.state.save()
-        start_elasticsearch(self.anchor(fleet.master.id), self.dirs(fleet.master.id))
+        self.state.elasticsearch_pid = start_elasticsearch(self.anchor(fleet.master.id), self.dirs(fleet.master.id))
+        self.state.save()
         say("salt: starting the master and one minion per node")
         start_daemon(self.anchor(fleet.master.id), "salt-master")
         master = self.master
@@ -232,20 +233,22 @@ class Lab:
         return sorted(set(found))
 
 
-def start_elasticsearch(anchor_pid: int, dirs: NodeDirs) -> None:
+def start_elasticsearch(anchor_pid: int, dirs: NodeDirs) -> int:
     """osmem-server in the cloud node, where the relay engine's default URL points: the lab's
     stand-in for the fleet's Elasticsearch cluster, which Salt does not manage."""
     import osmem_server  # type: ignore[import-untyped]  # a test extra: only the lab needs it
 
     argv = [osmem_server.resolve_binary(), "-addr", ELASTICSEARCH_URL.removeprefix("http://"), "-no-stdin-watch"]
     with (dirs.root / "elasticsearch.log").open("ab") as log:
-        subprocess.Popen(
+        # nsenter enters no pid namespace, so it execs: this pid is the server's own.
+        process = subprocess.Popen(
             enter_argv(anchor_pid, argv),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return process.pid
 
 
 def _alive(pid: int) -> bool:

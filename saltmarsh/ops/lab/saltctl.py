@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from saltmarsh.contract.errors import SaltmarshError
 from saltmarsh.ops.lab.fleet import Fleet, Node

@@ -21,6 +21,7 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     anchors: dict[str, int] = field(default_factory=dict)  # node id -> anchor pid
     service_user: str = ""
+    elasticsearch_pid: int = 0
     phase: str = "planned"
 
     @property
@@ -46,5 +47,6 @@ class LabState:
             namespaces=list(doc.get("namespaces", [])),
             anchors={str(k): int(v) for k, v in doc.get("anchors", {}).items()},
             service_user=str(doc.get("service_user", "")),
+            elasticsearch_pid=int(doc.get("elasticsearch_pid", 0)),
             phase=str(doc.get("phase", "")),
         )

@@ -1,0 +1,314 @@
+"""Running a chaos plan on the lab, then proving nothing was lost or stored twice.
+
+`expand` turns a plan into timed events (pure); `ChaosRun` carries them out against a running
+lab, waits for the fleet to drain, and reports: what happened when, the audit of the sink against
+every sensor's own last seq, the forwarders' spool beacons that the relay engine indexed during
+the run (depth rising, then draining), and how long each unit took to come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saltmarsh.config.ingester import load_sink_config
+from saltmarsh.contract.errors import SaltmarshError
+from saltmarsh.ops.audit import AuditReport, run_audit
+from saltmarsh.ops.lab import network
+from saltmarsh.ops.lab.lab import Lab
+from saltmarsh.ops.lab.node import run_in
+from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL
+from saltmarsh.ops.lab.plan import Plan, Step
+from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, start_daemon
+from saltmarsh.sinks import open_audit_source
+
+Say = Callable[[str], None]
+COME_BACK_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: float
+    label: str
+    step: Step
+    undo: bool = False
+
+
+def expand(plan: Plan) -> list[Event]:
+    """Every fault and every undo of the plan, in time order (undos first at the same instant)."""
+    events: list[Event] = []
+    for step in plan.steps:
+        for repeat in range(step.times):
+            start = step.at + repeat * step.every_s
+            target = f"{step.node}/{step.unit}" if step.unit else step.node
+            events.append(Event(start, f"{step.do} {target}", step))
+            if step.duration_s > 0:
+                events.append(Event(start + step.duration_s, f"end {step.do} {target}", step, undo=True))
+    return sorted(events, key=lambda e: (e.at, not e.undo))
+
+
+def resolve_node(lab: Lab, name: str) -> str:
+    """A node id, or `cloud`, `gateway` (the first site's) or `gateway:<site>`."""
+    fleet = lab.fleet
+    if name in ("cloud", "master"):
+        return fleet.master.id
+    if name == "gateway":
+        return fleet.gateway_of(fleet.sites[0]).id
+    if name.startswith("gateway:"):
+        return fleet.gateway_of(name.partition(":")[2]).id
+    return fleet.node(name).id
+
+
+@dataclass
+class ChaosReport:
+    plan: str
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+    audit: AuditReport | None = None
+    drained_s: float | None = None
+    come_back_s: dict[str, list[float]] = field(default_factory=dict)  # "node/unit" -> seconds
+    beacon_depths: dict[str, list[int]] = field(default_factory=dict)  # gateway -> depths seen
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.audit is not None and self.audit.ok and not self.problems
+
+
+class ChaosRun:
+    def __init__(self, lab: Lab, plan: Plan, say: Say) -> None:
+        self.lab = lab
+        self.plan = plan
+        self.say = say
+        self.report = ChaosReport(plan.name)
+        self._started = 0.0
+        self._waiting: list[tuple[str, str, int | None, float]] = []  # node, unit, old pid, since
+
+    # -- the faults -----------------------------------------------------------------------
+
+    def _apply(self, event: Event) -> None:
+        step = event.step
+        node = resolve_node(self.lab, step.node)
+        actions: dict[str, Callable[[str, Step, bool], None]] = {
+            "cut-uplink": self._cut,
+            "netem": self._netem,
+            "kill9": self._kill9,
+            "kill-unit": self._kill_unit,
+            "pause": self._pause,
+            "stop-unit": self._stop_unit,
+            "restart-units": self._restart_units,
+            "stop-master": self._stop_master,
+            "pause-elasticsearch": self._pause_elasticsearch,
+        }
+        actions[step.do](node, step, event.undo)
+
+    def _cut(self, node: str, step: Step, undo: bool) -> None:
+        network.run(network.link_state_commands(network.uplink_of(self.lab.fleet, node), up=undo))
+
+    def _netem(self, node: str, step: Step, undo: bool) -> None:
+        link = network.uplink_of(self.lab.fleet, node)
+        if undo:
+            network.run(network.clear_netem_commands(link), check=False)
+        else:
+            network.run(network.netem_commands(link, step.loss_pct, step.delay_ms, step.rate_kbit))
+
+    def _main_pid(self, node: str, unit: str) -> int:
+        pid = self.lab.unit_pid(node, unit)
+        if pid is None:
+            raise SaltmarshError(f"{node}: {unit} is not running")
+        return pid
+
+    def _kill9(self, node: str, step: Step, undo: bool) -> None:
+        pid = self._main_pid(node, step.unit)
+        os.kill(pid, signal.SIGKILL)
+        self._waiting.append((node, step.unit, pid, time.monotonic()))
+
+    def _kill_unit(self, node: str, step: Step, undo: bool) -> None:
+        """As if systemd gave up on the unit: nothing on the node brings it back; the reactor must."""
+        pid = self._main_pid(node, step.unit)
+        name = step.unit if step.unit.endswith(".service") else f"{step.unit}.service"
+        supervisor = self.lab.dirs(node).path(f"{SVC_STATE_DIR}/{name}.supervisor")
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+            os.killpg(int(supervisor.read_text().split()[0]), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self._waiting.append((node, step.unit, pid, time.monotonic()))
+
+    def _pause(self, node: str, step: Step, undo: bool) -> None:
+        pid = self._main_pid(node, step.unit)
+        os.kill(pid, signal.SIGCONT if undo else signal.SIGSTOP)
+
+    def _salt_call(self, node: str, *args: str) -> None:
+        # On the node itself, as an operator on the box would: its minion may be cut off from
+        # the master (a restart while the uplink is down).
+        done = run_in(self.lab.anchor(node), [str(BIN / "salt-call"), "--local", "--retcode-passthrough", *args], 180)
+        if done.returncode != 0:
+            raise SaltmarshError(f"{node}: salt-call {' '.join(args)}: {done.stdout[-500:]}{done.stderr[-500:]}")
+
+    def _stop_unit(self, node: str, step: Step, undo: bool) -> None:
+        self._salt_call(node, "service.start" if undo else "service.stop", step.unit)
+
+    def _restart_units(self, node: str, step: Step, undo: bool) -> None:
+        for unit in self.lab.units(node):
+            self._salt_call(node, "service.restart", unit.removesuffix(".service"))
+
+    def _stop_master(self, node: str, step: Step, undo: bool) -> None:
+        if undo:
+            start_daemon(self.lab.anchor(node), "salt-master")
+            return
+        pid_file = self.lab.dirs(node).path("/run/salt-master.pid")
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+
+    def _pause_elasticsearch(self, node: str, step: Step, undo: bool) -> None:
+        pid = self.lab.state.elasticsearch_pid
+        if pid:
+            os.kill(pid, signal.SIGCONT if undo else signal.SIGSTOP)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def _log(self, text: str) -> None:
+        at = time.monotonic() - self._started
+        self.report.timeline.append((round(at, 1), text))
+        self.say(f"[{at:6.1f} s] {text}")
+
+    def _check_come_backs(self) -> None:
+        still: list[tuple[str, str, int | None, float]] = []
+        for node, unit, old_pid, since in self._waiting:
+            pid = self.lab.unit_pid(node, unit)
+            if pid is not None and pid != old_pid:
+                took = time.monotonic() - since
+                self.report.come_back_s.setdefault(f"{node}/{unit}", []).append(round(took, 1))
+                self._log(f"{node}/{unit} back as pid {pid} after {took:.1f} s")
+            elif time.monotonic() - since > COME_BACK_TIMEOUT_S:
+                self.report.problems.append(f"{node}/{unit} did not come back within {COME_BACK_TIMEOUT_S:.0f} s")
+            else:
+                still.append((node, unit, old_pid, since))
+        self._waiting = still
+
+    def run(self) -> ChaosReport:
+        events = expand(self.plan)
+        self._started = time.monotonic()
+        start_ms = int(time.time() * 1000)
+        self._log(f"plan {self.plan.name}: {len(events)} events over {self.plan.length_s:.0f} s")
+        for event in events:
+            while time.monotonic() - self._started < event.at:
+                self._check_come_backs()
+                time.sleep(0.2)
+            try:
+                self._apply(event)
+                self._log(event.label)
+            except SaltmarshError as err:
+                self.report.problems.append(f"{event.label}: {err}")
+                self._log(f"{event.label} FAILED: {err}")
+        settle_deadline = time.monotonic() + self.plan.settle_s
+        while self._waiting and time.monotonic() < settle_deadline:
+            self._check_come_backs()
+            time.sleep(0.2)
+        self._check_come_backs()
+        # What every sensor had produced when the plan ended: the sink must come to hold all of
+        # it. The sensors go on producing; what they produce later is not waited for.
+        produced = expectations(self.lab)
+        report = audit(self.lab, produced)
+        while report.lost and time.monotonic() < settle_deadline:
+            time.sleep(1.0)
+            report = audit(self.lab, produced)
+        self.report.audit = report
+        if report.lost:
+            self.report.problems.append(
+                f"{report.lost} readings still missing {self.plan.settle_s:.0f} s after the plan"
+            )
+        else:
+            self.report.drained_s = round(time.monotonic() - self._started, 1)
+            self._log(f"drained: the sink holds every reading produced up to the plan's end ({report.readings})")
+        self.report.beacon_depths = beacon_depths(self.lab, start_ms)
+        return self.report
+
+
+# -- after the run ----------------------------------------------------------------------------
+
+
+def expectations(lab: Lab) -> dict[str, tuple[str, int]]:
+    """Each sensor's own word on what it produced, across boots: device -> (boot, last seq)."""
+    out: dict[str, tuple[str, int]] = {}
+    for statuses in lab.all_statuses().values():
+        for s in statuses:
+            if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters:
+                out[s.instance] = (str(s.counters["boot"]), int(s.counters["last_seq"]))
+    return out
+
+
+def audit(lab: Lab, produced: dict[str, tuple[str, int]] | None = None) -> AuditReport:
+    """`saltmarsh audit` of the cloud's sink, read through the ingester config Salt rendered."""
+    master = lab.fleet.master.id
+    dirs = lab.dirs(master)
+    config_path = dirs.path("/etc/saltmarsh/ingester-1.toml")
+    sink = load_sink_config(config_path)
+    if sink.path is not None:
+        sink = type(sink)(type=sink.type, path=dirs.path(str(sink.path)), elasticsearch=sink.elasticsearch)
+    source = open_audit_source(sink)
+    try:
+        return run_audit(source.stored_keys(), produced or expectations(lab), source.dead_letter_counts())
+    finally:
+        source.close()
+
+
+def search_events(lab: Lab, query: dict[str, Any]) -> list[dict[str, Any]]:
+    """The relay engine's index, searched from inside the cloud node."""
+    body = json.dumps(query)
+    argv = [
+        "curl",
+        "-s",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+        f"{ELASTICSEARCH_URL}/saltmarsh-fleet-events-*/_search",
+    ]
+    done = run_in(lab.anchor(lab.fleet.master.id), argv, timeout_s=60)
+    try:
+        hits = json.loads(done.stdout)["hits"]["hits"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [h["_source"] for h in hits if isinstance(h, dict) and "_source" in h]
+
+
+def beacon_depths(lab: Lab, since_ms: int) -> dict[str, list[int]]:
+    """Each gateway's spool depth, as its beacon reported it to the master, in time order."""
+    docs = search_events(lab, {"size": 10000, "query": {"range": {"@timestamp": {"gte": since_ms}}}})
+    depths: dict[str, list[tuple[str, int]]] = {}
+    for doc in docs:
+        tag = str(doc.get("tag", ""))
+        data = doc.get("data")
+        if "/saltmarsh_spool/" in tag and isinstance(data, dict) and "spool_depth" in data:
+            depths.setdefault(str(doc.get("minion_id")), []).append(
+                (str(doc.get("@timestamp")), int(data["spool_depth"]))
+            )
+    return {gw: [depth for _, depth in sorted(seen)] for gw, seen in depths.items()}
+
+
+def format_chaos_report(report: ChaosReport) -> str:
+    lines = [f"plan {report.plan}: {'OK' if report.ok else 'FAILED'}"]
+    if report.audit is not None:
+        a = report.audit
+        lines.append(f"  audit: {a.readings} readings, {a.lost} lost, {a.duplicated} duplicated")
+    if report.drained_s is not None:
+        lines.append(f"  drained {report.drained_s:.0f} s after the plan started")
+    for unit, times in sorted(report.come_back_s.items()):
+        lines.append(f"  {unit} came back after " + ", ".join(f"{t:.1f}" for t in times) + " s")
+    for gateway, depths in sorted(report.beacon_depths.items()):
+        peak = max(depths, default=0)
+        lines.append(
+            f"  {gateway} spool beacons: {len(depths)} events, peak depth {peak}, last {depths[-1] if depths else '-'}"
+        )
+    lines += [f"  problem: {p}" for p in report.problems]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, report: ChaosReport) -> None:
+    path.write_text(format_chaos_report(report) + "\n")
