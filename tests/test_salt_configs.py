@@ -75,7 +75,7 @@ def test_sensor_config_loads(applied: Applied) -> None:
     assert (cfg.device, cfg.site) == ("sensor1", "example")
     assert (cfg.driver.type, cfg.driver.pin, cfg.driver.seed) == ("simulated", "D4", 1)
     assert cfg.location is not None and cfg.location.place == "garden"
-    assert (cfg.broker.host, cfg.broker.port, cfg.broker.username) == ("192.168.56.11", 1883, "sensor1")
+    assert (cfg.broker.host, cfg.broker.port, cfg.broker.username) == ("192.168.57.1", 1883, "sensor1")
     assert cfg.broker.password is not None
     assert cfg.broker.password.reveal() == "example-sensor1-placeholder-password"
     assert cfg.state_dir == applied.roots["sensor1"] / "var/lib/saltmarsh/sensor"

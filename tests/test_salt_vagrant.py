@@ -34,6 +34,7 @@ def _copy_fleet(tmp_path: Path) -> Path:
     shutil.copy(REPO / "Vagrantfile", tmp_path / "Vagrantfile")
     shutil.copytree(REPO / "salt" / "keys", tmp_path / "salt" / "keys")
     shutil.copytree(REPO / "salt" / "vagrant", tmp_path / "salt" / "vagrant")
+    shutil.copy(REPO / "salt" / "fleet.yaml", tmp_path / "salt" / "fleet.yaml")
     return tmp_path
 
 

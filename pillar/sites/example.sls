@@ -1,4 +1,5 @@
-# Site "example": the Vagrant test fleet (gw1 at 192.168.56.11, the cloud on master at .10).
+# Site "example": the Vagrant test fleet and the lab's default (salt/fleet.yaml: gw1 on the uplink
+# at 192.168.56.11 and on the site LAN at 192.168.57.1, the cloud on master at 192.168.56.10).
 # Non-secret: devices, where they are, thresholds, Kinesis rules and the uplink.
 # Secrets live in secrets/example/<minion id>.sls.
 saltmarsh:
@@ -7,7 +8,7 @@ saltmarsh:
       name: Example marsh
       # Where this site's sensors find the gateway broker.
       broker:
-        host: 192.168.56.11
+        host: 192.168.57.1
         port: 1883
       # The cloud broker, and the fleet CA pinned for it (public, not secret).
       uplink:

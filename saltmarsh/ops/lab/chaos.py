@@ -109,10 +109,10 @@ class ChaosRun:
         actions[step.do](node, step, event.undo)
 
     def _cut(self, node: str, step: Step, undo: bool) -> None:
-        network.run(network.link_state_commands(network.uplink_of(self.lab.fleet, node), up=undo))
+        network.run(network.link_state_commands(network.uplink_of(self.lab.fleet, self.lab.prefix, node), up=undo))
 
     def _netem(self, node: str, step: Step, undo: bool) -> None:
-        link = network.uplink_of(self.lab.fleet, node)
+        link = network.uplink_of(self.lab.fleet, self.lab.prefix, node)
         if undo:
             network.run(network.clear_netem_commands(link), check=False)
         else:

@@ -70,6 +70,10 @@ class Lab:
     def base(self) -> Path:
         return self.state.base
 
+    @property
+    def prefix(self) -> str:
+        return network.lab_prefix(self.base)
+
     @classmethod
     def attach(cls, base: Path) -> Lab:
         state = LabState.load(base)
@@ -106,7 +110,7 @@ class Lab:
         if os.geteuid() != 0:
             raise SaltmarshError("the lab makes network namespaces and mounts: run it as root")
         state = LabState(base=base, fleet=fleet_document(fleet))
-        state.namespaces = [network.netns_name(n) for n in fleet.nodes]
+        state.namespaces = [network.netns_name(n, network.lab_prefix(base)) for n in fleet.nodes]
         state.service_user = service_user_for([BIN.parent, REPO, Path(os.path.realpath(sys.executable))])
         state.save()  # before anything is made, so `down` can undo a crash from here on
         lab = cls(state)
@@ -125,7 +129,7 @@ class Lab:
             say_plain(f"[{time.monotonic() - started:5.1f} s] {text}")
 
         say(f"network: {len(fleet.nodes)} namespaces, uplink {fleet.uplink}, {len(fleet.sites)} site LANs")
-        network.run(network.build_commands(fleet))
+        network.run(network.build_commands(fleet, self.prefix))
         self.pillar_root.mkdir(parents=True, exist_ok=True)
         pillar = write_lab_pillar(
             self.pillar_root / "pillar", fleet, LabSettings(str(BIN.parent), self.state.service_user), LabCA()
@@ -136,7 +140,9 @@ class Lab:
         for node in fleet.nodes:
             dirs = self.dirs(node.id)
             write_salt_configs(node, fleet, dirs)
-            self.state.anchors[node.id] = start_anchor(node.id, network.netns_name(node), dirs, REPO, self.pillar_root)
+            self.state.anchors[node.id] = start_anchor(
+                node.id, network.netns_name(node, self.prefix), dirs, REPO, self.pillar_root
+            )
             self.state.save()
         self.state.phase = "salt"
         self.state.save()
@@ -289,7 +295,8 @@ def down(base: Path, keep_files: bool = False, say: Say = _quiet) -> DownReport:
     and, with the last process of each node, its mounts go with them). Works from the state
     file, and also finds namespaces a lost state file no longer names."""
     state = LabState.load(base)
-    namespaces = sorted(set(state.namespaces if state else []) | set(network.lab_namespaces()))
+    prefix = network.lab_prefix(base)
+    namespaces = sorted(set(state.namespaces if state else []) | set(network.lab_namespaces(prefix)))
     killed = 0
     for _ in range(20):  # a dying minion may still fork: go round until the namespaces are empty
         pids = [pid for ns in namespaces for pid in network.namespace_pids(ns)]
@@ -305,7 +312,7 @@ def down(base: Path, keep_files: bool = False, say: Say = _quiet) -> DownReport:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     failures = network.run(
-        network.teardown_commands([ns for ns in namespaces if ns in network.lab_namespaces()]), check=False
+        network.teardown_commands([ns for ns in namespaces if ns in network.namespaces()]), check=False
     )
     if not keep_files:
         shutil.rmtree(base, ignore_errors=True)

@@ -8,14 +8,16 @@ A gateway's uplink is its own veth pair, so it can be cut (link down) or made ba
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from saltmarsh.contract.errors import SaltmarshError
 from saltmarsh.ops.lab.fleet import Fleet, Node
 
-NETNS_PREFIX = "smlab-"
+NETNS_PREFIX = "smlab-"  # then the lab's id, so two labs (a test's and a user's) never meet
 UPLINK_BRIDGE = "uplink0"
 LAN_BRIDGE = "lan0"
 UPLINK_DEV = "uplink"  # a gateway's end of its uplink
@@ -24,8 +26,13 @@ LAN_DEV = "eth0"  # a sensor's end of its LAN link
 Command = list[str]
 
 
-def netns_name(node: Node) -> str:
-    return NETNS_PREFIX + node.id
+def lab_prefix(base: Path) -> str:
+    """The namespace prefix of the lab kept under `base`: `smlab-<6 hex>-`."""
+    return f"{NETNS_PREFIX}{hashlib.sha1(str(base.resolve()).encode()).hexdigest()[:6]}-"
+
+
+def netns_name(node: Node, prefix: str) -> str:
+    return prefix + node.id
 
 
 def peer_name(index: int) -> str:
@@ -46,36 +53,38 @@ class Link:
     """One node's link to the node above it: which namespace holds the far end, and its name."""
 
     node: str
+    node_ns: str
     node_dev: str
     far_ns: str
     far_dev: str
 
 
-def links(fleet: Fleet) -> list[Link]:
-    master_ns = netns_name(fleet.master)
+def links(fleet: Fleet, prefix: str) -> list[Link]:
+    master_ns = netns_name(fleet.master, prefix)
     out: list[Link] = []
     for index, node in enumerate(fleet.nodes):
         if node.has("gateway"):
-            out.append(Link(node.id, UPLINK_DEV, master_ns, peer_name(index)))
+            out.append(Link(node.id, netns_name(node, prefix), UPLINK_DEV, master_ns, peer_name(index)))
         elif node.has("sensor") and node.site is not None:
-            out.append(Link(node.id, LAN_DEV, netns_name(fleet.gateway_of(node.site)), peer_name(index)))
+            gateway_ns = netns_name(fleet.gateway_of(node.site), prefix)
+            out.append(Link(node.id, netns_name(node, prefix), LAN_DEV, gateway_ns, peer_name(index)))
     return out
 
 
-def build_commands(fleet: Fleet) -> list[Command]:
+def build_commands(fleet: Fleet, prefix: str) -> list[Command]:
     """Everything `lab up` does to the network, in order."""
     master = fleet.master
-    master_ns = netns_name(master)
-    cmds: list[Command] = [["ip", "netns", "add", netns_name(node)] for node in fleet.nodes]
+    master_ns = netns_name(master, prefix)
+    cmds: list[Command] = [["ip", "netns", "add", netns_name(node, prefix)] for node in fleet.nodes]
     for node in fleet.nodes:
-        cmds.append(_in(netns_name(node), "link", "set", "lo", "up"))
+        cmds.append(_in(netns_name(node, prefix), "link", "set", "lo", "up"))
     cmds += [
         _in(master_ns, "link", "add", UPLINK_BRIDGE, "type", "bridge"),
         _in(master_ns, "addr", "add", f"{master.uplink}/{fleet.uplink.prefixlen}", "dev", UPLINK_BRIDGE),
         _in(master_ns, "link", "set", UPLINK_BRIDGE, "up"),
     ]
     for gateway in fleet.with_role("gateway"):
-        ns = netns_name(gateway)
+        ns = netns_name(gateway, prefix)
         cmds += [
             _in(ns, "link", "add", LAN_BRIDGE, "type", "bridge"),
             _in(ns, "addr", "add", f"{gateway.lan}/{_prefix(fleet, gateway, True)}", "dev", LAN_BRIDGE),
@@ -83,9 +92,9 @@ def build_commands(fleet: Fleet) -> list[Command]:
             ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
         ]
     by_id = {node.id: node for node in fleet.nodes}
-    for link in links(fleet):
+    for link in links(fleet, prefix):
         node = by_id[link.node]
-        ns = netns_name(node)
+        ns = link.node_ns
         bridge = UPLINK_BRIDGE if node.has("gateway") else LAN_BRIDGE
         address = node.uplink if node.has("gateway") else node.lan
         cmds += [
@@ -107,8 +116,8 @@ def teardown_commands(namespaces: Iterable[str]) -> list[Command]:
     return [["ip", "netns", "delete", ns] for ns in namespaces]
 
 
-def uplink_of(fleet: Fleet, gateway_id: str) -> Link:
-    for link in links(fleet):
+def uplink_of(fleet: Fleet, prefix: str, gateway_id: str) -> Link:
+    for link in links(fleet, prefix):
         if link.node == gateway_id and fleet.node(gateway_id).has("gateway"):
             return link
     raise SaltmarshError(f"{gateway_id} is not a gateway of this lab")
@@ -118,13 +127,9 @@ def link_state_commands(link: Link, up: bool) -> list[Command]:
     state = "up" if up else "down"
     # Both ends, as a pulled cable: neither side keeps a carrier to send into.
     return [
-        _in(netns_name_of(link), "link", "set", link.node_dev, state),
+        _in(link.node_ns, "link", "set", link.node_dev, state),
         _in(link.far_ns, "link", "set", link.far_dev, state),
     ]
-
-
-def netns_name_of(link: Link) -> str:
-    return NETNS_PREFIX + link.node
 
 
 def netem_commands(link: Link, loss_pct: float, delay_ms: float, rate_kbit: float | None) -> list[Command]:
@@ -133,14 +138,14 @@ def netem_commands(link: Link, loss_pct: float, delay_ms: float, rate_kbit: floa
     if rate_kbit is not None:
         spec += ["rate", f"{rate_kbit}kbit"]
     return [
-        ["ip", "netns", "exec", netns_name_of(link), "tc", "qdisc", "replace", "dev", link.node_dev, "root", *spec],
+        ["ip", "netns", "exec", link.node_ns, "tc", "qdisc", "replace", "dev", link.node_dev, "root", *spec],
         ["ip", "netns", "exec", link.far_ns, "tc", "qdisc", "replace", "dev", link.far_dev, "root", *spec],
     ]
 
 
 def clear_netem_commands(link: Link) -> list[Command]:
     return [
-        ["ip", "netns", "exec", netns_name_of(link), "tc", "qdisc", "del", "dev", link.node_dev, "root"],
+        ["ip", "netns", "exec", link.node_ns, "tc", "qdisc", "del", "dev", link.node_dev, "root"],
         ["ip", "netns", "exec", link.far_ns, "tc", "qdisc", "del", "dev", link.far_dev, "root"],
     ]
 
@@ -158,10 +163,14 @@ def run(commands: Sequence[Command], check: bool = True) -> list[str]:
     return failures
 
 
-def lab_namespaces() -> list[str]:
-    """Every lab namespace on this machine, whichever run made it."""
+def namespaces() -> list[str]:
     done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    return [line.split()[0] for line in done.stdout.splitlines() if line.startswith(NETNS_PREFIX)]
+    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    """Every namespace of one lab on this machine, whichever run of it made them."""
+    return [ns for ns in namespaces() if ns.startswith(prefix)]
 
 
 def namespace_pids(ns: str) -> list[int]:
