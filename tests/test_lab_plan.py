@@ -320,11 +320,6 @@ def test_expand_events_carry_their_step() -> None:
     assert [e.step for e in events] == [plan.steps[0], plan.steps[0]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="for: 0 on a duration action parses, but expand() only undoes steps with duration_s > 0: "
-    "the fault (a cut uplink, a stopped master, a SIGSTOPped unit) is never undone",
-)
 @pytest.mark.parametrize(
     "step",
     [
@@ -366,11 +361,6 @@ def test_resolve_node_names_what_it_cannot_find(name: str, key: str) -> None:
     assert caught.value.key == key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan.py documents `sensor:<site>:<n>` as a node name, but resolve_node has no such form "
-    "(it looks the name up as a node id and raises ConfigError)",
-)
 def test_resolve_node_finds_a_sites_nth_sensor() -> None:
     lab = Lab(LabState(base=Path("/nonexistent"), fleet=fleet_document(generated_fleet(2, 2))))
     assert resolve_node(lab, "sensor:site02:2") == "site02-s002"

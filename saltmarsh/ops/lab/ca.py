@@ -7,9 +7,11 @@ key), and, for the security checks, a certificate from another CA and one alread
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,7 +47,15 @@ def _cert_pem(cert: x509.Certificate) -> str:
 
 
 class LabCA:
-    def __init__(self, name: str = "saltmarsh lab fleet CA") -> None:
+    def __init__(
+        self, name: str = "saltmarsh lab fleet CA", key_pem: str | None = None, cert_pem: str | None = None
+    ) -> None:
+        if key_pem is not None and cert_pem is not None:
+            loaded = serialization.load_pem_private_key(key_pem.encode(), password=None)
+            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            self._key = loaded
+            self._cert = x509.load_pem_x509_certificate(cert_pem.encode())
+            return
         self._key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         self._cert = (
@@ -77,6 +87,19 @@ class LabCA:
     @property
     def cert_pem(self) -> str:
         return _cert_pem(self._cert)
+
+    def save(self, directory: Path) -> None:
+        """The CA's key stays with the lab (0600, under its git-ignored directory), so the
+        security checks can issue more from it: an expired certificate, say."""
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / "ca.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(_key_pem(self._key))
+        (directory / "ca.crt").write_text(self.cert_pem)
+
+    @classmethod
+    def load(cls, directory: Path) -> LabCA:
+        return cls(key_pem=(directory / "ca.key").read_text(), cert_pem=(directory / "ca.crt").read_text())
 
     def issue(
         self,

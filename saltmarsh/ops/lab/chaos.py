@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from saltmarsh.config.ingester import load_sink_config
-from saltmarsh.contract.errors import SaltmarshError
+from saltmarsh.contract.errors import ConfigError, SaltmarshError
 from saltmarsh.ops.audit import AuditReport, run_audit
 from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.lab import Lab
@@ -55,8 +55,15 @@ def expand(plan: Plan) -> list[Event]:
 
 
 def resolve_node(lab: Lab, name: str) -> str:
-    """A node id, or `cloud`, `gateway` (the first site's) or `gateway:<site>`."""
+    """A node id, or `cloud`, `gateway` (the first site's), `gateway:<site>` or `sensor:<site>:<n>`
+    (the site's n-th sensor, from 1)."""
     fleet = lab.fleet
+    if name.startswith("sensor:"):
+        _, site, number = name.split(":", 2) if name.count(":") == 2 else (name, "", "")
+        sensors = fleet.with_role("sensor", site)
+        if not number.isdigit() or not 1 <= int(number) <= len(sensors):
+            raise ConfigError("node", f"{name!r}: site {site!r} has {len(sensors)} sensors")
+        return sensors[int(number) - 1].id
     if name in ("cloud", "master"):
         return fleet.master.id
     if name == "gateway":

@@ -25,7 +25,7 @@ from saltmarsh.contract.errors import SaltmarshError
 from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.ca import LabCA
 from saltmarsh.ops.lab.fleet import REPO, Fleet, Node, fleet_document, parse_fleet
-from saltmarsh.ops.lab.node import NodeDirs, enter_argv, start_anchor
+from saltmarsh.ops.lab.node import NodeDirs, enter_argv, keep, reap_started, start_anchor
 from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabSettings, write_lab_pillar
 from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, Master, StateRun, apply_role, start_daemon, write_salt_configs
 from saltmarsh.ops.lab.state import LabState
@@ -101,7 +101,7 @@ class Lab:
     # -- up ---------------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, base: Path, fleet: Fleet, say: Say = _quiet) -> Lab:
+    def up(cls, base: Path, fleet: Fleet, say: Say = _quiet, sensor_interval_s: float = 1.0) -> Lab:
         existing = LabState.load(base)
         if existing is not None:
             raise SaltmarshError(f"a lab is already up under {base}: run `saltmarsh lab down` first")
@@ -111,6 +111,7 @@ class Lab:
             raise SaltmarshError("the lab makes network namespaces and mounts: run it as root")
         state = LabState(base=base, fleet=fleet_document(fleet))
         state.namespaces = [network.netns_name(n, network.lab_prefix(base)) for n in fleet.nodes]
+        state.sensor_interval_s = sensor_interval_s
         state.service_user = service_user_for([BIN.parent, REPO, Path(os.path.realpath(sys.executable))])
         state.save()  # before anything is made, so `down` can undo a crash from here on
         lab = cls(state)
@@ -131,9 +132,10 @@ class Lab:
         say(f"network: {len(fleet.nodes)} namespaces, uplink {fleet.uplink}, {len(fleet.sites)} site LANs")
         network.run(network.build_commands(fleet, self.prefix))
         self.pillar_root.mkdir(parents=True, exist_ok=True)
-        pillar = write_lab_pillar(
-            self.pillar_root / "pillar", fleet, LabSettings(str(BIN.parent), self.state.service_user), LabCA()
-        )
+        ca = LabCA()
+        ca.save(self.base / "ca")
+        settings = LabSettings(str(BIN.parent), self.state.service_user, sensor_interval_s=self.state.sensor_interval_s)
+        pillar = write_lab_pillar(self.pillar_root / "pillar", fleet, settings, ca)
         secrets_path = self.base / SECRETS_FILE
         secrets_path.write_text("\n".join(pillar.secrets) + "\n")
         secrets_path.chmod(0o600)
@@ -254,7 +256,7 @@ def start_elasticsearch(anchor_pid: int, dirs: NodeDirs) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return process.pid
+    return keep(process)
 
 
 def _alive(pid: int) -> bool:
@@ -311,6 +313,7 @@ def down(base: Path, keep_files: bool = False, say: Say = _quiet) -> DownReport:
         for pid in state.anchors.values():  # an anchor whose namespace went first
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    reap_started()
     failures = network.run(
         network.teardown_commands([ns for ns in namespaces if ns in network.namespaces()]), check=False
     )

@@ -11,6 +11,8 @@ namespaces with `nsenter`.
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
 import shlex
 import subprocess
 import time
@@ -24,6 +26,21 @@ OVERLAID = ("etc", "var", "run", "srv")
 REPO_MOUNT = "/srv/saltmarsh"
 PILLAR_MOUNT = "/srv/saltmarsh-lab"
 ANCHOR_READY_S = 10.0
+# What this process started and outlives it by design (anchors, the cloud's Elasticsearch):
+# held so they are not collected while running, and reaped by `reap_started` at `lab down`.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def keep(process: subprocess.Popen[bytes]) -> int:
+    _STARTED.append(process)
+    return process.pid
+
+
+def reap_started() -> None:
+    for process in _STARTED:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+    _STARTED[:] = [p for p in _STARTED if p.returncode is None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +55,8 @@ class NodeDirs:
 
     def path(self, absolute: str) -> Path:
         """Where a file the node wrote at `absolute` lives on the host (its overlay's upper layer)."""
-        top, _, rest = absolute.lstrip("/").partition("/")
+        # Normalised first: /etc/../home/x is the host's /home/x, not the node's.
+        top, _, rest = posixpath.normpath(absolute).lstrip("/").partition("/")
         if top not in OVERLAID:
             raise SaltmarshError(f"{absolute} is not under a node's private layers ({', '.join(OVERLAID)})")
         return self.upper(top) / rest
@@ -90,10 +108,11 @@ def start_anchor(node_id: str, netns: str, dirs: NodeDirs, repo: Path, pillar: P
     while not dirs.ready_marker.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait()
             tail = (dirs.root / "anchor.log").read_text(errors="replace")[-2000:]
             raise SaltmarshError(f"node {node_id}: its namespaces could not be set up:\n{tail}")
         time.sleep(0.02)
-    return process.pid
+    return keep(process)
 
 
 def enter_argv(anchor_pid: int, argv: Sequence[str]) -> list[str]:

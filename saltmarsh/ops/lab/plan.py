@@ -113,8 +113,11 @@ def _step(index: int, doc: Any) -> Step:
     node = doc.get("node", "master" if action in ("stop-master", "pause-elasticsearch") else None)
     if not isinstance(node, str) or not node:
         raise PlanError(f"{where}.node", "must name a node")
-    if needs_for and "for" not in doc:
-        raise PlanError(f"{where}.for", f"{action} needs a duration")
+    if needs_for and (
+        not isinstance(doc.get("for"), int | float) or isinstance(doc.get("for"), bool) or doc["for"] <= 0
+    ):
+        # `for: 0` would leave the fault in place for good: a cut never mended, a master never back.
+        raise PlanError(f"{where}.for", f"{action} needs a duration above 0 seconds, got {doc.get('for')!r}")
     if not needs_for and "for" in doc:
         raise PlanError(f"{where}.for", f"{action} takes no duration")
     unit = doc.get("unit", "")

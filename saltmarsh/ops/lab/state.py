@@ -22,6 +22,7 @@ class LabState:
     anchors: dict[str, int] = field(default_factory=dict)  # node id -> anchor pid
     service_user: str = ""
     elasticsearch_pid: int = 0
+    sensor_interval_s: float = 1.0
     phase: str = "planned"
 
     @property
@@ -48,5 +49,6 @@ class LabState:
             anchors={str(k): int(v) for k, v in doc.get("anchors", {}).items()},
             service_user=str(doc.get("service_user", "")),
             elasticsearch_pid=int(doc.get("elasticsearch_pid", 0)),
+            sensor_interval_s=float(doc.get("sensor_interval_s", 1.0)),
             phase=str(doc.get("phase", "")),
         )

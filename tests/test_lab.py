@@ -1,0 +1,429 @@
+"""The lab, for real: two sites in network namespaces, a real salt-master and five real minions,
+provisioned by the repo's states through `state.apply` by grain, then the chaos plans, the
+security checks and the clean-up, each proved by counts.
+
+One lab serves the module (it takes about two minutes to come up). The plans run at a fifth of
+their length (`SCALE`): a 60 s cut becomes 12 s, still several beacon intervals and many
+readings long; `saltmarsh lab chaos PLAN` runs them at full length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from saltmarsh.ops.cli import main
+from saltmarsh.ops.lab import network
+from saltmarsh.ops.lab.ca import LabCA
+from saltmarsh.ops.lab.chaos import ChaosReport, ChaosRun, beacon_depths, format_chaos_report
+from saltmarsh.ops.lab.cli import find_plan
+from saltmarsh.ops.lab.fleet import generated_fleet
+from saltmarsh.ops.lab.lab import ROLE_ORDER, Lab, down
+from saltmarsh.ops.lab.node import enter_argv, run_in
+from saltmarsh.ops.lab.saltctl import BIN
+from saltmarsh.ops.localfleet.mosquitto import mosquitto_binary
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab makes namespaces and mounts: it needs root"),
+    pytest.mark.timeout(900),
+]
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = REPO / "tests" / "lab_probe.py"
+SCALE = 0.2
+SENSOR_INTERVAL_S = 0.2  # 5 readings a second per sensor: the plans run under load
+UNITS = {
+    "master": ["mosquitto.service", "saltmarsh-ingester-1.service"],
+    "gateway": ["mosquitto.service", "saltmarsh-forwarder.service"],
+    "sensor": ["saltmarsh-sensor.service"],
+}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    base = tmp_path_factory.mktemp("lab")
+    try:
+        built = Lab.up(base, generated_fleet(2, 1), say=print, sensor_interval_s=SENSOR_INTERVAL_S)
+    except BaseException:
+        down(base)
+        raise
+    try:
+        yield built
+    finally:
+        anchors = dict(built.state.anchors)
+        prefix = built.prefix
+        report = down(base, keep_files=False)
+        assert not report.failures, report.failures
+        assert network.lab_namespaces(prefix) == []
+        assert all(not Path(f"/proc/{pid}").exists() for pid in anchors.values())
+
+
+def probe(lab: Lab, node: str, spec: dict[str, Any]) -> dict[str, Any]:
+    done = run_in(lab.anchor(node), [sys.executable, str(PROBE), json.dumps(spec)], timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def node_toml(lab: Lab, node: str, path: str) -> dict[str, Any]:
+    return tomllib.loads(lab.dirs(node).path(path).read_text())
+
+
+def gateways(lab: Lab) -> list[str]:
+    return [n.id for n in lab.fleet.with_role("gateway")]
+
+
+# -- provisioning -----------------------------------------------------------------------------
+
+
+def test_up_provisioned_every_node(lab: Lab) -> None:
+    for node in lab.fleet.nodes:
+        kind = "master" if node.has("master") else "gateway" if node.has("gateway") else "sensor"
+        assert lab.units(node.id) == UNITS[kind], node.id
+        for unit in UNITS[kind]:
+            assert lab.unit_pid(node.id, unit) is not None, f"{node.id} {unit}"
+    # Each node wrote its own files at the real paths, and only there.
+    site01_gw = lab.fleet.gateway_of("site01").id
+    forwarder = node_toml(lab, site01_gw, "/etc/saltmarsh/forwarder.toml")
+    assert forwarder["gateway_id"] == site01_gw
+    assert forwarder["uplink"]["host"] == str(lab.fleet.master.uplink)
+    assert forwarder["uplink"]["tls"] is True
+    assert not lab.dirs("site01-s001").path("/etc/saltmarsh/forwarder.toml").exists()
+    assert (
+        not Path("/etc/saltmarsh/forwarder.toml").exists()
+        or "site01" not in Path("/etc/saltmarsh/forwarder.toml").read_text()
+    )
+
+
+def test_lab_salt_targets_by_grain(lab: Lab, capfd: pytest.CaptureFixture[str]) -> None:
+    capfd.readouterr()
+    rc = main(
+        ["lab", "salt", "--dir", str(lab.base), "--", "--out", "json", "--static", "-G", "roles:gateway", "test.ping"]
+    )
+    out = capfd.readouterr().out
+    assert rc == 0, out
+    assert sorted(json.loads(out)) == sorted(gateways(lab))
+    rc = main(
+        [
+            "lab",
+            "salt",
+            "--dir",
+            str(lab.base),
+            "--",
+            "--out",
+            "json",
+            "--static",
+            "-C",
+            "G@roles:sensor and G@site:site02",
+            "test.ping",
+        ]
+    )
+    assert sorted(json.loads(capfd.readouterr().out)) == ["site02-s001"]
+
+
+def test_a_second_run_changes_nothing(lab: Lab) -> None:
+    for role in ROLE_ORDER:
+        run = lab.apply(role)
+        assert run.failures() == []
+        assert run.changed() == dict.fromkeys(run.minions, 0), f"roles:{role} changed something on a second run"
+
+
+def test_status_shows_every_unit_live(lab: Lab, capfd: pytest.CaptureFixture[str]) -> None:
+    capfd.readouterr()
+    assert main(["lab", "status", "--dir", str(lab.base)]) == 0
+    out = capfd.readouterr().out
+    for node in lab.fleet.nodes:
+        assert node.id in out
+    assert out.count(" live ") >= len(lab.fleet.nodes), out
+
+
+def test_every_service_writes_prometheus_text(lab: Lab) -> None:
+    for node in lab.fleet.nodes:
+        files = list(lab.dirs(node.id).path("/var/lib/prometheus/node-exporter").glob("saltmarsh_*.prom"))
+        assert files, node.id
+        assert "# TYPE saltmarsh_" in files[0].read_text()
+
+
+# -- security -----------------------------------------------------------------------------------
+
+
+def test_a_sensor_cannot_speak_for_others_or_listen_in(lab: Lab) -> None:
+    gw = lab.fleet.gateway_of("site01")
+    config = node_toml(lab, "site01-s001", "/etc/saltmarsh/sensor.toml")
+    creds = {
+        "host": str(gw.lan),
+        "port": config["broker"]["port"],
+        "username": config["broker"]["username"],
+        "password_file": config["broker"]["password_file"],
+    }
+    own = "saltmarsh/v1/site01/site01-s001"
+    other = "saltmarsh/v1/site01/site01-gw1"
+    got = probe(
+        lab,
+        "site01-s001",
+        {
+            **creds,
+            "client_id": "probe-s001",
+            "publish": [f"{other}/reading", "saltmarsh/v1/site02/site02-s001/reading", f"{own}/cmd", f"{own}/ack"],
+            "subscribe": ["saltmarsh/v1/site01/#", f"{own}/reading", f"{own}/ack"],
+            # The gateway confirms to each sensor every few seconds: proof that delivery works.
+            "until_topic": f"{own}/ack",
+            "listen_s": 30,
+        },
+    )
+    assert got["connect"] == 0, got
+    not_authorized = 0x87
+    assert set(got["published"].values()) == {not_authorized}, got
+    # Its own readings (5 a second) flow on the site's topics all along, yet none reach it.
+    assert set(got["received"]) == {f"{own}/ack"}, got
+
+
+@pytest.mark.parametrize("where", ["gateway", "cloud"])
+def test_anonymous_clients_are_refused(lab: Lab, where: str) -> None:
+    if where == "gateway":
+        node, host, port = "site01-s001", str(lab.fleet.gateway_of("site01").lan), 1883
+    else:
+        node, host, port = lab.fleet.master.id, "127.0.0.1", 1883  # the ingesters' plain listener
+    got = probe(lab, node, {"host": host, "port": port, "client_id": "anon"})
+    assert got["connect"] not in (0, None), got
+
+
+@pytest.fixture(scope="module")
+def rogue_brokers(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    """Two TLS brokers on the cloud's address that a gateway must refuse: one with a certificate
+    from another CA of the same name (only the signature differs), one with an expired
+    certificate from the lab's own fleet CA."""
+    work = tmp_path_factory.mktemp("rogue")
+    master = lab.fleet.master
+    other = LabCA().issue(master.id, server=True, dns=(master.id,), ips=(master.address,))
+    expired = LabCA.load(lab.base / "ca").issue(
+        master.id, server=True, dns=(master.id,), ips=(master.address,), expired=True
+    )
+    started: list[subprocess.Popen[bytes]] = []
+    ports = {"another-ca": 8884, "expired": 8885}
+    for name, issued in (("another-ca", other), ("expired", expired)):
+        (work / f"{name}.crt").write_text(issued.cert_pem)
+        (work / f"{name}.key").write_text(issued.key_pem)
+        log = work / f"{name}.log"
+        (work / f"{name}.conf").write_text(
+            f"listener {ports[name]} {master.address}\ncafile {work / f'{name}.crt'}\n"
+            f"certfile {work / f'{name}.crt'}\nkeyfile {work / f'{name}.key'}\nallow_anonymous true\nuser root\n"
+            f"log_dest file {log}\nlog_type all\n"
+        )
+        started.append(
+            subprocess.Popen(
+                enter_argv(lab.anchor(master.id), [mosquitto_binary(), "-c", str(work / f"{name}.conf")]),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        deadline = time.monotonic() + 20
+        while "listen socket on port" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, f"rogue broker {name} did not start"
+            time.sleep(0.1)
+    try:
+        yield ports
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("broker", ["real", "another-ca", "expired"])
+def test_the_uplink_pins_the_fleet_ca(lab: Lab, rogue_brokers: dict[str, int], broker: str) -> None:
+    gw = lab.fleet.gateway_of("site01").id
+    uplink = node_toml(lab, gw, "/etc/saltmarsh/forwarder.toml")["uplink"]
+    spec = {
+        "host": uplink["host"],
+        "port": uplink["port"] if broker == "real" else rogue_brokers[broker],
+        "username": uplink["username"],
+        "password_file": uplink["password_file"],
+        "ca_file": uplink["ca_file"],
+        "cert_file": uplink["cert_file"],
+        "key_file": uplink["key_file"],
+        "client_id": f"probe-{broker}",
+    }
+    got = probe(lab, gw, spec)
+    if broker == "real":
+        assert got["connect"] == 0, got
+    else:
+        assert isinstance(got["connect"], str) and "CERTIFICATE_VERIFY_FAILED" in got["connect"], got
+        if broker == "expired":
+            assert "expired" in got["connect"], got
+
+
+def test_an_unaccepted_minion_gets_no_pillar(lab: Lab, tmp_path: Path) -> None:
+    gw = lab.fleet.gateway_of("site01")
+    conf = tmp_path / "rogue"
+    conf.mkdir()
+    (conf / "minion").write_text(
+        yaml.safe_dump(
+            {
+                "id": gw.id + "-rogue",
+                "master": str(lab.fleet.master.address),
+                "root_dir": str(tmp_path / "root"),
+                "pki_dir": str(tmp_path / "pki"),
+                "enable_fqdns_grains": False,
+                "auth_tries": 1,
+                "acceptance_wait_time": 1,
+                "acceptance_wait_time_max": 1,
+                "auth_timeout": 5,
+            }
+        )
+    )
+    done = run_in(
+        lab.anchor(gw.id), [str(BIN / "salt-call"), "-c", str(conf), "--out", "json", "pillar.items"], timeout_s=120
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert not any(secret in output for secret in lab.secrets())
+    assert gw.id + "-rogue" in lab.master.keys().get("minions_pre", []), "the key should wait, never be auto-accepted"
+    lab.master.run("salt-key", ["-y", "-d", gw.id + "-rogue"])
+
+
+def test_a_site_minion_sees_only_its_site(lab: Lab) -> None:
+    site02_secrets = [
+        value
+        for path in (lab.pillar_root / "pillar" / "secrets" / "site02").glob("*.sls")
+        for value in _strings(json.loads(path.read_text()))
+    ]
+    assert site02_secrets
+    for minion in ("site01-gw1", "site01-s001"):
+        items = lab.master.salt("-L", minion, "pillar.items")
+        pillar = items[minion]
+        assert list(pillar["saltmarsh"]["sites"]) == ["site01"], minion
+        dumped = json.dumps(pillar)
+        assert not any(secret in dumped for secret in site02_secrets), minion
+        if minion.endswith("-s001"):
+            assert "forwarder_password" not in dumped and "uplink_password" not in dumped
+
+
+def _strings(doc: Any) -> Iterator[str]:
+    if isinstance(doc, dict):
+        for value in doc.values():
+            yield from _strings(value)
+    elif isinstance(doc, str):
+        yield doc.strip().splitlines()[1] if doc.startswith("-----BEGIN") else doc
+
+
+# -- chaos ----------------------------------------------------------------------------------------
+
+
+def _run_plan(lab: Lab, name: str) -> ChaosReport:
+    report = ChaosRun(lab, find_plan(name).scaled(SCALE), print).run()
+    print(format_chaos_report(report))
+    assert report.audit is not None
+    assert (report.audit.lost, report.audit.duplicated) == (0, 0), format_chaos_report(report)
+    assert report.ok, format_chaos_report(report)
+    return report
+
+
+def _wait_for_beacons(lab: Lab, since_ms: int, gateway: str, done: Any, timeout_s: float = 60.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    depths = beacon_depths(lab, since_ms).get(gateway, [])
+    while not done(depths) and time.monotonic() < deadline:
+        time.sleep(2.0)
+        depths = beacon_depths(lab, since_ms).get(gateway, [])
+    return depths
+
+
+@pytest.mark.parametrize("plan", ["uplink-cuts", "restart-offline"])
+def test_an_outage_is_spooled_seen_and_drained(lab: Lab, plan: str) -> None:
+    since_ms = int(time.time() * 1000)
+    _run_plan(lab, plan)
+    gateway = lab.fleet.gateway_of("site01").id
+    # The relay engine's index holds the beacons that saw the outage: the depth rose, then fell.
+    depths = _wait_for_beacons(lab, since_ms, gateway, lambda d: bool(d) and max(d) > 0 and d[-1] < max(d))
+    assert depths and max(depths) > 0 and depths[-1] < max(depths), depths
+
+
+def test_bad_uplink_loses_nothing(lab: Lab) -> None:
+    _run_plan(lab, "bad-uplink")
+
+
+def test_killed_brokers_and_forwarder_come_back(lab: Lab) -> None:
+    report = _run_plan(lab, "kill-brokers")
+    gateway = lab.fleet.gateway_of("site01").id
+    master = lab.fleet.master.id
+    assert len(report.come_back_s[f"{gateway}/saltmarsh-forwarder"]) == 5, report.come_back_s
+    assert len(report.come_back_s[f"{gateway}/mosquitto"]) == 2, report.come_back_s
+    assert len(report.come_back_s[f"{master}/mosquitto"]) == 2, report.come_back_s
+
+
+def test_ingester_killed_and_elasticsearch_paused(lab: Lab) -> None:
+    report = _run_plan(lab, "ingester-and-sink")
+    assert len(report.come_back_s[f"{lab.fleet.master.id}/saltmarsh-ingester-1"]) == 1
+
+
+def test_the_reactor_restarts_a_dead_forwarder(lab: Lab) -> None:
+    report = _run_plan(lab, "reactor-restart")
+    gateway = lab.fleet.gateway_of("site01").id
+    took = report.come_back_s[f"{gateway}/saltmarsh-forwarder"]
+    assert len(took) == 1
+    log = lab.dirs(lab.fleet.master.id).path("/var/log/salt/master").read_text()
+    assert "saltmarsh-reactor-forwarder-restart" in log or "service.restart" in log
+    print(f"reactor restart took {took[0]:.1f} s")
+
+
+def test_master_down_data_flows_and_the_relay_catches_up(lab: Lab) -> None:
+    since_ms = int(time.time() * 1000)
+    report = _run_plan(lab, "master-down")
+    back_ms = since_ms + int((5 + 60) * SCALE * 1000)
+    gateway = lab.fleet.gateway_of("site02").id
+    # Beacons fired after the master came back reach the index.
+    depths = _wait_for_beacons(lab, back_ms, gateway, bool)
+    assert depths, report.timeline
+
+
+def test_no_secret_in_any_log(lab: Lab) -> None:
+    secrets = lab.secrets()
+    logs = lab.log_files()
+    assert len(secrets) >= 10 and len(logs) >= 10, (len(secrets), len(logs))
+    for path in logs:
+        text = path.read_text(errors="replace")
+        leaked = [s[:6] + "…" for s in secrets if s in text]
+        assert not leaked, f"{path}: {leaked}"
+
+
+# -- clean-up after a crash -------------------------------------------------------------------------
+
+
+def test_down_recovers_a_crashed_up(tmp_path: Path) -> None:
+    base = tmp_path / "crashed"
+    cli = [sys.executable, "-m", "saltmarsh.ops.cli", "lab", "up", "--dir", str(base)]
+    runner = subprocess.Popen(cli, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state_path = base / "lab.json"
+    anchors: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads(state_path.read_text())
+                if state.get("phase") == "salt":
+                    anchors = state["anchors"]
+                    break
+            time.sleep(0.1)
+        time.sleep(3)  # the salt-master and some minions are starting
+    finally:
+        os.killpg(runner.pid, 9)  # the runner crashes; what it started lives on
+        runner.wait()
+    prefix = network.lab_prefix(base)
+    assert anchors and network.lab_namespaces(prefix), "the crash should leave namespaces behind"
+    report = down(base)
+    assert report.processes >= len(anchors)
+    assert network.lab_namespaces(prefix) == []
+    assert all(not Path(f"/proc/{pid}").exists() for pid in anchors.values())
+    assert not base.exists()
+    assert shutil.which("ip")
