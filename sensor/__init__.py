@@ -7,21 +7,27 @@ first and then published at QoS 1 to the site's gateway broker, in order, number
 user property, and removed from the spool only when the forwarder confirms, on the device's
 `ack` topic, that its own spool has it (`saltmarsh.contract.confirmation`); plus a retained
 online/offline presence message on the device's status topic, and a status file of counters.
+
+One device per process; or, with the config's `[swarm]`, many simulated devices in one process
+(`swarm`), each of them the same wiring (`device.open_device`) with its own identity and spool.
 """
 
 from sensor.agent import Agent
+from sensor.device import Device, open_device
 from sensor.drivers import Driver, DriverError, ReadCounters, Sample, open_driver
 from sensor.sender import SpoolSender
 from sensor.service import main, run
 
 __all__ = [
     "Agent",
+    "Device",
     "Driver",
     "DriverError",
     "ReadCounters",
     "Sample",
     "SpoolSender",
     "main",
+    "open_device",
     "open_driver",
     "run",
 ]

@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from tests.salt_support import CPUARCHES, PILLAR, ROLE_MINIONS, LocalMinion, Result, grains_for
+from saltmarsh.config.sensor import device_configs, load_sensor_config
+from tests.salt_support import (
+    CPUARCHES,
+    PILLAR,
+    ROLE_MINIONS,
+    LocalMinion,
+    Result,
+    failed_states,
+    grains_for,
+    sandbox_pillar,
+)
 
 CASES = [(minion, arch) for minion in ROLE_MINIONS for arch in CPUARCHES]
 
@@ -121,6 +131,13 @@ BAD_PILLAR = {
         "gw1",
         "saltmarsh pillar: saltmarsh:confirmations:silence_s 0 is not a number of seconds between 0.1 and 86400",
     ),
+    "swarm-of-none": (
+        "sites/example.sls",
+        "driver: {type: simulated, pin: D4, seed: 1}",
+        "swarm: 0\n          driver: {type: simulated, pin: D4, seed: 1}",
+        "sensor1",
+        "saltmarsh pillar: saltmarsh:sites:example:devices:sensor1:swarm 0 is not an integer between 1 and 1000",
+    ),
     "unknown-driver": (
         "sites/example.sls",
         "type: simulated, pin: D17",
@@ -178,3 +195,61 @@ def test_pillar_switches_render_docker_mosquitto_and_es_templates(tmp_path: Path
     command = next(a["name"] for a in templates if isinstance(a, dict) and "name" in a)
     assert "/bin/saltmarsh es-templates --config /etc/saltmarsh/ingester-1.toml" in command
     assert any(isinstance(a, dict) and "unless" in a for a in templates), "applied once: guarded by unless"
+
+
+def _swarm_block(device: str) -> str:
+    topics = [f"topic write saltmarsh/v1/example/{device}/{c}" for c in ("reading", "event", "alert", "status")]
+    topics += [f"topic read saltmarsh/v1/example/{device}/{c}" for c in ("cmd", "ack")]
+    return "\n".join(topics) + "\n"
+
+
+# sensor1 as a swarm host of 3: the minion, the sls it applies, the file it writes (under the
+# sandbox root), what that file must hold and what it must not.
+SWARM_PILLAR = {"sites": {"example": {"devices": {"sensor1": {"swarm": 3}}}}}
+SWARM_RENDERS = [
+    (
+        "sensor1",
+        "saltmarsh.sensor.config",
+        "etc/saltmarsh/sensor.toml",
+        ["\n[swarm]\ndevices = 3\n", 'device = "sensor1"\n', 'username = "sensor1"\n'],
+        [],
+    ),
+    (
+        "gw1",
+        "saltmarsh.gateway.config",
+        "etc/mosquitto/saltmarsh.acl",
+        [
+            "\nuser sensor1\n",
+            *(f"\n# sensor1-00{n}\n" + _swarm_block(f"sensor1-00{n}") for n in (1, 2, 3)),
+            "\nuser sensor2\n" + _swarm_block("sensor2"),
+        ],
+        ["sensor1-004", "/sensor1/"],
+    ),
+]
+
+
+def test_a_swarm_host_renders_its_swarm_table_and_one_acl_block_per_device(tmp_path: Path) -> None:
+    def apply(row: tuple[str, str, str, list[str], list[str]]) -> tuple[Result, str]:
+        minion_id, sls, path, _, _ = row
+        root = tmp_path / minion_id / "sandbox"
+        minion = LocalMinion(tmp_path / minion_id, minion_id, grains_for(ROLE_MINIONS[minion_id][0]))
+        result = minion.call("state.apply", sls, pillar=sandbox_pillar(root, **SWARM_PILLAR))
+        written = root / path
+        return result, written.read_text() if written.is_file() else ""
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(apply, SWARM_RENDERS))
+    for (minion_id, _, path, present, absent), (result, text) in zip(SWARM_RENDERS, outcomes, strict=True):
+        assert result.returncode == 0 and not failed_states(result.data), result.explain()
+        for expected in present:
+            assert expected in text, f"{minion_id} {path} lacks {expected!r}:\n{text}"
+        for unexpected in absent:
+            assert unexpected not in text, f"{minion_id} {path} holds {unexpected!r}:\n{text}"
+    # And the agent loads what was rendered: three devices under sensor1's one credential.
+    cfg = load_sensor_config(tmp_path / "sensor1/sandbox/etc/saltmarsh/sensor.toml")
+    members = device_configs(cfg)
+    assert [(m.device, m.broker.username, m.driver.seed) for m in members] == [
+        ("sensor1-001", "sensor1", 2),
+        ("sensor1-002", "sensor1", 3),
+        ("sensor1-003", "sensor1", 4),
+    ]

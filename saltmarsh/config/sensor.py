@@ -1,7 +1,13 @@
-"""The sensor agent's config: identity, driver, gateway broker and local spool."""
+"""The sensor agent's config: identity, driver, gateway broker and local spool; optionally a swarm.
+
+A `[swarm]` table makes one process run many simulated devices (`sensor.swarm`), for a test lab:
+`device_configs` expands the swarm host's config into one config per device, each with its own
+identity, client id, state directory and seed. Without it, the config is the one device it runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,10 +15,15 @@ from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.config.confirmations import ConfirmationsConfig
 from saltmarsh.config.table import Table, load_toml
 from saltmarsh.contract.envelope import Location
+from saltmarsh.contract.errors import ConfigError, ValidationError
+from saltmarsh.contract.topics import check_id
 
 DRIVERS = ("simulated", "dht11", "dht22", "replay")
 ANOMALY_KINDS = ("stuck", "spike", "drift", "dropout")
 REPLAY_MODES = ("constant", "timestamps")
+# A swarm simulates its devices: one GPIO-wired DHT cannot be fifty devices.
+SWARM_DRIVERS = ("simulated", "replay")
+SWARM_MAX_DEVICES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +53,32 @@ class DriverConfig:
     replay_speed: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    """`devices` simulated devices in one process, named `<device>-001`... after the swarm host.
+
+    Each device's simulated driver is seeded `seed_base + n` (n as in its name), so no two send
+    the same signal; without `seed_base`, the host's `driver.seed` is the base, and without that
+    each device draws its own random seed, as a single sensor does.
+    """
+
+    devices: int
+    seed_base: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int):
+            raise ConfigError("swarm.devices", f"must be an integer 1..{SWARM_MAX_DEVICES}, got {self.devices!r}")
+        if not 1 <= self.devices <= SWARM_MAX_DEVICES:
+            raise ConfigError("swarm.devices", f"must be 1..{SWARM_MAX_DEVICES}, got {self.devices}")
+        if self.seed_base is not None and (isinstance(self.seed_base, bool) or not isinstance(self.seed_base, int)):
+            raise ConfigError("swarm.seed_base", f"must be an integer, got {self.seed_base!r}")
+
+
+def swarm_device_id(host: str, n: int) -> str:
+    """The id of the swarm host's n-th device (from 1), zero-padded so that they sort in order."""
+    return f"{host}-{n:03d}"
+
+
 # While the forwarder is down the gateway broker holds at most this many of a device's readings;
 # the rest wait in the device's own spool.
 SENSOR_CONFIRMATIONS = ConfirmationsConfig(max_messages=1000, max_bytes=2**20)
@@ -69,10 +106,40 @@ class SensorConfig:
     firmware: str | None = None
     location: Location | None = None
     confirmations: ConfirmationsConfig = SENSOR_CONFIRMATIONS
+    # One process, many simulated devices (sensor.swarm); None: this config is the one device.
+    swarm: SwarmConfig | None = None
 
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
+
+
+def device_configs(cfg: SensorConfig) -> tuple[SensorConfig, ...]:
+    """The devices a sensor config runs: itself, or each device of its swarm.
+
+    A swarm device is the host's config with its own identity: device id (so its own topics and
+    status file), MQTT client id (one session each, under the host's one credential), state
+    directory (its own spool) and seed. Everything else, `max_readings` included, is per device
+    as the host's config says.
+    """
+    swarm = cfg.swarm
+    if swarm is None:
+        return (cfg,)
+    base = swarm.seed_base if swarm.seed_base is not None else cfg.driver.seed
+    members = []
+    for n in range(1, swarm.devices + 1):
+        device = swarm_device_id(cfg.device, n)
+        members.append(
+            dataclasses.replace(
+                cfg,
+                device=device,
+                state_dir=cfg.state_dir / device,
+                broker=dataclasses.replace(cfg.broker, client_id=swarm_device_id(cfg.broker.client_id, n)),
+                driver=dataclasses.replace(cfg.driver, seed=None if base is None else base + n),
+                swarm=None,
+            )
+        )
+    return tuple(members)
 
 
 def _driver(t: Table) -> DriverConfig:
@@ -121,6 +188,30 @@ def _location(t: Table) -> Location | None:
     return loc
 
 
+def _swarm(t: Table) -> SwarmConfig:
+    try:
+        swarm = SwarmConfig(devices=t.integer("devices"), seed_base=t.integer("seed_base", None))
+    except ConfigError as err:
+        # The dataclass names the key; the table adds the file it is in.
+        raise t.error(err.key.rpartition(".")[2], err.detail) from None
+    t.done()
+    return swarm
+
+
+def _check_swarm(t: Table, cfg: SensorConfig, swarm: SwarmConfig) -> None:
+    """What a swarm needs of the rest of the config: a driver it can simulate, a short enough host id."""
+    device, kind = cfg.device, cfg.driver.type
+    if kind not in SWARM_DRIVERS:
+        kinds = " or ".join(SWARM_DRIVERS)
+        raise t.error("swarm", f"needs driver.type {kinds} (a swarm simulates its devices), got {kind!r}")
+    longest = swarm_device_id(device, swarm.devices)
+    try:
+        check_id("device", longest)
+    except ValidationError:
+        detail = f"{device!r} is too long for a swarm: its device {longest!r} is over 64 characters"
+        raise t.error("device", detail) from None
+
+
 def sensor_config(t: Table) -> SensorConfig:
     device = t.ident("device")
     cfg = SensorConfig(
@@ -140,8 +231,11 @@ def sensor_config(t: Table) -> SensorConfig:
         firmware=t.text("firmware", None),
         location=_location(t.table("location")),
         confirmations=ConfirmationsConfig.from_table(t.table("confirmations"), defaults=SENSOR_CONFIRMATIONS),
+        swarm=_swarm(t.table("swarm")) if t.has("swarm") else None,
     )
     t.done()
+    if cfg.swarm is not None:
+        _check_swarm(t, cfg, cfg.swarm)
     return cfg
 
 
