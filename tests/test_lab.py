@@ -350,7 +350,9 @@ def test_an_outage_is_spooled_seen_and_drained(lab: Lab, plan: str) -> None:
 
 
 def test_bad_uplink_loses_nothing(lab: Lab) -> None:
-    _run_plan(lab, "bad-uplink")
+    report = _run_plan(lab, "bad-uplink")
+    # Where the kernel has no netem, the loss really happened through nftables (counted).
+    assert report.impairment_drops > 0 or not report.notes, format_chaos_report(report)
 
 
 def test_killed_brokers_and_forwarder_come_back(lab: Lab) -> None:

@@ -9,6 +9,7 @@ A gateway's uplink is its own veth pair, so it can be cut (link down) or made ba
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,58 @@ def clear_netem_commands(link: Link) -> list[Command]:
         ["ip", "netns", "exec", link.node_ns, "tc", "qdisc", "del", "dev", link.node_dev, "root"],
         ["ip", "netns", "exec", link.far_ns, "tc", "qdisc", "del", "dev", link.far_dev, "root"],
     ]
+
+
+IMPAIR_TABLE = "smlab_impair"
+
+
+def nft_impair_script(link: Link, loss_pct: float, rate_kbit: float | None) -> str:
+    """The fallback where the kernel has no netem qdisc (a Firecracker guest's, say): random loss
+    both ways, and a rate cap by policing, from nftables on the gateway's end of its uplink.
+    Delay needs a queue, which nftables does not have."""
+    matches = []
+    if loss_pct > 0:
+        matches.append(f"numgen random mod 10000 < {round(loss_pct * 100)} counter drop")
+    if rate_kbit is not None:
+        matches.append(f"limit rate over {max(1, round(rate_kbit / 8))} kbytes/second counter drop")
+    egress = "; ".join(f'oifname "{link.node_dev}" {m}' for m in matches)
+    ingress = "; ".join(f'iifname "{link.node_dev}" {m}' for m in matches)
+    return (
+        f"table inet {IMPAIR_TABLE} {{\n"
+        f"  chain egress {{ type filter hook postrouting priority 0; {egress}; }}\n"
+        f"  chain ingress {{ type filter hook prerouting priority 0; {ingress}; }}\n"
+        "}\n"
+    )
+
+
+def nft_impair(link: Link, loss_pct: float, rate_kbit: float | None) -> None:
+    script = nft_impair_script(link, loss_pct, rate_kbit)
+    done = subprocess.run(
+        ["ip", "netns", "exec", link.node_ns, "nft", "-f", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SaltmarshError(f"nft in {link.node_ns}: {done.stderr.strip()}")
+
+
+def nft_clear(link: Link) -> int:
+    """Remove the fallback impairment; how many packets it dropped."""
+    listed = subprocess.run(
+        ["ip", "netns", "exec", link.node_ns, "nft", "-j", "list", "table", "inet", IMPAIR_TABLE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    dropped = sum(int(m) for m in re.findall(r'"counter": \{"packets": (\d+)', listed.stdout))
+    subprocess.run(
+        ["ip", "netns", "exec", link.node_ns, "nft", "delete", "table", "inet", IMPAIR_TABLE],
+        capture_output=True,
+        check=False,
+    )
+    return dropped
 
 
 def run(commands: Sequence[Command], check: bool = True) -> list[str]:
