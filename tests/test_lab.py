@@ -67,7 +67,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         report = down(base, keep_files=False)
         assert not report.failures, report.failures
         assert network.lab_namespaces(prefix) == []
-        assert all(not Path(f"/proc/{pid}").exists() for pid in anchors.values())
+        assert not any(_running(pid) for pid in anchors.values())
 
 
 def probe(lab: Lab, node: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -310,6 +310,13 @@ def test_a_site_minion_sees_only_its_site(lab: Lab) -> None:
             assert "forwarder_password" not in dumped and "uplink_password" not in dumped
 
 
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _strings(doc: Any) -> Iterator[str]:
     if isinstance(doc, dict):
         for value in doc.values():
@@ -355,40 +362,6 @@ def test_bad_uplink_loses_nothing(lab: Lab) -> None:
     assert report.impairment_drops > 0 or not report.notes, format_chaos_report(report)
 
 
-def test_killed_brokers_and_forwarder_come_back(lab: Lab) -> None:
-    report = _run_plan(lab, "kill-brokers")
-    gateway = lab.fleet.gateway_of("site01").id
-    master = lab.fleet.master.id
-    assert len(report.come_back_s[f"{gateway}/saltmarsh-forwarder"]) == 5, report.come_back_s
-    assert len(report.come_back_s[f"{gateway}/mosquitto"]) == 2, report.come_back_s
-    assert len(report.come_back_s[f"{master}/mosquitto"]) == 2, report.come_back_s
-
-
-def test_ingester_killed_and_elasticsearch_paused(lab: Lab) -> None:
-    report = _run_plan(lab, "ingester-and-sink")
-    assert len(report.come_back_s[f"{lab.fleet.master.id}/saltmarsh-ingester-1"]) == 1
-
-
-def test_the_reactor_restarts_a_dead_forwarder(lab: Lab) -> None:
-    report = _run_plan(lab, "reactor-restart")
-    gateway = lab.fleet.gateway_of("site01").id
-    took = report.come_back_s[f"{gateway}/saltmarsh-forwarder"]
-    assert len(took) == 1
-    log = lab.dirs(lab.fleet.master.id).path("/var/log/salt/master").read_text()
-    assert "saltmarsh-reactor-forwarder-restart" in log or "service.restart" in log
-    print(f"reactor restart took {took[0]:.1f} s")
-
-
-def test_master_down_data_flows_and_the_relay_catches_up(lab: Lab) -> None:
-    since_ms = int(time.time() * 1000)
-    report = _run_plan(lab, "master-down")
-    back_ms = since_ms + int((5 + 60) * SCALE * 1000)
-    gateway = lab.fleet.gateway_of("site02").id
-    # Beacons fired after the master came back reach the index.
-    depths = _wait_for_beacons(lab, back_ms, gateway, bool)
-    assert depths, report.timeline
-
-
 def test_no_secret_in_any_log(lab: Lab) -> None:
     secrets = lab.secrets()
     logs = lab.log_files()
@@ -426,6 +399,7 @@ def test_down_recovers_a_crashed_up(tmp_path: Path) -> None:
     report = down(base)
     assert report.processes >= len(anchors)
     assert network.lab_namespaces(prefix) == []
-    assert all(not Path(f"/proc/{pid}").exists() for pid in anchors.values())
+    # Dead: gone, or a zombie waiting for an init that reaps (the runner, their parent, died).
+    assert not any(_running(pid) for pid in anchors.values())
     assert not base.exists()
     assert shutil.which("ip")

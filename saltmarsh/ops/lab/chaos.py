@@ -147,9 +147,14 @@ class ChaosRun:
         self._log(note)
 
     def _main_pid(self, node: str, unit: str) -> int:
-        pid = self.lab.unit_pid(node, unit)
-        if pid is None:
-            raise SaltmarshError(f"{node}: {unit} is not running")
+        """The unit's running main pid; a fault meant for a running process waits for one (a
+        plan's repeats may come faster than the unit's RestartSec)."""
+        deadline = time.monotonic() + COME_BACK_TIMEOUT_S
+        while (pid := self.lab.unit_pid(node, unit)) is None:
+            if time.monotonic() > deadline:
+                raise SaltmarshError(f"{node}: {unit} is not running")
+            self._check_come_backs()
+            time.sleep(0.1)
         return pid
 
     def _kill9(self, node: str, step: Step, undo: bool) -> None:
