@@ -30,7 +30,7 @@ from saltmarsh.ops.lab.ca import LabCA
 from saltmarsh.ops.lab.chaos import ChaosReport, ChaosRun, beacon_depths, format_chaos_report
 from saltmarsh.ops.lab.cli import find_plan
 from saltmarsh.ops.lab.fleet import generated_fleet
-from saltmarsh.ops.lab.lab import ROLE_ORDER, Lab, down
+from saltmarsh.ops.lab.lab import ROLE_ORDER, Lab, down, process_running
 from saltmarsh.ops.lab.node import enter_argv, run_in
 from saltmarsh.ops.lab.saltctl import BIN
 from saltmarsh.ops.localfleet.mosquitto import mosquitto_binary
@@ -67,7 +67,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         report = down(base, keep_files=False)
         assert not report.failures, report.failures
         assert network.lab_namespaces(prefix) == []
-        assert not any(_running(pid) for pid in anchors.values())
+        assert not any(process_running(pid) for pid in anchors.values())
 
 
 def probe(lab: Lab, node: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -310,13 +310,6 @@ def test_a_site_minion_sees_only_its_site(lab: Lab) -> None:
             assert "forwarder_password" not in dumped and "uplink_password" not in dumped
 
 
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _strings(doc: Any) -> Iterator[str]:
     if isinstance(doc, dict):
         for value in doc.values():
@@ -400,6 +393,6 @@ def test_down_recovers_a_crashed_up(tmp_path: Path) -> None:
     assert report.processes >= len(anchors)
     assert network.lab_namespaces(prefix) == []
     # Dead: gone, or a zombie waiting for an init that reaps (the runner, their parent, died).
-    assert not any(_running(pid) for pid in anchors.values())
+    assert not any(process_running(pid) for pid in anchors.values())
     assert not base.exists()
     assert shutil.which("ip")

@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from saltmarsh.config.ingester import load_sink_config
@@ -343,7 +342,3 @@ def format_chaos_report(report: ChaosReport) -> str:
     lines += [f"  note: {n}" for n in report.notes]
     lines += [f"  problem: {p}" for p in report.problems]
     return "\n".join(lines)
-
-
-def write_report(path: Path, report: ChaosReport) -> None:
-    path.write_text(format_chaos_report(report) + "\n")

@@ -24,11 +24,12 @@ from pathlib import Path
 from saltmarsh.contract.errors import SaltmarshError
 from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.ca import LabCA
-from saltmarsh.ops.lab.fleet import REPO, Fleet, Node, fleet_document, parse_fleet
+from saltmarsh.ops.lab.fleet import REPO, Fleet, fleet_document, parse_fleet
 from saltmarsh.ops.lab.node import NodeDirs, enter_argv, keep, reap_started, start_anchor
 from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabSettings, write_lab_pillar
 from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, Master, StateRun, apply_role, start_daemon, write_salt_configs
 from saltmarsh.ops.lab.state import LabState
+from saltmarsh.ops.localfleet.processes import wait_until
 from saltmarsh.runtime.status import ServiceStatus, read_statuses
 
 # The order an operator provisions a fleet in: the cloud (and its master config) before the
@@ -206,7 +207,7 @@ class Lab:
             pid = int(pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        return pid if process_running(pid) else None
 
     def units(self, node_id: str) -> list[str]:
         svc_dir = self.dirs(node_id).path(SVC_STATE_DIR)
@@ -222,9 +223,6 @@ class Lab:
 
     def all_statuses(self) -> dict[str, list[ServiceStatus]]:
         return {node.id: self.statuses(node.id) for node in self.fleet.nodes}
-
-    def node(self, node_id: str) -> Node:
-        return self.fleet.node(node_id)
 
     def secrets(self) -> list[str]:
         path = self.base / SECRETS_FILE
@@ -259,7 +257,8 @@ def start_elasticsearch(anchor_pid: int, dirs: NodeDirs) -> int:
     return keep(process)
 
 
-def _alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (a dead runner's children wait for an init that reaps)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -269,17 +268,14 @@ def _alive(pid: int) -> bool:
 
 def _alive_pid_file(pid_file: Path) -> bool:
     try:
-        return _alive(int(pid_file.read_text().split()[0]))
+        return process_running(int(pid_file.read_text().split()[0]))
     except (OSError, ValueError, IndexError):
         return False
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SaltmarshError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.25)
+    if not wait_until(predicate, timeout_s, interval_s=0.25):
+        raise SaltmarshError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 # -- down -------------------------------------------------------------------------------------
