@@ -277,6 +277,7 @@ def test_unit_runs_with_its_settings(units: Units, service: str, expected: dict[
             "ExecStart=/bin/sleep 60\nEnvironmentFile=/nonexistent/env", "result 'resources'", id="no-env-file"
         ),
         pytest.param("ExecStart=/bin/sh -c 'exit 3'", "code=exited, status=3", id="exits-at-once"),
+        pytest.param("ExecStart=/bin/sh -c 'kill -SEGV $$'", "code=killed, status=11/SEGV", id="crashes-at-once"),
     ],
 )
 def test_a_failed_first_start_fails_and_leaves_nothing(units: Units, service: str, logged: str) -> None:
@@ -314,6 +315,18 @@ def test_main_process_killed(units: Units, restart: str, signo: int, restarts: b
         assert wait_for(lambda: svc.supervisorpid(name) is None), units.log(name)
         assert (svc.status(name), svc.mainpid(name)) == (False, None)
         assert "not restarting" in units.log(name)
+
+
+def test_a_kill_from_outside_during_the_start_is_left_to_restart(units: Units) -> None:
+    # A chaos run's (or the OOM killer's) kill -9 right after a reactor's restart is no bad config:
+    # the start succeeds and Restart=on-failure brings the unit back, as under systemd.
+    marker = units.tmp / "killed-once"
+    script = f"if [ ! -e {marker} ]; then touch {marker}; kill -9 $$; fi; exec sleep 60"
+    name = units.write("killed-at-start", f"ExecStart=/bin/sh -c '{script}'\nRestart=on-failure")
+    assert units.start(name) is True, units.log(name)
+    assert wait_for(lambda: svc.mainpid(name) is not None), units.log(name)
+    log = units.log(name)
+    assert "code=killed, status=9/KILL" in log and "left to Restart=" in log and "start failed" not in log, log
 
 
 def test_start_limit_gives_up(units: Units) -> None:

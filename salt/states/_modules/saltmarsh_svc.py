@@ -49,11 +49,15 @@ Files in `state_dir`, per unit (`<unit>` is e.g. `mosquitto.service`), written a
   The main process is not a group leader: `kill -<main pid>` finds no group;
 - `<unit>.log`: the main process's stdout and stderr, and one line per supervisor decision
   (started pid, exited status, restarting in N s, start limit hit, stopping, stopped);
+- `<unit>.exit`: "<pid> <start time> <returncode>" of the last main process that exited;
 - `<unit>.enabled`: the "enabled" marker; `<unit>.lock`: serialises start() and stop().
 
 start() returns once `<unit>.pid` exists, and returns False (leaving nothing running) when the
-first main process cannot be spawned or dies within START_GRACE_S: a bad config must fail the
-state. Under systemd such a unit would go on restarting in the background until its start limit.
+first main process cannot be spawned or exits or crashes within START_GRACE_S: a bad config must
+fail the state. Under systemd such a unit would go on restarting in the background until its
+start limit. A first main process killed from outside in that time (SIGKILL, or a clean stop
+signal: a chaos test, an operator, the OOM killer) is no bad config: start() succeeds and
+Restart= decides, as under systemd.
 
 Not emulated: `Type=` other than simple (no readiness: notify, forking and oneshot behave as
 simple), `ExecStartPre=`/`ExecStartPost=`/`ExecStop=`/`ExecReload=` (reload is a restart),
@@ -252,6 +256,10 @@ class UnitSpec(NamedTuple):
     def log_file(self) -> Path:
         return Path(self.state_dir) / f"{self.unit}.log"
 
+    @property
+    def exit_file(self) -> Path:
+        return Path(self.state_dir) / f"{self.unit}.exit"
+
 
 def _last(values: Mapping[str, list[str]], key: str) -> str | None:
     return values[key][-1] if values.get(key) else None
@@ -316,6 +324,11 @@ def exit_kind(returncode: int) -> str:
     if returncode == 0 or (returncode < 0 and -returncode in CLEAN_SIGNALS):
         return "success"
     return "exit-code" if returncode > 0 else "signal"
+
+
+def killed_from_outside(returncode: int) -> bool:
+    """SIGKILL or a clean stop signal: someone else ended the process; a crash or an exit did not."""
+    return returncode < 0 and (-returncode == signal.SIGKILL or -returncode in CLEAN_SIGNALS)
 
 
 def restart_wanted(restart: str, kind: str) -> bool:
@@ -591,6 +604,7 @@ class Supervisor:
             self.log("stopping")
         else:
             self.log(f"main process {process.pid} exited, {describe_exit(returncode)}")
+            _write_record(self.spec.exit_file, process.pid, f"{started} {returncode}")
             _remove_record(self.spec.pid_file, process.pid)
         # On a stop the whole group goes; after an exit, what the main process left behind goes
         # too, as systemd does with the unit's cgroup.
@@ -598,6 +612,7 @@ class Supervisor:
         if returncode is None:
             returncode = process.wait()
             self.log(f"main process {process.pid} exited, {describe_exit(returncode)}")
+            _write_record(self.spec.exit_file, process.pid, f"{started} {returncode}")
             _remove_record(self.spec.pid_file, process.pid)
         return exit_kind(returncode)
 
@@ -841,11 +856,32 @@ def _start_locked(name: str) -> bool:
     deadline = time.monotonic() + START_GRACE_S
     while time.monotonic() < deadline:
         if not _alive(int(pid), started):
+            returncode = _exit_status(spec, int(pid), started)
+            if returncode is not None and killed_from_outside(returncode):
+                # kill -9 (or a clean stop signal) from outside is not the unit's fault: Restart=
+                # decides, as systemd would once `systemctl start` had returned.
+                _append_log(spec.log_file, spec.unit, f"main process {pid} killed during its start: left to Restart=")
+                return True
             _append_log(spec.log_file, spec.unit, f"start failed: main process died within {START_GRACE_S:g} s")
             _stop_locked(name)
             return False
         time.sleep(GROUP_POLL_S)
     return True
+
+
+def _exit_status(spec: UnitSpec, pid: int, started: str) -> int | None:
+    """The returncode the supervisor recorded for that main process; None if it recorded none."""
+    deadline = time.monotonic() + SUPERVISOR_REPORT_TIMEOUT_S
+    while True:
+        try:
+            fields = spec.exit_file.read_text().split()
+            if fields[:2] == [str(pid), started]:
+                return int(fields[2])
+        except (OSError, ValueError, IndexError):
+            pass
+        if time.monotonic() > deadline or _live_pid(spec.supervisor_file) is None:
+            return None
+        time.sleep(GROUP_POLL_S)
 
 
 def _launch_supervisor(spec: UnitSpec) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -23,14 +24,26 @@ from saltmarsh.contract.errors import ConfigError, SaltmarshError
 from saltmarsh.ops.audit import AuditReport, run_audit
 from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.lab import Lab
-from saltmarsh.ops.lab.node import run_in
+from saltmarsh.ops.lab.node import enter_argv, run_in
 from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL
 from saltmarsh.ops.lab.plan import Plan, Step
 from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, start_daemon
+from saltmarsh.relay.sender import HEALTH_TAG
 from saltmarsh.sinks import open_audit_source
 
 Say = Callable[[str], None]
 COME_BACK_TIMEOUT_S = 180.0
+INGESTER_CONFIG = "/etc/saltmarsh/ingester-1.toml"
+# Another writer that takes the database and never commits: the ingester's writes time out as
+# SinkUnavailable until stdin closes.
+HOLD_SQLITE_LOCK = (
+    "import sqlite3, sys\n"
+    "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+    "db.execute('BEGIN EXCLUSIVE')\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+    "db.execute('ROLLBACK')\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,8 @@ class ChaosReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the plan asked for that this machine could not do
     impairment_drops: int = 0  # packets the nftables fallback dropped
+    relay_caught_up_s: float | None = None  # when the relay engine's spool was seen empty again
+    relay_spooled: int = 0  # events the relay engine had to spool during the run
 
     @property
     def ok(self) -> bool:
@@ -99,6 +114,7 @@ class ChaosRun:
         self._started = 0.0
         self._waiting: list[tuple[str, str, int | None, float]] = []  # node, unit, old pid, since
         self._nft_impaired: set[str] = set()
+        self._sink_lock: subprocess.Popen[str] | None = None
 
     # -- the faults -----------------------------------------------------------------------
 
@@ -115,6 +131,7 @@ class ChaosRun:
             "restart-units": self._restart_units,
             "stop-master": self._stop_master,
             "pause-elasticsearch": self._pause_elasticsearch,
+            "stop-sink": self._stop_sink,
         }
         actions[step.do](node, step, event.undo)
 
@@ -202,6 +219,29 @@ class ChaosRun:
         if pid:
             os.kill(pid, signal.SIGCONT if undo else signal.SIGSTOP)
 
+    def _stop_sink(self, node: str, step: Step, undo: bool) -> None:
+        """The ingester's sink stops answering: the SQLite file held under an exclusive lock from
+        inside the cloud node (another writer that never commits), or Elasticsearch paused."""
+        sink = load_sink_config(self.lab.dirs(node).path(INGESTER_CONFIG))
+        if sink.type != "sqlite" or sink.path is None:
+            self._pause_elasticsearch(node, step, undo)
+            return
+        if undo:
+            if self._sink_lock is not None:
+                self._sink_lock.communicate(timeout=30)  # stdin closed: it rolls back and exits
+                self._sink_lock = None
+            return
+        argv = [sys.executable, "-c", HOLD_SQLITE_LOCK, str(sink.path)]
+        self._sink_lock = subprocess.Popen(
+            enter_argv(self.lab.anchor(node), argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self._sink_lock.stdout is not None
+        if self._sink_lock.stdout.readline().strip() != "locked":
+            self._sink_lock.kill()
+            self._sink_lock.wait()
+            self._sink_lock = None
+            raise SaltmarshError(f"{node}: could not lock the sink {sink.path}")
+
     # -- the run --------------------------------------------------------------------------
 
     def _log(self, text: str) -> None:
@@ -239,6 +279,7 @@ class ChaosRun:
                 self.report.problems.append(f"{event.label}: {err}")
                 self._log(f"{event.label} FAILED: {err}")
         settle_deadline = time.monotonic() + self.plan.settle_s
+        end_ms = int(time.time() * 1000)
         while self._waiting and time.monotonic() < settle_deadline:
             self._check_come_backs()
             time.sleep(0.2)
@@ -259,7 +300,26 @@ class ChaosRun:
             self.report.drained_s = round(time.monotonic() - self._started, 1)
             self._log(f"drained: the sink holds every reading produced up to the plan's end ({report.readings})")
         self.report.beacon_depths = beacon_depths(self.lab, start_ms)
+        self._wait_for_relay(end_ms, settle_deadline)
         return self.report
+
+    def _wait_for_relay(self, end_ms: int, deadline: float) -> None:
+        """The relay engine caught up: a health event from after the plan with its spool empty."""
+        while True:
+            health = relay_health(self.lab, end_ms)
+            caught_up = [h for h in health if h.get("spool_depth") == 0 and h.get("queue_depth", 0) == 0]
+            if caught_up or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
+        self.report.relay_spooled = max((int(h.get("spooled", 0)) for h in health), default=0)
+        dropped = max((int(h.get("dropped", 0)) for h in health), default=0)
+        if dropped:
+            self.report.problems.append(f"the relay engine dropped {dropped} events")
+        if not caught_up:
+            depth = health[-1].get("spool_depth") if health else "no health event"
+            self.report.problems.append(f"the relay engine did not catch up after the plan (spool: {depth})")
+        else:
+            self.report.relay_caught_up_s = round(time.monotonic() - self._started, 1)
 
 
 # -- after the run ----------------------------------------------------------------------------
@@ -279,7 +339,7 @@ def audit(lab: Lab, produced: dict[str, tuple[str, int]] | None = None) -> Audit
     """`saltmarsh audit` of the cloud's sink, read through the ingester config Salt rendered."""
     master = lab.fleet.master.id
     dirs = lab.dirs(master)
-    config_path = dirs.path("/etc/saltmarsh/ingester-1.toml")
+    config_path = dirs.path(INGESTER_CONFIG)
     sink = load_sink_config(config_path)
     if sink.path is not None:
         sink = type(sink)(type=sink.type, path=dirs.path(str(sink.path)), elasticsearch=sink.elasticsearch)
@@ -323,6 +383,17 @@ def beacon_depths(lab: Lab, since_ms: int) -> dict[str, list[int]]:
     return {gw: [depth for _, depth in sorted(seen)] for gw, seen in depths.items()}
 
 
+def relay_health(lab: Lab, since_ms: int) -> list[dict[str, Any]]:
+    """The relay engine's own health events (its counters) that reached its index, in time order."""
+    query = {"size": 1000, "query": {"range": {"@timestamp": {"gte": since_ms}}}}
+    seen = [
+        (str(doc.get("@timestamp")), doc["data"])
+        for doc in search_events(lab, query)
+        if doc.get("tag") == HEALTH_TAG and isinstance(doc.get("data"), dict)
+    ]
+    return [data for _, data in sorted(seen, key=lambda item: item[0])]
+
+
 def format_chaos_report(report: ChaosReport) -> str:
     lines = [f"plan {report.plan}: {'OK' if report.ok else 'FAILED'}"]
     if report.audit is not None:
@@ -336,6 +407,11 @@ def format_chaos_report(report: ChaosReport) -> str:
         peak = max(depths, default=0)
         lines.append(
             f"  {gateway} spool beacons: {len(depths)} events, peak depth {peak}, last {depths[-1] if depths else '-'}"
+        )
+    if report.relay_caught_up_s is not None:
+        lines.append(
+            f"  relay engine caught up {report.relay_caught_up_s:.0f} s after the plan started"
+            f" ({report.relay_spooled} events spooled and sent later, 0 dropped)"
         )
     if report.impairment_drops:
         lines.append(f"  {report.impairment_drops} packets dropped on the impaired uplink")

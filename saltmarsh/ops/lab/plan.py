@@ -39,6 +39,7 @@ ACTIONS: dict[str, tuple[bool, bool]] = {
     "restart-units": (False, False),  # restart every unit of the node through salt-call
     "stop-master": (True, False),  # the salt-master down, started again after `for`
     "pause-elasticsearch": (True, False),  # the cloud's Elasticsearch stops answering
+    "stop-sink": (True, False),  # the ingester's sink stops answering: SQLite locked, or ES paused
 }
 MAX_STEPS = 200
 MAX_TIMES = 100
