@@ -1,7 +1,11 @@
-"""The reading loop: driver sample -> envelope -> durable spool append, once per interval.
+"""The reading loop: driver sample -> envelope (and its threshold alerts) -> durable spool append, once per interval.
 
 A reading exists once it is in the spool: the append is a synchronous SQLite commit, and `seq`
-advances only after it succeeds, so `last_seq` is exactly how many readings this boot produced.
+advances only after it succeeds. A reading that crosses a threshold (`sensor.alerts`) brings its
+alerts with it: they take the seqs after the reading's (one sequence per device and boot, so the
+audit counts them too) and go into the KEEP lane, never evicted, in the same append, one
+transaction: the reading and its alerts are spooled together or not at all. So `last_seq` is
+exactly how many readings and alerts this boot produced.
 Sending is someone else's job (`sender.SpoolSender`); the agent only says "there is more".
 """
 
@@ -11,15 +15,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 
 from saltmarsh.config.sensor import SensorConfig
 from saltmarsh.contract.envelope import Envelope
 from saltmarsh.contract.errors import SpoolError, ValidationError
-from saltmarsh.contract.mint import mint
+from saltmarsh.contract.mint import mint, mint_alert
 from saltmarsh.runtime.logs import log_oversized
-from saltmarsh.runtime.spool import Lane, Spool
-from sensor.drivers.base import Driver
+from saltmarsh.runtime.spool import Lane, Record, Spool
+from sensor.alerts import Crossing, ThresholdWatch
+from sensor.drivers.base import Driver, Sample
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +44,104 @@ class Agent:
         self.spool = spool
         self.boot = boot
         self.on_spooled = on_spooled
-        self.last_seq = 0
+        self.watch = ThresholdWatch(cfg.alerts)
+        self.last_seq = 0  # readings and alerts
+        self.readings_total = 0
+        self.alerts_total = 0
         self.spool_errors = 0
-        self.invalid_total = 0  # readings the contract refused (a driver's bad metric name or value)
-        self.oversized_total = 0  # readings larger than max_message_bytes
+        # Refused before they get a seq, readings and alerts alike: the contract refused them (a
+        # driver's bad metric name or value), or they are larger than max_message_bytes.
+        self.invalid_total = 0
+        self.oversized_total = 0
 
     @property
     def done(self) -> bool:
         """No more readings will come: `max_readings` reached or the source ran dry."""
-        reached = self.cfg.max_readings > 0 and self.last_seq >= self.cfg.max_readings
+        reached = self.cfg.max_readings > 0 and self.readings_total >= self.cfg.max_readings
         return reached or self.driver.exhausted
 
     def tick(self, now_s: float) -> Envelope | None:
-        """Read once and spool the reading; None if the driver had nothing or the disk refused it."""
+        """Read once and spool the reading with its alerts; None if the driver had nothing or it was refused."""
         sample = self.driver.read(now_s)
         if sample is None or not sample.metrics:
             return None
+        ts_ms = int(now_s * 1000)
+        minted = self._checked("reading", partial(self._mint_reading, sample, self.last_seq + 1, ts_ms))
+        if minted is None:
+            return None
+        reading, reading_record = minted
+        check = self.watch.check(reading.metrics)
+        alerts: list[Envelope] = []
+        alert_records: list[Record] = []
+        for crossing in check.crossings:
+            seq = reading.seq + len(alerts) + 1
+            minted = self._checked("alert", partial(self._mint_alert, crossing, sample.units, seq, ts_ms))
+            if minted is not None:
+                alerts.append(minted[0])
+                alert_records.append(minted[1])
+        batches = [(Lane.BULK, [reading_record])]
+        if alert_records:
+            batches.append((Lane.KEEP, alert_records))
         try:
-            envelope = mint(
-                device=self.cfg.device,
-                site=self.cfg.site,
-                boot=self.boot,
-                seq=self.last_seq + 1,
-                ts_ms=int(now_s * 1000),
-                metrics=sample.metrics,
-                units=sample.units,
-                model=self.cfg.model,
-                firmware=self.cfg.firmware,
-                location=self.cfg.location,
-            )
+            self.spool.append(batches)
+        except (SpoolError, OSError, sqlite3.Error) as err:
+            # A full or failing disk must not kill the agent; the reading and its alerts are lost,
+            # `seq` does not advance, so the audit shows fewer messages rather than a gap. The
+            # thresholds stay as they were: the next reading beyond raises the lost alert again.
+            self.spool_errors += 1
+            log.error("spool append failed", extra={"event": "spool_append_failed", "why": str(err)})
+            return None
+        self.last_seq = alerts[-1].seq if alerts else reading.seq
+        self.readings_total += 1
+        self.alerts_total += len(alerts)
+        # Adopted even when an alert was refused: it would be refused again, on every reading.
+        self.watch.commit(check)
+        for alert in alerts:
+            extra = {"event": "alert_raised", "name": alert.name, "seq": alert.seq, "alerts_total": self.alerts_total}
+            log.info("alert: %s", alert.detail, extra=extra)
+        self.on_spooled()
+        return reading
+
+    def _mint_reading(self, sample: Sample, seq: int, ts_ms: int) -> Envelope:
+        cfg = self.cfg
+        return mint(
+            device=cfg.device,
+            site=cfg.site,
+            boot=self.boot,
+            seq=seq,
+            ts_ms=ts_ms,
+            metrics=sample.metrics,
+            units=sample.units,
+            model=cfg.model,
+            firmware=cfg.firmware,
+            location=cfg.location,
+        )
+
+    def _mint_alert(self, crossing: Crossing, units: Mapping[str, str], seq: int, ts_ms: int) -> Envelope:
+        cfg = self.cfg
+        return mint_alert(
+            device=cfg.device,
+            site=cfg.site,
+            boot=self.boot,
+            seq=seq,
+            ts_ms=ts_ms,
+            name=crossing.name,
+            metrics=crossing.metrics,
+            units=crossing.units(units),
+            detail=crossing.detail,
+            model=cfg.model,
+            firmware=cfg.firmware,
+            location=cfg.location,
+        )
+
+    def _checked(self, what: str, make: Callable[[], Envelope]) -> tuple[Envelope, Record] | None:
+        """The envelope `make` mints and its spool record; None, counted and logged, if it is refused."""
+        try:
+            envelope = make()
         except ValidationError as err:
             # Refused before it has a seq, like the oversized below: the audit sees no gap.
             self.invalid_total += 1
-            log.error("reading refused", extra={"event": "reading_invalid", "why": str(err)})
+            log.error("%s refused", what, extra={"event": f"{what}_invalid", "why": str(err)})
             return None
         topic, payload = str(envelope.topic), envelope.encode()
         if len(payload) > self.cfg.max_message_bytes:
@@ -78,25 +149,15 @@ class Agent:
             self.oversized_total += 1
             log_oversized(
                 log,
-                refused="reading refused",
-                event="reading_oversized",
+                refused=f"{what} refused",
+                event=f"{what}_oversized",
                 topic=topic,
                 size_bytes=len(payload),
                 limit=self.cfg.max_message_bytes,
                 total=self.oversized_total,
             )
             return None
-        try:
-            self.spool.append([(Lane.BULK, [(topic, payload)])])
-        except (SpoolError, OSError, sqlite3.Error) as err:
-            # A full or failing disk must not kill the agent; the reading is lost, `seq` does not
-            # advance, so the audit shows fewer readings rather than a gap.
-            self.spool_errors += 1
-            log.error("spool append failed", extra={"event": "spool_append_failed", "why": str(err)})
-            return None
-        self.last_seq = envelope.seq
-        self.on_spooled()
-        return envelope
+        return envelope, (topic, payload)
 
     def produce(self, stop: threading.Event) -> None:
         """Tick on schedule until stopped or done. Late ticks are not made up in a burst."""

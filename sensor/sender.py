@@ -1,5 +1,8 @@
 """Spool -> gateway broker at QoS 1, in spool order; a reading leaves the spool when the forwarder confirms it.
 
+Both spool lanes go out, in the order they were spooled: readings (BULK) and the alerts (KEEP)
+that follow them, each on the topic spooled with it, its envelope's (`.../reading`, `.../alert`).
+
 Each reading goes out numbered (the `msg` user property, `saltmarsh.contract.confirmation`). The
 gateway broker's PUBACK only frees a slot of the publish window (`publish_window`); the segment
 is deleted once the forwarder says, on this device's `ack` topic, that its spool has committed

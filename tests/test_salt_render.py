@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from saltmarsh.config.sensor import device_configs, load_sensor_config
+from saltmarsh.config.sensor import AlertsConfig, AlertThreshold, Bound, device_configs, load_sensor_config
 from tests.salt_support import (
     CPUARCHES,
     PILLAR,
@@ -131,6 +131,13 @@ BAD_PILLAR = {
         "gw1",
         "saltmarsh pillar: saltmarsh:confirmations:silence_s 0 is not a number of seconds between 0.1 and 86400",
     ),
+    "alert-threshold-not-a-number": (
+        "sites/example.sls",
+        "saltmarsh:\n",
+        "saltmarsh:\n  sensor: {alerts: {above: {temperature: hot}}}\n",
+        "sensor1",
+        "saltmarsh pillar: saltmarsh:sensor:alerts:above:temperature hot is not a finite number",
+    ),
     "swarm-of-none": (
         "sites/example.sls",
         "driver: {type: simulated, pin: D4, seed: 1}",
@@ -203,18 +210,22 @@ def _swarm_block(device: str) -> str:
     return "\n".join(topics) + "\n"
 
 
-# sensor1 as a swarm host of 3: the minion, the sls it applies, the file it writes (under the
-# sandbox root), what that file must hold and what it must not.
+# Each row: the pillar it renders with, the minion, the sls it applies, the file it writes (under
+# the sandbox root), what that file must hold and what it must not. sensor1 as a swarm host of 3,
+# the ACL that gives its credential its three devices, and sensor1 with threshold alerts.
 SWARM_PILLAR = {"sites": {"example": {"devices": {"sensor1": {"swarm": 3}}}}}
-SWARM_RENDERS = [
-    (
+ALERTS_PILLAR = {"sensor": {"alerts": {"above": {"temperature": 30, "humidity": 95.5}, "below": {"humidity": 20.0}}}}
+RENDERS: dict[str, tuple[dict[str, Any], str, str, str, list[str], list[str]]] = {
+    "swarm-sensor": (
+        SWARM_PILLAR,
         "sensor1",
         "saltmarsh.sensor.config",
         "etc/saltmarsh/sensor.toml",
         ["\n[swarm]\ndevices = 3\n", 'device = "sensor1"\n', 'username = "sensor1"\n'],
-        [],
+        ["[alerts"],
     ),
-    (
+    "swarm-acl": (
+        SWARM_PILLAR,
         "gw1",
         "saltmarsh.gateway.config",
         "etc/mosquitto/saltmarsh.acl",
@@ -225,31 +236,48 @@ SWARM_RENDERS = [
         ],
         ["sensor1-004", "/sensor1/"],
     ),
-]
+    "alerts": (
+        ALERTS_PILLAR,
+        "sensor1",
+        "saltmarsh.sensor.config",
+        "etc/saltmarsh/sensor.toml",
+        ['\n[alerts.above]\n"humidity" = 95.5\n"temperature" = 30.0\n', '\n[alerts.below]\n"humidity" = 20.0\n'],
+        ["[swarm]"],
+    ),
+}
 
 
-def test_a_swarm_host_renders_its_swarm_table_and_one_acl_block_per_device(tmp_path: Path) -> None:
-    def apply(row: tuple[str, str, str, list[str], list[str]]) -> tuple[Result, str]:
-        minion_id, sls, path, _, _ = row
-        root = tmp_path / minion_id / "sandbox"
-        minion = LocalMinion(tmp_path / minion_id, minion_id, grains_for(ROLE_MINIONS[minion_id][0]))
-        result = minion.call("state.apply", sls, pillar=sandbox_pillar(root, **SWARM_PILLAR))
+def test_pillar_renders_files_that_hold_it_and_that_the_sensor_loads(tmp_path: Path) -> None:
+    def apply(case: str) -> tuple[Result, str]:
+        pillar, minion_id, sls, path, _, _ = RENDERS[case]
+        root = tmp_path / case / "sandbox"
+        minion = LocalMinion(tmp_path / case, minion_id, grains_for(ROLE_MINIONS[minion_id][0]))
+        result = minion.call("state.apply", sls, pillar=sandbox_pillar(root, **pillar))
         written = root / path
         return result, written.read_text() if written.is_file() else ""
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(apply, SWARM_RENDERS))
-    for (minion_id, _, path, present, absent), (result, text) in zip(SWARM_RENDERS, outcomes, strict=True):
+        outcomes = dict(zip(RENDERS, pool.map(apply, RENDERS), strict=True))
+    for case, (result, text) in outcomes.items():
+        _, minion_id, _, path, present, absent = RENDERS[case]
         assert result.returncode == 0 and not failed_states(result.data), result.explain()
         for expected in present:
-            assert expected in text, f"{minion_id} {path} lacks {expected!r}:\n{text}"
+            assert expected in text, f"{case}: {minion_id} {path} lacks {expected!r}:\n{text}"
         for unexpected in absent:
-            assert unexpected not in text, f"{minion_id} {path} holds {unexpected!r}:\n{text}"
-    # And the agent loads what was rendered: three devices under sensor1's one credential.
-    cfg = load_sensor_config(tmp_path / "sensor1/sandbox/etc/saltmarsh/sensor.toml")
+            assert unexpected not in text, f"{case}: {minion_id} {path} holds {unexpected!r}:\n{text}"
+    # And the agent loads what was rendered: three devices under sensor1's one credential, no alerts...
+    cfg = load_sensor_config(tmp_path / "swarm-sensor/sandbox/etc/saltmarsh/sensor.toml")
     members = device_configs(cfg)
     assert [(m.device, m.broker.username, m.driver.seed) for m in members] == [
         ("sensor1-001", "sensor1", 2),
         ("sensor1-002", "sensor1", 3),
         ("sensor1-003", "sensor1", 4),
     ]
+    assert cfg.alerts == AlertsConfig()
+    # ...and the thresholds, each bound's sorted by metric.
+    alerts = load_sensor_config(tmp_path / "alerts/sandbox/etc/saltmarsh/sensor.toml").alerts
+    assert alerts.thresholds == (
+        AlertThreshold("humidity", Bound.ABOVE, 95.5),
+        AlertThreshold("temperature", Bound.ABOVE, 30.0),
+        AlertThreshold("humidity", Bound.BELOW, 20.0),
+    )

@@ -10,11 +10,22 @@ key and the file.
 from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.config.gateway import GatewayConfig, load_gateway_config
 from saltmarsh.config.ingester import IngesterConfig, SinkConfig, load_ingester_config
-from saltmarsh.config.sensor import Anomaly, DriverConfig, SensorConfig, load_sensor_config
+from saltmarsh.config.sensor import (
+    AlertsConfig,
+    AlertThreshold,
+    Anomaly,
+    Bound,
+    DriverConfig,
+    SensorConfig,
+    load_sensor_config,
+)
 from saltmarsh.config.table import Secret, Table, load_toml
 
 __all__ = [
+    "AlertThreshold",
+    "AlertsConfig",
     "Anomaly",
+    "Bound",
     "BrokerConfig",
     "DriverConfig",
     "GatewayConfig",

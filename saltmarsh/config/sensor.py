@@ -1,4 +1,13 @@
-"""The sensor agent's config: identity, driver, gateway broker and local spool; optionally a swarm.
+"""The sensor agent's config: identity, driver, gateway broker and local spool; optionally
+threshold alerts and a swarm.
+
+An `[alerts]` table makes the agent mint an alert when a metric crosses a threshold
+(`sensor.alerts`); without it, the agent mints readings only:
+
+    [alerts.above]
+    temperature = 30.0
+    [alerts.below]
+    humidity = 20.0
 
 A `[swarm]` table makes one process run many simulated devices (`sensor.swarm`), for a test lab:
 `device_configs` expands the swarm host's config into one config per device, each with its own
@@ -8,7 +17,9 @@ identity, client id, state directory and seed. Without it, the config is the one
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
@@ -21,6 +32,9 @@ from saltmarsh.contract.topics import check_id
 DRIVERS = ("simulated", "dht11", "dht22", "replay")
 ANOMALY_KINDS = ("stuck", "spike", "drift", "dropout")
 REPLAY_MODES = ("constant", "timestamps")
+# The alert's metrics hold the crossing metric and this, the threshold it crossed: no metric may be
+# called so.
+THRESHOLD_METRIC = "threshold"
 # A swarm simulates its devices: one GPIO-wired DHT cannot be fifty devices.
 SWARM_DRIVERS = ("simulated", "replay")
 SWARM_MAX_DEVICES = 1000
@@ -51,6 +65,67 @@ class DriverConfig:
     replay_file: Path | None = None
     replay_mode: str = "constant"
     replay_speed: float = 1.0
+
+
+class Bound(StrEnum):
+    """Which side of its threshold a metric must go to raise an alert."""
+
+    ABOVE = "above"
+    BELOW = "below"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertThreshold:
+    """`metric` beyond `value` (strictly above, or strictly below) raises an alert."""
+
+    metric: str
+    bound: Bound
+    value: float
+
+    @property
+    def key(self) -> str:
+        """The config key that sets it, as errors name it."""
+        return f"alerts.{self.bound.value}.{self.metric}"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bound, Bound):
+            raise ConfigError(f"alerts.{self.bound}", f"{self.bound!r} is not one of above, below")
+        try:
+            check_id("metric", self.metric)
+        except ValidationError as err:
+            raise ConfigError(f"alerts.{self.bound.value}.{str(self.metric)[:80]}", err.detail) from None
+        if self.metric == THRESHOLD_METRIC:
+            raise ConfigError(self.key, "is reserved: an alert's metrics name its threshold so")
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(self.key, f"expected a finite number, got {value!r}")
+
+    def beyond(self, value: float) -> bool:
+        return value > self.value if self.bound is Bound.ABOVE else value < self.value
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """The thresholds the agent watches, in the order the config lists them; () = no alerts.
+
+    A metric may have one threshold of each bound, and then its `below` must be under its `above`:
+    otherwise one value could be beyond both.
+    """
+
+    thresholds: tuple[AlertThreshold, ...] = ()
+
+    def __post_init__(self) -> None:
+        values: dict[tuple[str, Bound], float] = {}
+        for threshold in self.thresholds:
+            if not isinstance(threshold, AlertThreshold):
+                raise ConfigError("alerts", f"expected an AlertThreshold, got {type(threshold).__name__}")
+            if (threshold.metric, threshold.bound) in values:
+                raise ConfigError(threshold.key, "is set twice")
+            values[threshold.metric, threshold.bound] = threshold.value
+        for (metric, bound), below in values.items():
+            above = values.get((metric, Bound.ABOVE))
+            if bound is Bound.BELOW and above is not None and below >= above:
+                raise ConfigError(f"alerts.below.{metric}", f"{below} is not below alerts.above.{metric} {above}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +181,7 @@ class SensorConfig:
     firmware: str | None = None
     location: Location | None = None
     confirmations: ConfirmationsConfig = SENSOR_CONFIRMATIONS
+    alerts: AlertsConfig = AlertsConfig()
     # One process, many simulated devices (sensor.swarm); None: this config is the one device.
     swarm: SwarmConfig | None = None
 
@@ -119,8 +195,8 @@ def device_configs(cfg: SensorConfig) -> tuple[SensorConfig, ...]:
 
     A swarm device is the host's config with its own identity: device id (so its own topics and
     status file), MQTT client id (one session each, under the host's one credential), state
-    directory (its own spool) and seed. Everything else, `max_readings` included, is per device
-    as the host's config says.
+    directory (its own spool) and seed. Everything else, `max_readings` and `alerts` included, is
+    per device as the host's config says.
     """
     swarm = cfg.swarm
     if swarm is None:
@@ -188,6 +264,25 @@ def _location(t: Table) -> Location | None:
     return loc
 
 
+def _alerts(t: Table) -> AlertsConfig:
+    thresholds: list[AlertThreshold] = []
+    for bound in Bound:
+        bound_table = t.table(bound.value)
+        for metric in bound_table.names():
+            value = bound_table.number(metric)
+            try:
+                thresholds.append(AlertThreshold(metric, bound, value))
+            except ConfigError as err:
+                # The dataclass names the key; the table adds the file it is in.
+                raise bound_table.error(metric, err.detail) from None
+        bound_table.done()
+    t.done()
+    try:
+        return AlertsConfig(tuple(thresholds))
+    except ConfigError as err:
+        raise t.error(err.key.removeprefix("alerts."), err.detail) from None
+
+
 def _swarm(t: Table) -> SwarmConfig:
     try:
         swarm = SwarmConfig(devices=t.integer("devices"), seed_base=t.integer("seed_base", None))
@@ -231,6 +326,7 @@ def sensor_config(t: Table) -> SensorConfig:
         firmware=t.text("firmware", None),
         location=_location(t.table("location")),
         confirmations=ConfirmationsConfig.from_table(t.table("confirmations"), defaults=SENSOR_CONFIRMATIONS),
+        alerts=_alerts(t.table("alerts")),
         swarm=_swarm(t.table("swarm")) if t.has("swarm") else None,
     )
     t.done()

@@ -71,6 +71,10 @@ class Table:
     def has(self, name: str) -> bool:
         return name in self._doc
 
+    def names(self) -> list[str]:
+        """Every key, in file order: for a table whose keys are names the file chooses (metrics), not options."""
+        return list(self._doc)
+
     def text(self, name: str, default: Any = _MISSING, choices: tuple[str, ...] = ()) -> Any:
         value = self._get(name, default)
         if value is None and default is None:

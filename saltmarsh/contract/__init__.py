@@ -1,6 +1,7 @@
 """The wire contract every hop shares: topics, the envelope, minting, and every exception.
 
-In: raw MQTT topics and payloads (from any hop), or the fields of a new reading (to `mint`).
+In: raw MQTT topics and payloads (from any hop), or the fields of a new reading or alert (to
+`mint`, `mint_alert`).
 Out: validated `Topic`s and `Envelope`s, or a `ValidationError` naming the field at fault.
 Pure code: no I/O, no threads, nothing that a Pi's sensor agent could not import.
 """
@@ -19,7 +20,7 @@ from saltmarsh.contract.errors import (
     ValidationError,
     WireError,
 )
-from saltmarsh.contract.mint import mint, new_boot_id
+from saltmarsh.contract.mint import mint, mint_alert, new_boot_id
 from saltmarsh.contract.topics import Channel, Topic
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "ValidationError",
     "WireError",
     "mint",
+    "mint_alert",
     "new_boot_id",
     "parse",
 ]

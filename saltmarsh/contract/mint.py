@@ -1,8 +1,10 @@
-"""Minting: where a reading gets its identity `(device, boot, seq)`.
+"""Minting: where a reading or an alert gets its identity `(device, boot, seq)`.
 
-The sensor agent mints its own readings; the gateway will mint readings for BLE devices that
-cannot run an agent. Both use these two functions, so an id means the same thing wherever it
-was made. `boot` is new at every start of whatever mints, and `seq` counts from 1 within it.
+The sensor agent mints its own readings and threshold alerts; the gateway will mint readings for
+BLE devices that cannot run an agent. Both use these functions, so an id means the same thing
+wherever it was made. `boot` is new at every start of whatever mints, and `seq` counts from 1
+within it: one sequence per (device, boot), shared by its readings and alerts, so that the audit
+finds a lost alert as it finds a lost reading.
 """
 
 from __future__ import annotations
@@ -43,6 +45,39 @@ def mint(
         seq=seq,
         ts_ms=ts_ms,
         metrics=dict(metrics),
+        units=dict(units),
+        model=model,
+        firmware=firmware,
+        location=location,
+    )
+
+
+def mint_alert(
+    *,
+    device: str,
+    site: str,
+    boot: str,
+    seq: int,
+    ts_ms: int,
+    name: str,
+    metrics: Mapping[str, float],
+    units: Mapping[str, str],
+    detail: str | None = None,
+    model: str | None = None,
+    firmware: str | None = None,
+    location: Location | None = None,
+) -> Envelope:
+    """An alert envelope with its identity, on the device's `alert` topic; it validates itself."""
+    return Envelope(
+        kind=Channel.ALERT,
+        device=device,
+        site=site,
+        boot=boot,
+        seq=seq,
+        ts_ms=ts_ms,
+        metrics=dict(metrics),
+        name=name,
+        detail=detail,
         units=dict(units),
         model=model,
         firmware=firmware,
