@@ -27,7 +27,7 @@ import yaml  # type: ignore[import-untyped]
 from saltmarsh.ops.cli import main
 from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.ca import LabCA
-from saltmarsh.ops.lab.chaos import ChaosReport, ChaosRun, beacon_depths, format_chaos_report
+from saltmarsh.ops.lab.chaos import ChaosReport, ChaosRun, beacon_depths, format_chaos_report, search_events
 from saltmarsh.ops.lab.cli import find_plan
 from saltmarsh.ops.lab.fleet import generated_fleet
 from saltmarsh.ops.lab.lab import ROLE_ORDER, Lab, down, process_running
@@ -325,7 +325,9 @@ def _run_plan(lab: Lab, name: str) -> ChaosReport:
     report = ChaosRun(lab, find_plan(name).scaled(SCALE), print).run()
     print(format_chaos_report(report))
     assert report.audit is not None
-    assert (report.audit.lost, report.audit.duplicated) == (0, 0), format_chaos_report(report)
+    # Nothing lost but what a spool quota evicted, each of those counted by the forwarder.
+    assert (report.audit.lost, report.audit.duplicated) == (report.evicted, 0), format_chaos_report(report)
+    assert report.relay_caught_up_s is not None, format_chaos_report(report)
     assert report.ok, format_chaos_report(report)
     return report
 
@@ -353,6 +355,57 @@ def test_bad_uplink_loses_nothing(lab: Lab) -> None:
     report = _run_plan(lab, "bad-uplink")
     # Where the kernel has no netem, the loss really happened through nftables (counted).
     assert report.impairment_drops > 0 or not report.notes, format_chaos_report(report)
+
+
+def test_brokers_and_the_forwarder_killed_come_back_by_restart(lab: Lab) -> None:
+    report = _run_plan(lab, "kill-brokers")
+    gateway, cloud = lab.fleet.gateway_of("site01").id, lab.fleet.master.id
+    came_back = {unit: len(times) for unit, times in report.come_back_s.items()}
+    assert came_back == {
+        f"{gateway}/saltmarsh-forwarder": 5,
+        f"{gateway}/mosquitto": 2,
+        f"{cloud}/mosquitto": 2,
+    }, format_chaos_report(report)
+
+
+def test_the_ingester_killed_and_its_sink_stopped(lab: Lab) -> None:
+    report = _run_plan(lab, "ingester-and-sink")
+    cloud = lab.fleet.master.id
+    assert len(report.come_back_s[f"{cloud}/saltmarsh-ingester-1"]) == 1
+    # The sink really stopped answering: the ingester's writes failed, and were retried.
+    (ingester,) = [s for s in lab.statuses(cloud) if s.service == "ingester"]
+    assert int(ingester.counters["write_failures_total"]) > 0, ingester.counters
+
+
+def test_the_reactor_restarts_a_dead_forwarder(lab: Lab) -> None:
+    since_ms = int(time.time() * 1000)
+    report = _run_plan(lab, "reactor-restart")
+    gateway = lab.fleet.gateway_of("site01").id
+    (took,) = report.come_back_s[f"{gateway}/saltmarsh-forwarder"]
+    print(f"the reactor brought the forwarder back after {took:.1f} s")
+    # Nothing on the node could have: the restart was the master's job, on the gateway's beacon.
+    query = {"size": 1000, "query": {"range": {"@timestamp": {"gte": since_ms}}}}
+    restarts = [
+        doc
+        for doc in search_events(lab, query)
+        if isinstance(doc.get("data"), dict)
+        and doc["data"].get("fun") == "service.restart"
+        and doc.get("minion_id") == gateway
+    ]
+    assert restarts, "the relay engine's index should hold the reactor's service.restart job"
+
+
+def test_the_master_down_stops_no_data(lab: Lab) -> None:
+    report = _run_plan(lab, "master-down")
+    written = dict(report.written_at)
+    before, after = written["stop-master master"], written["end stop-master master"]
+    assert before is not None and after is not None and after > before, report.written_at
+
+
+def test_a_full_spool_quota_evicts_exactly_and_keeps_every_alert(lab: Lab) -> None:
+    report = _run_plan(lab, "spool-quota")
+    assert report.evicted > 0, format_chaos_report(report)
+    assert report.alerts is not None and report.alerts[1] >= report.alerts[0] > 0, format_chaos_report(report)
 
 
 def test_no_secret_in_any_log(lab: Lab) -> None:

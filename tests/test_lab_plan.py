@@ -62,6 +62,16 @@ GOOD: list[tuple[str, dict[str, Any], Plan]] = [
         Plan("p", (Step(2.5, "pause", "gw1", duration_s=0.5, unit="mosquitto"),)),
     ),
     (
+        "spool-quota",
+        plan_of({"at": 5, "do": "spool-quota", "node": "gateway", "bytes": 20000, "for": 90}),
+        Plan("p", (Step(5.0, "spool-quota", "gateway", duration_s=90.0, quota_bytes=20000),)),
+    ),
+    (
+        "stop-sink",
+        plan_of({"at": 20, "do": "stop-sink", "node": "cloud", "for": 30}),
+        Plan("p", (Step(20.0, "stop-sink", "cloud", duration_s=30.0),)),
+    ),
+    (
         "restart-units",
         plan_of({"at": 25, "do": "restart-units", "node": "gateway"}),
         Plan("p", (Step(25.0, "restart-units", "gateway"),)),
@@ -127,6 +137,11 @@ BAD: list[tuple[str, Any, str]] = [
     ("at-a-string", plan_of({**KILL, "at": "10s"}), "steps[0].at"),
     ("at-bool", plan_of({**KILL, "at": True}), "steps[0].at"),
     ("at-beyond-a-day", plan_of({**KILL, "at": 86_401}), "steps[0].at"),
+    ("quota-without-bytes", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "for": 5}), "steps[0].bytes"),
+    ("bytes-on-a-kill9", plan_of({**KILL, "bytes": 100}), "steps[0].bytes"),
+    ("quota-zero", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "for": 5, "bytes": 0}), "steps[0].bytes"),
+    ("quota-a-string", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "for": 5, "bytes": "1M"}), "steps[0].bytes"),
+    ("quota-without-for", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "bytes": 100}), "steps[0].for"),
 ]
 
 

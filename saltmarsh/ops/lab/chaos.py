@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from saltmarsh.ops.lab.lab import Lab
 from saltmarsh.ops.lab.node import enter_argv, run_in
 from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL
 from saltmarsh.ops.lab.plan import Plan, Step
-from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, start_daemon
+from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, StateRun, start_daemon
 from saltmarsh.relay.sender import HEALTH_TAG
 from saltmarsh.sinks import open_audit_source
 
@@ -99,10 +100,14 @@ class ChaosReport:
     impairment_drops: int = 0  # packets the nftables fallback dropped
     relay_caught_up_s: float | None = None  # when the relay engine's spool was seen empty again
     relay_spooled: int = 0  # events the relay engine had to spool during the run
+    evicted: int = 0  # readings the spool quotas evicted (the forwarders' evicted_total), all counted
+    alerts: tuple[int, int] | None = None  # alerts the sensors raised, alerts in the sink
+    written_at: list[tuple[str, int | None]] = field(default_factory=list)  # event -> sink's written_total
 
     @property
     def ok(self) -> bool:
-        return self.audit is not None and self.audit.ok and not self.problems
+        a = self.audit
+        return a is not None and a.duplicated == 0 and a.lost == self.evicted and not self.problems
 
 
 class ChaosRun:
@@ -132,6 +137,7 @@ class ChaosRun:
             "stop-master": self._stop_master,
             "pause-elasticsearch": self._pause_elasticsearch,
             "stop-sink": self._stop_sink,
+            "spool-quota": self._spool_quota,
         }
         actions[step.do](node, step, event.undo)
 
@@ -242,6 +248,17 @@ class ChaosRun:
             self._sink_lock = None
             raise SaltmarshError(f"{node}: could not lock the sink {sink.path}")
 
+    def _spool_quota(self, node: str, step: Step, undo: bool) -> None:
+        """The gateway's formula run again from the master, with the quota as a pillar override
+        (the forwarder restarts on its changed config); the undo runs it with the fleet's pillar."""
+        args = ["-L", node, "state.apply", "saltmarsh.gateway"]
+        if not undo:
+            override = {"saltmarsh": {"gateway": {"forwarder": {"spool_quota_bytes": step.quota_bytes}}}}
+            args.append(f"pillar={json.dumps(override)}")
+        run = StateRun(node, self.lab.master.salt(*args) or {})
+        if node not in run.minions or run.failures():
+            raise SaltmarshError(f"{node}: state.apply saltmarsh.gateway: {run.failures() or 'no return'}")
+
     # -- the run --------------------------------------------------------------------------
 
     def _log(self, text: str) -> None:
@@ -268,16 +285,22 @@ class ChaosRun:
         self._started = time.monotonic()
         start_ms = int(time.time() * 1000)
         self._log(f"plan {self.plan.name}: {len(events)} events over {self.plan.length_s:.0f} s")
+        # The plan's clock stops while a step runs (a state run, a wait for a unit to be up), so a
+        # fault lasts as long as the plan says however late it began.
+        lag = 0.0
         for event in events:
-            while time.monotonic() - self._started < event.at:
+            while time.monotonic() - self._started - lag < event.at:
                 self._check_come_backs()
                 time.sleep(0.2)
+            began = time.monotonic()
             try:
                 self._apply(event)
                 self._log(event.label)
+                self.report.written_at.append((event.label, self._written_total()))
             except SaltmarshError as err:
                 self.report.problems.append(f"{event.label}: {err}")
                 self._log(f"{event.label} FAILED: {err}")
+            lag += time.monotonic() - began
         settle_deadline = time.monotonic() + self.plan.settle_s
         end_ms = int(time.time() * 1000)
         while self._waiting and time.monotonic() < settle_deadline:
@@ -286,31 +309,67 @@ class ChaosRun:
         self._check_come_backs()
         # What every sensor had produced when the plan ended: the sink must come to hold all of
         # it. The sensors go on producing; what they produce later is not waited for.
-        produced = expectations(self.lab)
+        # The readings a spool quota evicted are lost on purpose, and counted exactly: the
+        # forwarders' evicted_total (kept across restarts) is what the audit may miss, no more.
+        produced, alerts_raised = produced_so_far(self.lab)
         report = audit(self.lab, produced)
-        while report.lost and time.monotonic() < settle_deadline:
+        evicted = evicted_total(self.lab)
+        while report.lost > evicted and time.monotonic() < settle_deadline:
             time.sleep(1.0)
-            report = audit(self.lab, produced)
-        self.report.audit = report
-        if report.lost:
+            report, evicted = audit(self.lab, produced), evicted_total(self.lab)
+        self.report.audit, self.report.evicted = report, evicted
+        if report.lost > evicted:
             self.report.problems.append(
-                f"{report.lost} readings still missing {self.plan.settle_s:.0f} s after the plan"
+                f"{report.lost - evicted} readings still missing {self.plan.settle_s:.0f} s after the plan"
+                + (f" (besides the {evicted} the spool quota evicted)" if evicted else "")
             )
+        elif report.lost < evicted:
+            self.report.problems.append(f"the forwarders counted {evicted} evictions; the audit misses {report.lost}")
         else:
             self.report.drained_s = round(time.monotonic() - self._started, 1)
             self._log(f"drained: the sink holds every reading produced up to the plan's end ({report.readings})")
-        self.report.beacon_depths = beacon_depths(self.lab, start_ms)
-        self._wait_for_relay(end_ms, settle_deadline)
+        self._wait_for_relay(start_ms, end_ms, settle_deadline)
+        self._check_alerts(alerts_raised)
         return self.report
 
-    def _wait_for_relay(self, end_ms: int, deadline: float) -> None:
-        """The relay engine caught up: a health event from after the plan with its spool empty."""
+    def _check_alerts(self, raised: int) -> None:
+        """No alert is ever evicted or dropped: the sink holds every one raised by the plan's end
+        (the drain waited for every seq up to then, the alerts' among them)."""
+        stored = stored_alerts(self.lab)
+        if stored is None:
+            return
+        self.report.alerts = (raised, stored)
+        if stored < raised:
+            self.report.problems.append(f"the sensors raised {raised} alerts; the sink holds {stored}")
+
+    def _written_total(self) -> int | None:
+        """What the cloud's ingesters have written to the sink so far, by their own counters."""
+        counts = [
+            int(s.counters["written_total"])
+            for s in self.lab.statuses(self.lab.fleet.master.id)
+            if s.service == "ingester" and "written_total" in s.counters
+        ]
+        return sum(counts) if counts else None
+
+    def _wait_for_relay(self, start_ms: int, end_ms: int, deadline: float) -> None:
+        """The relay engine caught up: a health event from after the plan with its spool empty, a
+        beacon from every gateway indexed since (the master may have been down), and every spool
+        that rose during the plan seen draining."""
+        gateways = {g.id for g in self.lab.fleet.with_role("gateway")}
         while True:
             health = relay_health(self.lab, end_ms)
             caught_up = [h for h in health if h.get("spool_depth") == 0 and h.get("queue_depth", 0) == 0]
-            if caught_up or time.monotonic() > deadline:
+            beaconed = set(beacon_depths(self.lab, end_ms))
+            depths = beacon_depths(self.lab, start_ms)
+            undrained = sorted(gw for gw, seen in depths.items() if not drained(seen))
+            if (caught_up and gateways <= beaconed and not undrained) or time.monotonic() > deadline:
                 break
             time.sleep(2.0)
+        self.report.beacon_depths = depths
+        if not gateways <= beaconed:
+            self.report.problems.append(f"no spool beacon indexed after the plan from {sorted(gateways - beaconed)}")
+        if undrained:
+            self.report.problems.append(f"the spool beacons of {undrained} never showed the spool draining")
         self.report.relay_spooled = max((int(h.get("spooled", 0)) for h in health), default=0)
         dropped = max((int(h.get("dropped", 0)) for h in health), default=0)
         if dropped:
@@ -327,12 +386,20 @@ class ChaosRun:
 
 def expectations(lab: Lab) -> dict[str, tuple[str, int]]:
     """Each sensor's own word on what it produced, across boots: device -> (boot, last seq)."""
+    return produced_so_far(lab)[0]
+
+
+def produced_so_far(lab: Lab) -> tuple[dict[str, tuple[str, int]], int]:
+    """What the sensors produced (as `expectations`) and the alerts among it, from one reading of
+    their status files: the alerts counted are among the seqs expected."""
     out: dict[str, tuple[str, int]] = {}
+    alerts = 0
     for statuses in lab.all_statuses().values():
         for s in statuses:
             if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters:
                 out[s.instance] = (str(s.counters["boot"]), int(s.counters["last_seq"]))
-    return out
+                alerts += int(s.counters.get("alerts_total", 0))
+    return out, alerts
 
 
 def audit(lab: Lab, produced: dict[str, tuple[str, int]] | None = None) -> AuditReport:
@@ -348,6 +415,26 @@ def audit(lab: Lab, produced: dict[str, tuple[str, int]] | None = None) -> Audit
         return run_audit(source.stored_keys(), produced or expectations(lab), source.dead_letter_counts())
     finally:
         source.close()
+
+
+def evicted_total(lab: Lab) -> int:
+    """Readings the gateways' spool quotas evicted, by the forwarders' own exact counters."""
+    return sum(
+        int(s.counters.get("evicted_total", 0))
+        for gateway in lab.fleet.with_role("gateway")
+        for s in lab.statuses(gateway.id)
+        if s.service == "forwarder"
+    )
+
+
+def stored_alerts(lab: Lab) -> int | None:
+    """Alerts in the cloud's SQLite sink (None for another sink: the audit reads only keys)."""
+    dirs = lab.dirs(lab.fleet.master.id)
+    sink = load_sink_config(dirs.path(INGESTER_CONFIG))
+    if sink.type != "sqlite" or sink.path is None:
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{dirs.path(str(sink.path))}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM messages WHERE kind = 'alert'").fetchone()[0])
 
 
 def search_events(lab: Lab, query: dict[str, Any]) -> list[dict[str, Any]]:
@@ -383,6 +470,11 @@ def beacon_depths(lab: Lab, since_ms: int) -> dict[str, list[int]]:
     return {gw: [depth for _, depth in sorted(seen)] for gw, seen in depths.items()}
 
 
+def drained(depths: list[int]) -> bool:
+    """A spool that rose during the plan has been seen lower than its peak since, or never rose."""
+    return not depths or depths[-1] < max(depths) or max(depths) == min(depths)
+
+
 def relay_health(lab: Lab, since_ms: int) -> list[dict[str, Any]]:
     """The relay engine's own health events (its counters) that reached its index, in time order."""
     query = {"size": 1000, "query": {"range": {"@timestamp": {"gte": since_ms}}}}
@@ -399,6 +491,10 @@ def format_chaos_report(report: ChaosReport) -> str:
     if report.audit is not None:
         a = report.audit
         lines.append(f"  audit: {a.readings} readings, {a.lost} lost, {a.duplicated} duplicated")
+        if report.evicted:
+            lines.append(f"  spool quota: {report.evicted} readings evicted and counted (the audit's lost)")
+    if report.alerts is not None:
+        lines.append(f"  alerts: {report.alerts[0]} raised by the sensors, {report.alerts[1]} in the sink")
     if report.drained_s is not None:
         lines.append(f"  drained {report.drained_s:.0f} s after the plan started")
     for unit, times in sorted(report.come_back_s.items()):

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from saltmarsh.config.sensor import DriverConfig
 from saltmarsh.contract.errors import SaltmarshError
 from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.ca import LabCA
@@ -31,6 +32,7 @@ from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, Master, StateRun, appl
 from saltmarsh.ops.lab.state import LabState
 from saltmarsh.ops.localfleet.processes import wait_until
 from saltmarsh.runtime.status import ServiceStatus, read_statuses
+from sensor.drivers.simulated import clean_signal
 
 # The order an operator provisions a fleet in: the cloud (and its master config) before the
 # gateways that connect to it, the gateways before the sensors that connect to them.
@@ -135,7 +137,12 @@ class Lab:
         self.pillar_root.mkdir(parents=True, exist_ok=True)
         ca = LabCA()
         ca.save(self.base / "ca")
-        settings = LabSettings(str(BIN.parent), self.state.service_user, sensor_interval_s=self.state.sensor_interval_s)
+        settings = LabSettings(
+            str(BIN.parent),
+            self.state.service_user,
+            sensor_interval_s=self.state.sensor_interval_s,
+            alert_above_temperature=clean_signal(time.time(), DriverConfig())["temperature"],
+        )
         pillar = write_lab_pillar(self.pillar_root / "pillar", fleet, settings, ca)
         secrets_path = self.base / SECRETS_FILE
         secrets_path.write_text("\n".join(pillar.secrets) + "\n")

@@ -41,15 +41,21 @@ class LabSettings:
     service_user: str = "saltmarsh"
     beacon_interval_s: int = 5
     sensor_interval_s: float = 1.0
+    # Every sensor alerts when its temperature crosses this (None: no alerts); the lab sets it at
+    # the simulated room's temperature of the moment, so the noise crosses it often.
+    alert_above_temperature: float | None = None
 
     def pillar(self) -> dict[str, Any]:
         manage = self.service_user != "root"
+        sensor: dict[str, Any] = {"interval_s": self.sensor_interval_s}
+        if self.alert_above_temperature is not None:
+            sensor["alerts"] = {"above": {"temperature": round(self.alert_above_temperature, 2)}}
         return {
             "install": {"enabled": False, "venv": self.venv},
             "user": {"manage": manage, "name": self.service_user, "group": self.service_user},
             # A master restarting itself from a state would cut its own job: the lab restarts it.
             "master": {"manage_service": False},
-            "sensor": {"interval_s": self.sensor_interval_s},
+            "sensor": sensor,
             "gateway": {"beacons": {"interval_s": self.beacon_interval_s, "spool_interval_s": self.beacon_interval_s}},
         }
 

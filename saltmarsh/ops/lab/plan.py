@@ -40,6 +40,7 @@ ACTIONS: dict[str, tuple[bool, bool]] = {
     "stop-master": (True, False),  # the salt-master down, started again after `for`
     "pause-elasticsearch": (True, False),  # the cloud's Elasticsearch stops answering
     "stop-sink": (True, False),  # the ingester's sink stops answering: SQLite locked, or ES paused
+    "spool-quota": (True, False),  # the forwarder's spool quota set to `bytes` (a state run), then restored
 }
 MAX_STEPS = 200
 MAX_TIMES = 100
@@ -61,6 +62,7 @@ class Step:
     loss_pct: float = 0.0
     delay_ms: float = 0.0
     rate_kbit: float | None = None
+    quota_bytes: int = 0
 
     @property
     def ends_at(self) -> float:
@@ -103,7 +105,7 @@ def _step(index: int, doc: Any) -> Step:
     where = f"steps[{index}]"
     if not isinstance(doc, Mapping):
         raise PlanError(where, "must be a mapping with at, do and node")
-    known = {"at", "do", "node", "for", "unit", "times", "every", "loss_pct", "delay_ms", "rate_kbit"}
+    known = {"at", "do", "node", "for", "unit", "times", "every", "loss_pct", "delay_ms", "rate_kbit", "bytes"}
     unknown = sorted(set(doc) - known)
     if unknown:
         raise PlanError(f"{where}.{unknown[0]}", f"is not a step field ({', '.join(sorted(known))})")
@@ -132,6 +134,11 @@ def _step(index: int, doc: Any) -> Step:
         raise PlanError(f"{where}.every", "a repeated step needs the seconds between repeats")
     if action != "netem" and any(k in doc for k in ("loss_pct", "delay_ms", "rate_kbit")):
         raise PlanError(where, "loss_pct, delay_ms and rate_kbit belong to netem steps")
+    quota = doc.get("bytes", 0)
+    if (action == "spool-quota") != ("bytes" in doc):
+        raise PlanError(f"{where}.bytes", "a spool-quota step needs bytes, and only it takes them")
+    if isinstance(quota, bool) or not isinstance(quota, int) or not (quota > 0 or action != "spool-quota"):
+        raise PlanError(f"{where}.bytes", f"{quota!r} is not a whole number of bytes above 0")
     rate = doc.get("rate_kbit")
     step = Step(
         at=_number(doc.get("at"), f"{where}.at"),
@@ -144,6 +151,7 @@ def _step(index: int, doc: Any) -> Step:
         loss_pct=_number(doc.get("loss_pct", 0.0), f"{where}.loss_pct", hi=100.0),
         delay_ms=_number(doc.get("delay_ms", 0.0), f"{where}.delay_ms", hi=60_000.0),
         rate_kbit=None if rate is None else _number(rate, f"{where}.rate_kbit", lo=1.0, hi=10_000_000.0),
+        quota_bytes=quota,
     )
     if action == "netem" and step.loss_pct == 0 and step.delay_ms == 0 and step.rate_kbit is None:
         raise PlanError(where, "a netem step needs loss_pct, delay_ms or rate_kbit")
