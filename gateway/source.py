@@ -222,7 +222,7 @@ class LocalSource:
                         extra={
                             "event": "unconfirmable",
                             "topic": msg.topic[:200],
-                            "msg": value[:80],
+                            "message_id": value[:80],
                             "unconfirmable_total": self.unconfirmable_total,
                         },
                     )

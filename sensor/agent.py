@@ -97,7 +97,7 @@ class Agent:
         # Adopted even when an alert was refused: it would be refused again, on every reading.
         self.watch.commit(check)
         for alert in alerts:
-            extra = {"event": "alert_raised", "name": alert.name, "seq": alert.seq, "alerts_total": self.alerts_total}
+            extra = {"event": "alert_raised", "alert": alert.name, "seq": alert.seq, "alerts_total": self.alerts_total}
             log.info("alert: %s", alert.detail, extra=extra)
         self.on_spooled()
         return reading

@@ -16,6 +16,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+import sensor.agent as sensor_agent
 from saltmarsh.config import BrokerConfig, DriverConfig, SensorConfig
 from saltmarsh.config.confirmations import AckMode, ConfirmationsConfig
 from saltmarsh.config.sensor import AlertsConfig, AlertThreshold, Bound, device_configs, sensor_config
@@ -311,12 +312,22 @@ def run(agent: Agent, ticks: int) -> None:
         agent.tick(T0 + i)
 
 
-def test_the_agent_spools_each_alert_in_keep_after_its_reading_on_the_next_seq(tmp_path: Path) -> None:
+def test_the_agent_spools_each_alert_in_keep_after_its_reading_on_the_next_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = config(tmp_path)
     spool = RecordingSpool(cfg.spool_dir)
     agent = Agent(cfg, Scripted([25.0, 31.0, None, 32.0, 29.0, 33.5]), spool, "boot-1")
+    # A plain logging.Logger at INFO, as the service logs (Salt's pytest plugin installs a logger
+    # class that drops `extra`, which would hide an extra key that logging refuses).
+    records: list[logging.LogRecord] = []
+    plain = logging.Logger("sensor.agent", logging.INFO)
+    plain.addHandler(type("Keep", (logging.Handler,), {"emit": lambda self, r: records.append(r)})())
+    monkeypatch.setattr(sensor_agent, "log", plain)
     try:
         run(agent, 6)
+        raised = [r for r in records if getattr(r, "event", None) == "alert_raised"]
+        assert [getattr(r, "alert", None) for r in raised] == ["threshold_above", "threshold_above"]
         messages = spooled(spool)
         assert [(lane, e.kind, e.seq) for lane, e in messages] == [
             (Lane.BULK, Channel.READING, 1),
