@@ -17,6 +17,7 @@ from bench.scenarios import (
     forwarder,
     forwarder_outage,
     ingester,
+    lab_scale,
     powercut,
     relay,
     sensor,
@@ -37,11 +38,13 @@ BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
     es.NAME: es.run,
     relay.NAME: relay.run,
     powercut.NAME: powercut.run,
+    lab_scale.NAME: lab_scale.run,
 }
 
 
-# Run only when named (`make powercut`): it boots a VM a dozen times, longer than the rest together.
-OPT_IN = frozenset({powercut.NAME})
+# Run only when named: powercut (`make powercut`) boots a VM a dozen times, longer than the rest
+# together; lab_scale (root) builds a 41-node lab and runs it for ~25 minutes.
+OPT_IN = frozenset({powercut.NAME, lab_scale.NAME})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -32,7 +32,7 @@ from saltmarsh.ops.lab.cli import find_plan
 from saltmarsh.ops.lab.fleet import generated_fleet
 from saltmarsh.ops.lab.lab import ROLE_ORDER, Lab, down, process_running
 from saltmarsh.ops.lab.node import enter_argv, run_in
-from saltmarsh.ops.lab.saltctl import BIN
+from saltmarsh.ops.lab.saltctl import BIN, StateRun
 from saltmarsh.ops.localfleet.mosquitto import mosquitto_binary
 
 pytestmark = [
@@ -321,12 +321,13 @@ def _strings(doc: Any) -> Iterator[str]:
 # -- chaos ----------------------------------------------------------------------------------------
 
 
-def _run_plan(lab: Lab, name: str) -> ChaosReport:
-    report = ChaosRun(lab, find_plan(name).scaled(SCALE), print).run()
+def _run_plan(lab: Lab, name: str, scale: float = SCALE) -> ChaosReport:
+    report = ChaosRun(lab, find_plan(name).scaled(scale), print).run()
     print(format_chaos_report(report))
     assert report.audit is not None
-    # Nothing lost but what a spool quota evicted, each of those counted by the forwarder.
-    assert (report.audit.lost, report.audit.duplicated) == (report.evicted, 0), format_chaos_report(report)
+    # Nothing lost but what a spool quota evicted and counted (some of which may have arrived:
+    # see ChaosReport), nothing stored twice.
+    assert report.audit.lost <= report.evicted and report.audit.duplicated == 0, format_chaos_report(report)
     assert report.relay_caught_up_s is not None, format_chaos_report(report)
     assert report.ok, format_chaos_report(report)
     return report
@@ -369,7 +370,8 @@ def test_brokers_and_the_forwarder_killed_come_back_by_restart(lab: Lab) -> None
 
 
 def test_the_ingester_killed_and_its_sink_stopped(lab: Lab) -> None:
-    report = _run_plan(lab, "ingester-and-sink")
+    # At 0.4 the sink stays locked for 12 s, past the ingester's 5 s SQLite busy timeout.
+    report = _run_plan(lab, "ingester-and-sink", scale=0.4)
     cloud = lab.fleet.master.id
     assert len(report.come_back_s[f"{cloud}/saltmarsh-ingester-1"]) == 1
     # The sink really stopped answering: the ingester's writes failed, and were retried.
@@ -385,14 +387,21 @@ def test_the_reactor_restarts_a_dead_forwarder(lab: Lab) -> None:
     print(f"the reactor brought the forwarder back after {took:.1f} s")
     # Nothing on the node could have: the restart was the master's job, on the gateway's beacon.
     query = {"size": 1000, "query": {"range": {"@timestamp": {"gte": since_ms}}}}
-    restarts = [
-        doc
-        for doc in search_events(lab, query)
-        if isinstance(doc.get("data"), dict)
-        and doc["data"].get("fun") == "service.restart"
-        and doc.get("minion_id") == gateway
-    ]
-    assert restarts, "the relay engine's index should hold the reactor's service.restart job"
+
+    def restarts() -> list[dict[str, Any]]:
+        return [
+            doc
+            for doc in search_events(lab, query)
+            if isinstance(doc.get("data"), dict)
+            and doc["data"].get("fun") == "service.restart"
+            and doc.get("minion_id") == gateway
+        ]
+
+    # The job's return reaches the index after the forwarder is back: wait for it.
+    deadline = time.monotonic() + 60
+    while not restarts() and time.monotonic() < deadline:
+        time.sleep(2.0)
+    assert restarts(), "the relay engine's index should hold the reactor's service.restart job"
 
 
 def test_the_master_down_stops_no_data(lab: Lab) -> None:
@@ -404,8 +413,36 @@ def test_the_master_down_stops_no_data(lab: Lab) -> None:
 
 def test_a_full_spool_quota_evicts_exactly_and_keeps_every_alert(lab: Lab) -> None:
     report = _run_plan(lab, "spool-quota")
-    assert report.evicted > 0, format_chaos_report(report)
+    assert report.audit is not None and 0 < report.audit.lost <= report.evicted, format_chaos_report(report)
     assert report.alerts is not None and report.alerts[1] >= report.alerts[0] > 0, format_chaos_report(report)
+
+
+def _gone(path: Path) -> bool:
+    # An overlay marks a file deleted from its lower layer with a 0/0 character device.
+    return not path.exists() or path.is_char_device()
+
+
+def test_the_clean_states_remove_what_the_formula_made(lab: Lab) -> None:
+    """The last Salt runs of the module: site02's sensor and gateway cleaned, their configs and
+    units gone and stopped; the spools, which are data, kept."""
+    sensor, gateway = lab.fleet.with_role("sensor", "site02")[0].id, lab.fleet.gateway_of("site02").id
+    for minion, sls in ((sensor, "saltmarsh.sensor.clean"), (gateway, "saltmarsh.gateway.clean")):
+        run = StateRun(minion, lab.master.salt("-L", minion, "state.apply", sls))
+        assert minion in run.minions and not run.failures(), run.failures()
+    made = {
+        gateway: [
+            "/etc/saltmarsh/forwarder.toml",
+            "/etc/mosquitto/saltmarsh.acl",
+            "/etc/mosquitto/saltmarsh.passwd",
+            "/etc/systemd/system/saltmarsh-forwarder.service",
+        ],
+        sensor: ["/etc/saltmarsh/sensor.toml", "/etc/systemd/system/saltmarsh-sensor.service"],
+    }
+    for minion, paths in made.items():
+        assert [p for p in paths if not _gone(lab.dirs(minion).path(p))] == [], minion
+    assert [lab.unit_pid(gateway, u) for u in ("mosquitto", "saltmarsh-forwarder")] == [None, None]
+    assert lab.unit_pid(sensor, "saltmarsh-sensor") is None
+    assert lab.dirs(gateway).path("/var/lib/saltmarsh/forwarder").is_dir(), "clean keeps the spool"
 
 
 def test_no_secret_in_any_log(lab: Lab) -> None:

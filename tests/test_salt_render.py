@@ -197,11 +197,30 @@ def test_pillar_switches_render_docker_mosquitto_and_es_templates(tmp_path: Path
     functions = _functions(gateway_result.data)
     assert functions["saltmarsh-gateway-service-mosquitto-docker-container-running"] == "docker_container.running"
     assert "saltmarsh-gateway-service-mosquitto-running" not in functions
+    # The SDK the docker_* states import, in Salt's own Python, before the image is pulled.
+    assert functions["saltmarsh-gateway-package-docker-sdk-pip-installed"] == "pip.installed"
+    image = gateway_result.data["saltmarsh-gateway-package-mosquitto-docker-image-present"]["docker_image"]
+    assert {"pip": "saltmarsh-gateway-package-docker-sdk-pip-installed"} in next(
+        a["require"] for a in image if isinstance(a, dict) and "require" in a
+    )
     assert cloud_result.returncode == 0, cloud_result.explain()
     templates = cloud_result.data["saltmarsh-cloud-elasticsearch-templates-cmd-run"]["cmd"]
     command = next(a["name"] for a in templates if isinstance(a, dict) and "name" in a)
     assert "/bin/saltmarsh es-templates --config /etc/saltmarsh/ingester-1.toml" in command
     assert any(isinstance(a, dict) and "unless" in a for a in templates), "applied once: guarded by unless"
+
+
+def test_the_docker_sdk_is_present_in_the_minions_own_python(tmp_path: Path) -> None:
+    """The formula's pip state, run for real on a minion: satisfied by what Salt's Python holds
+    (the `salt` extra installs the SDK), so it changes nothing and needs no network."""
+    gateway = LocalMinion(tmp_path / "gw1", "gw1", grains_for(["gateway"]))
+    docker = {"saltmarsh": {"gateway": {"mosquitto": {"docker": {"enabled": True}}}}}
+    state_id = "saltmarsh-gateway-package-docker-sdk-pip-installed"
+    result = gateway.call("state.sls_id", state_id, "saltmarsh.gateway", pillar=docker)
+    assert result.returncode == 0, result.explain()
+    (ret,) = result.data.values()
+    assert ret["result"] is True and ret["changes"] == {}, ret
+    assert "docker" in ret["comment"] and "already installed" in ret["comment"], ret["comment"]
 
 
 def _swarm_block(device: str) -> str:

@@ -107,7 +107,7 @@ class ChaosReport:
     @property
     def ok(self) -> bool:
         a = self.audit
-        return a is not None and a.duplicated == 0 and a.lost == self.evicted and not self.problems
+        return a is not None and a.duplicated == 0 and a.lost <= self.evicted and not self.problems
 
 
 class ChaosRun:
@@ -172,6 +172,7 @@ class ChaosRun:
         """The unit's running main pid; a fault meant for a running process waits for one (a
         plan's repeats may come faster than the unit's RestartSec)."""
         deadline = time.monotonic() + COME_BACK_TIMEOUT_S
+        self._check_come_backs()  # the running pid may be an earlier kill's come-back: count it first
         while (pid := self.lab.unit_pid(node, unit)) is None:
             if time.monotonic() > deadline:
                 raise SaltmarshError(f"{node}: {unit} is not running")
@@ -323,9 +324,14 @@ class ChaosRun:
                 f"{report.lost - evicted} readings still missing {self.plan.settle_s:.0f} s after the plan"
                 + (f" (besides the {evicted} the spool quota evicted)" if evicted else "")
             )
-        elif report.lost < evicted:
-            self.report.problems.append(f"the forwarders counted {evicted} evictions; the audit misses {report.lost}")
         else:
+            if report.lost < evicted:
+                # A forwarder that restarts forgets which of its spooled readings it had already
+                # sent: evicting one of those counts it, though its copy may be in the sink.
+                self.report.notes.append(
+                    f"{evicted - report.lost} of the {evicted} evicted readings had been sent before a"
+                    " forwarder restart and reached the sink anyway"
+                )
             self.report.drained_s = round(time.monotonic() - self._started, 1)
             self._log(f"drained: the sink holds every reading produced up to the plan's end ({report.readings})")
         self._wait_for_relay(start_ms, end_ms, settle_deadline)
@@ -492,7 +498,7 @@ def format_chaos_report(report: ChaosReport) -> str:
         a = report.audit
         lines.append(f"  audit: {a.readings} readings, {a.lost} lost, {a.duplicated} duplicated")
         if report.evicted:
-            lines.append(f"  spool quota: {report.evicted} readings evicted and counted (the audit's lost)")
+            lines.append(f"  spool quota: {report.evicted} readings evicted and counted; the audit misses {a.lost}")
     if report.alerts is not None:
         lines.append(f"  alerts: {report.alerts[0]} raised by the sensors, {report.alerts[1]} in the sink")
     if report.drained_s is not None:

@@ -63,7 +63,7 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     from saltmarsh.ops.lab.lab import Lab
 
-    lab = Lab.up(Path(args.dir), _fleet(args), say=_say, sensor_interval_s=args.sensor_interval)
+    lab = Lab.up(Path(args.dir), _fleet(args), say=_say, sensor_interval_s=args.sensor_interval, swarm=args.swarm)
     print(describe(lab))
     print(f"\nstate: {lab.state.path}\nnext: saltmarsh lab status --watch | saltmarsh lab salt -- '*' test.ping")
     return 0
@@ -167,6 +167,9 @@ def add_lab_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser], c
     up.add_argument("--sites", type=count, help="generate this many sites (default: salt/fleet.yaml as it is)")
     up.add_argument("--sensors-per-site", type=count, help="sensors at each generated site (default 2)")
     up.add_argument("--sensor-interval", type=float, default=1.0, help="seconds between readings (default 1)")
+    up.add_argument(
+        "--swarm", type=int, default=0, metavar="N", help="each sensor node runs N simulated devices (default: one)"
+    )
     up.add_argument("--dir", default=default_dir, help=f"the lab's files and state (default {default_dir})")
     up.set_defaults(func=cmd_up)
 

@@ -104,7 +104,7 @@ class Lab:
     # -- up ---------------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, base: Path, fleet: Fleet, say: Say = _quiet, sensor_interval_s: float = 1.0) -> Lab:
+    def up(cls, base: Path, fleet: Fleet, say: Say = _quiet, sensor_interval_s: float = 1.0, swarm: int = 0) -> Lab:
         existing = LabState.load(base)
         if existing is not None:
             raise SaltmarshError(f"a lab is already up under {base}: run `saltmarsh lab down` first")
@@ -115,6 +115,7 @@ class Lab:
         state = LabState(base=base, fleet=fleet_document(fleet))
         state.namespaces = [network.netns_name(n, network.lab_prefix(base)) for n in fleet.nodes]
         state.sensor_interval_s = sensor_interval_s
+        state.swarm = swarm
         state.service_user = service_user_for([BIN.parent, REPO, Path(os.path.realpath(sys.executable))])
         state.save()  # before anything is made, so `down` can undo a crash from here on
         lab = cls(state)
@@ -141,6 +142,7 @@ class Lab:
             str(BIN.parent),
             self.state.service_user,
             sensor_interval_s=self.state.sensor_interval_s,
+            swarm=self.state.swarm,
             alert_above_temperature=clean_signal(time.time(), DriverConfig())["temperature"],
         )
         pillar = write_lab_pillar(self.pillar_root / "pillar", fleet, settings, ca)

@@ -44,6 +44,7 @@ class LabSettings:
     # Every sensor alerts when its temperature crosses this (None: no alerts); the lab sets it at
     # the simulated room's temperature of the moment, so the noise crosses it often.
     alert_above_temperature: float | None = None
+    swarm: int = 0  # each sensor node a swarm host of this many simulated devices; 0: one device
 
     def pillar(self) -> dict[str, Any]:
         manage = self.service_user != "root"
@@ -56,6 +57,9 @@ class LabSettings:
             # A master restarting itself from a state would cut its own job: the lab restarts it.
             "master": {"manage_service": False},
             "sensor": sensor,
+            # The lab's faults last seconds: with the fleet's 60 s silence, each plan would wait a
+            # minute for the copies a kill left unconfirmed to be sent again and confirmed.
+            "confirmations": {"overtaken_s": 3, "silence_s": 10, "silence_max_s": 60},
             "gateway": {"beacons": {"interval_s": self.beacon_interval_s, "spool_interval_s": self.beacon_interval_s}},
         }
 
@@ -84,7 +88,7 @@ class LabPillar:
             out.write("\n")
 
 
-def _sites_entry(fleet: Fleet, site: str, ca_pem: str) -> dict[str, Any]:
+def _sites_entry(fleet: Fleet, site: str, ca_pem: str, swarm: int = 0) -> dict[str, Any]:
     gateway = fleet.gateway_of(site)
     devices: dict[str, Any] = {}
     for index, sensor in enumerate(fleet.with_role("sensor", site)):
@@ -94,6 +98,8 @@ def _sites_entry(fleet: Fleet, site: str, ca_pem: str) -> dict[str, Any]:
             "driver": {"type": "simulated", "seed": index + 1},
             "location": {"lat": lat, "lon": lon, "place": place},
         }
+        if swarm:
+            devices[sensor.id]["swarm"] = swarm
     return {
         "name": f"lab site {site}",
         "broker": {"host": str(gateway.lan), "port": SITE_BROKER_PORT},
@@ -158,7 +164,12 @@ def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA)
     for site in fleet.sites:
         pillar.write(
             f"sites/{site}.sls",
-            {"saltmarsh": {**settings.pillar(), "sites": {site: _sites_entry(fleet, site, ca.cert_pem)}}},
+            {
+                "saltmarsh": {
+                    **settings.pillar(),
+                    "sites": {site: _sites_entry(fleet, site, ca.cert_pem, settings.swarm)},
+                }
+            },
         )
         gateway = fleet.gateway_of(site)
         client = ca.issue(gateway.id, server=False)

@@ -23,6 +23,7 @@ class LabState:
     service_user: str = ""
     elasticsearch_pid: int = 0
     sensor_interval_s: float = 1.0
+    swarm: int = 0  # devices per sensor node (a swarm host); 0: each sensor node is one device
     phase: str = "planned"
 
     @property
@@ -50,5 +51,6 @@ class LabState:
             service_user=str(doc.get("service_user", "")),
             elasticsearch_pid=int(doc.get("elasticsearch_pid", 0)),
             sensor_interval_s=float(doc.get("sensor_interval_s", 1.0)),
+            swarm=int(doc.get("swarm", 0)),
             phase=str(doc.get("phase", "")),
         )
