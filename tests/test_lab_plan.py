@@ -95,6 +95,7 @@ def test_parse_plan_good(doc: dict[str, Any], expected: Plan) -> None:
     assert parse_plan(doc) == expected
 
 
+QUOTA = {"at": 1, "do": "spool-quota", "node": "gw1", "for": 5, "bytes": 100}
 BAD: list[tuple[str, Any, str]] = [
     # (id, document, the key the error names)
     ("not-a-mapping", ["steps"], "plan"),
@@ -139,8 +140,8 @@ BAD: list[tuple[str, Any, str]] = [
     ("at-beyond-a-day", plan_of({**KILL, "at": 86_401}), "steps[0].at"),
     ("quota-without-bytes", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "for": 5}), "steps[0].bytes"),
     ("bytes-on-a-kill9", plan_of({**KILL, "bytes": 100}), "steps[0].bytes"),
-    ("quota-zero", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "for": 5, "bytes": 0}), "steps[0].bytes"),
-    ("quota-a-string", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "for": 5, "bytes": "1M"}), "steps[0].bytes"),
+    ("quota-zero", plan_of({**QUOTA, "bytes": 0}), "steps[0].bytes"),
+    ("quota-a-string", plan_of({**QUOTA, "bytes": "1M"}), "steps[0].bytes"),
     ("quota-without-for", plan_of({"at": 1, "do": "spool-quota", "node": "gw1", "bytes": 100}), "steps[0].for"),
 ]
 

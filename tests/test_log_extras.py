@@ -22,10 +22,12 @@ def extra_keys(source: str) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call):
             dicts += [k.value for k in node.keywords if k.arg == "extra" and isinstance(k.value, ast.Dict)]
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
-            # `extra = {...}` then `log.info(..., extra=extra)`
-            if any(isinstance(t, ast.Name) and t.id == "extra" for t in node.targets):
-                dicts.append(node.value)
+        elif (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Dict)
+            and any(isinstance(t, ast.Name) and t.id == "extra" for t in node.targets)
+        ):
+            dicts.append(node.value)  # `extra = {...}` then `log.info(..., extra=extra)`
     return [
         (key.lineno, key.value)
         for d in dicts
