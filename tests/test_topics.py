@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from saltmarsh.contract.errors import Reason, ValidationError
-from saltmarsh.contract.topics import Channel, Topic, check_id, shared
+from saltmarsh.contract.topics import BROADCAST, Channel, Topic, check_id, shared, site_commands
 
 
 @pytest.mark.parametrize(
@@ -16,6 +16,8 @@ from saltmarsh.contract.topics import Channel, Topic, check_id, shared
         ("saltmarsh/v1/S.1/D_2/alert", Topic("S.1", "D_2", Channel.ALERT)),
         ("saltmarsh/v1/s/d/status", Topic("s", "d", Channel.STATUS)),
         ("saltmarsh/v1/s/d/cmd", Topic("s", "d", Channel.COMMAND)),
+        ("saltmarsh/v1/s/d/cmdres", Topic("s", "d", Channel.CMDRES)),
+        ("saltmarsh/v1/s/_all/cmd", Topic("s", BROADCAST, Channel.COMMAND)),
     ],
 )
 def test_parse_and_render_round_trip(text: str, expected: Topic) -> None:
@@ -61,4 +63,29 @@ def test_shared_subscription_filter() -> None:
 
 
 def test_only_data_channels_carry_data() -> None:
-    assert [c for c in Channel if c.carries_data] == [Channel.READING, Channel.EVENT, Channel.ALERT]
+    assert [c for c in Channel if c.carries_data] == [Channel.READING, Channel.EVENT, Channel.ALERT, Channel.CMDRES]
+
+
+@pytest.mark.parametrize("channel", [c for c in Channel if c is not Channel.COMMAND])
+def test_only_a_command_may_address_the_whole_site(channel: Channel) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Topic("s", BROADCAST, channel)
+    assert (caught.value.reason, caught.value.field) == (Reason.INVALID_VALUE, "topic.device")
+    with pytest.raises(ValidationError) as parsed:
+        Topic.parse(f"saltmarsh/v1/s/{BROADCAST}/{channel.value}")
+    assert (parsed.value.reason, parsed.value.field) == (Reason.UNKNOWN_TOPIC, "topic.device")
+
+
+def test_broadcast_is_no_site_and_no_device_id() -> None:
+    with pytest.raises(ValidationError):
+        check_id("device", BROADCAST)
+    with pytest.raises(ValidationError) as caught:
+        Topic(BROADCAST, "d", Channel.COMMAND)
+    assert caught.value.field == "topic.site"
+
+
+def test_site_commands_filter() -> None:
+    assert site_commands("marsh-1") == "saltmarsh/v1/marsh-1/+/cmd"
+    with pytest.raises(ValidationError) as caught:
+        site_commands("+")
+    assert caught.value.field == "site"

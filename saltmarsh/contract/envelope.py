@@ -1,8 +1,12 @@
 """The reading envelope, version 1: what a sensor sends and what a sink stores.
 
-Every data message (reading, event or alert) carries `(device, boot, seq)`, minted at the
+Every data message (reading, event, alert or cmdres) carries `(device, boot, seq)`, minted at the
 sensor. That triple is the message's identity all the way to the sink: it is the dedup key,
 the Elasticsearch `_id` and what `saltmarsh audit` checks for gaps.
+
+A `cmdres` is a device's report on a command: a normal envelope whose `cmd` field holds the
+`CommandOutcome` and whose `name` is its state, so that it rides the same spool and end-to-end
+confirmations as a reading, and the audit finds a lost result as it finds a lost reading.
 
 Parsing is pure: bytes and a topic in, an `Envelope` or a `ValidationError` naming the field out.
 """
@@ -15,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from saltmarsh.contract.command_state import CommandOutcome
 from saltmarsh.contract.errors import Reason, ValidationError
 from saltmarsh.contract.topics import ID_PATTERN, Channel, Topic, check_id
 
@@ -66,6 +71,7 @@ class Envelope:
     model: str | None = None
     firmware: str | None = None
     location: Location | None = None
+    cmd: CommandOutcome | None = None  # cmdres only
     # The payload text this envelope was parsed from, set by `parse` only when that text holds the
     # envelope's fields and nothing else: no unknown fields, no duplicate keys (which JSON parsers
     # resolve differently), no escapes. A sink may store it as is instead of encoding the envelope
@@ -81,6 +87,21 @@ class Envelope:
         _int("seq", self.seq, 0, MAX_SEQ)
         _int("ts", self.ts_ms, 0, MAX_SEQ)
         _metrics(self.metrics)
+        if self.kind is Channel.CMDRES:
+            if self.cmd is None:
+                raise ValidationError(Reason.MISSING_FIELD, "cmd", "is required for a cmdres")
+            if not isinstance(self.cmd, CommandOutcome):
+                raise ValidationError(
+                    Reason.WRONG_TYPE, "cmd", f"expected a CommandOutcome, got {type(self.cmd).__name__}"
+                )
+            if self.name is None:
+                raise ValidationError(Reason.MISSING_FIELD, "name", "is required for a cmdres: its state")
+            if self.name != self.cmd.state.value:
+                raise ValidationError(
+                    Reason.INVALID_VALUE, "name", f"{self.name!r} is not the state {self.cmd.state.value!r}"
+                )
+        elif self.cmd is not None:
+            raise ValidationError(Reason.INVALID_VALUE, "cmd", f"only a cmdres carries one, not a {self.kind.value}")
         if self.kind is Channel.READING:
             if not self.metrics:
                 raise ValidationError(Reason.INVALID_VALUE, "metrics", "a reading needs at least one metric")
@@ -123,6 +144,8 @@ class Envelope:
             out["units"] = dict(self.units)
         if self.location is not None:
             out["location"] = self.location.to_json()
+        if self.cmd is not None:
+            out["cmd"] = self.cmd.to_json()
         return out
 
     def encode(self) -> bytes:
@@ -280,6 +303,7 @@ def from_json(doc: Mapping[str, Any], topic: Topic, now_ms: int, limits: Limits)
     if is_reading and not metrics:
         raise ValidationError(Reason.INVALID_VALUE, "metrics", "a reading needs at least one metric")
     name = _text("name", _required(doc, "name")) if not is_reading else _optional_text(doc, "name")
+    cmd = _outcome(doc, topic.channel, name)
     # Every field was checked above, with the wire's own field names and order of checks.
     return _trusted_envelope(
         topic.channel,
@@ -295,8 +319,23 @@ def from_json(doc: Mapping[str, Any], topic: Topic, now_ms: int, limits: Limits)
         _optional_text(doc, "model"),
         _optional_text(doc, "firmware"),
         _location(doc["location"]) if doc.get("location") is not None else None,
+        cmd,
         None,
     )
+
+
+def _outcome(doc: Mapping[str, Any], channel: Channel, name: str | None) -> CommandOutcome | None:
+    raw = doc.get("cmd")
+    if channel is not Channel.CMDRES:
+        if raw is not None:
+            raise ValidationError(Reason.INVALID_VALUE, "cmd", f"only a cmdres carries one, not a {channel.value}")
+        return None
+    if raw is None:
+        raise ValidationError(Reason.MISSING_FIELD, "cmd", "is required for a cmdres")
+    outcome = CommandOutcome.from_json(raw)
+    if name != outcome.state.value:
+        raise ValidationError(Reason.INVALID_VALUE, "name", f"{name!r} is not the state {outcome.state.value!r}")
+    return outcome
 
 
 # Trusted constructors, for the two validators above and below only. They build exactly what the
@@ -312,7 +351,7 @@ _set = object.__setattr__
 _ENVELOPE_SETTERS = tuple(Envelope.__dict__[name].__set__ for name in Envelope.__slots__)
 assert Envelope.__slots__ == (
     "kind", "device", "site", "boot", "seq", "ts_ms", "metrics",
-    "name", "detail", "units", "model", "firmware", "location", "raw_json",
+    "name", "detail", "units", "model", "firmware", "location", "cmd", "raw_json",
 )  # fmt: skip
 
 
@@ -338,12 +377,13 @@ def _trusted_envelope(  # noqa: PLR0917 - positional on purpose: the fast path c
     model: str | None,
     firmware: str | None,
     location: Location | None,
+    cmd: CommandOutcome | None,
     raw_json: str | None,
 ) -> Envelope:
     envelope = _new(Envelope)
     (
         set_kind, set_device, set_site, set_boot, set_seq, set_ts_ms, set_metrics,
-        set_name, set_detail, set_units, set_model, set_firmware, set_location, set_raw_json,
+        set_name, set_detail, set_units, set_model, set_firmware, set_location, set_cmd, set_raw_json,
     ) = _ENVELOPE_SETTERS  # fmt: skip
     set_kind(envelope, kind)
     set_device(envelope, device)
@@ -358,6 +398,7 @@ def _trusted_envelope(  # noqa: PLR0917 - positional on purpose: the fast path c
     set_model(envelope, model)
     set_firmware(envelope, firmware)
     set_location(envelope, location)
+    set_cmd(envelope, cmd)
     set_raw_json(envelope, raw_json)
     return envelope
 
@@ -408,7 +449,7 @@ def _id_ok(value: str) -> bool:
 
 
 def _data_topic(topic: str) -> tuple[str, str, Channel] | None:
-    """(site, device, channel) of a well-formed data topic, else None."""
+    """(site, device, channel) of a well-formed data topic the fast path takes, else None."""
     known = _data_topics.get(topic)
     if known is not None:
         return known
@@ -416,7 +457,9 @@ def _data_topic(topic: str) -> tuple[str, str, Channel] | None:
         parsed = Topic.parse(topic)
     except ValidationError:
         return None
-    if not parsed.channel.carries_data:
+    # A cmdres takes the detailed validator: its outcome is checked nowhere else, and results
+    # are rare next to readings.
+    if not parsed.channel.carries_data or parsed.channel is Channel.CMDRES:
         return None
     if len(_data_topics) >= _MEMO_MAX:
         _data_topics.clear()
@@ -559,5 +602,6 @@ def _parse_common(topic: str, payload: bytes, now_ms: int, limits: Limits) -> En
         model,
         firmware,
         location,
+        None,
         raw_json,
     )

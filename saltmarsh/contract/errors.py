@@ -26,6 +26,12 @@ class Reason(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     SINK_REJECTED = "sink_rejected"
     RETAINED = "retained"  # published with the retain flag: data is a stream, never a broker's last value
+    # Commands (saltmarsh.contract.command): the reasons a hop refuses one, reported in its outcome.
+    UNKNOWN_FIELD = "unknown_field"  # a command is signed as a whole: a field we do not know is refused
+    EXPIRED = "expired"
+    BAD_SIGNATURE = "bad_signature"
+    NOT_ADDRESSED = "not_addressed"
+    UNKNOWN_OP = "unknown_op"
 
 
 class SaltmarshError(Exception):

@@ -1,10 +1,11 @@
-"""Minting: where a reading or an alert gets its identity `(device, boot, seq)`.
+"""Minting: where a reading, an alert or a command's result gets its identity `(device, boot, seq)`.
 
 The sensor agent mints its own readings and threshold alerts; the gateway will mint readings for
 BLE devices that cannot run an agent. Both use these functions, so an id means the same thing
 wherever it was made. `boot` is new at every start of whatever mints, and `seq` counts from 1
 within it: one sequence per (device, boot), shared by its readings and alerts, so that the audit
-finds a lost alert as it finds a lost reading.
+finds a lost alert as it finds a lost reading. A command's result (`mint_cmdres`) takes the next
+seq of the same sequence, for the same reason.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 import time
 from collections.abc import Mapping
 
+from saltmarsh.contract.command_state import CommandOutcome
 from saltmarsh.contract.envelope import Envelope, Location
 from saltmarsh.contract.topics import Channel
 
@@ -82,4 +84,18 @@ def mint_alert(
         model=model,
         firmware=firmware,
         location=location,
+    )
+
+
+def mint_cmdres(*, device: str, site: str, boot: str, seq: int, ts_ms: int, outcome: CommandOutcome) -> Envelope:
+    """A command's outcome at this device, on its `cmdres` topic, named by its state; it validates itself."""
+    return Envelope(
+        kind=Channel.CMDRES,
+        device=device,
+        site=site,
+        boot=boot,
+        seq=seq,
+        ts_ms=ts_ms,
+        name=outcome.state.value,
+        cmd=outcome,
     )

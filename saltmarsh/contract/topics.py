@@ -2,6 +2,10 @@
 
     saltmarsh/v1/{site}/{device}/{channel}
 
+A command may instead be addressed to a whole site, as device `_all` (BROADCAST), which no
+device id can be (ids start with a letter or digit); every device of the site answers for
+itself, on its own `cmdres` topic.
+
 The site and the device are in the topic so that broker ACLs can confine a device to its own
 topics, and so that an operator can subscribe to one site or one device with a plain wildcard.
 """
@@ -17,6 +21,7 @@ from saltmarsh.contract.errors import Reason, ValidationError
 ROOT = "saltmarsh/v1"
 # \Z, not $: "$" also matches before a trailing newline, which would let "dev\n" through.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+BROADCAST = "_all"
 
 
 class Channel(StrEnum):
@@ -26,11 +31,15 @@ class Channel(StrEnum):
     STATUS = "status"  # retained; the agent's last will lands here too
     COMMAND = "cmd"
     ACK = "ack"  # confirmations from the next durable owner (saltmarsh.contract.confirmation)
+    CMDRES = "cmdres"  # a command's outcome at one device, sequenced like a reading
 
     @property
     def carries_data(self) -> bool:
         """Data channels carry sequenced envelopes that must reach the sink."""
-        return self in (Channel.READING, Channel.EVENT, Channel.ALERT)
+        return self in _DATA_CHANNELS
+
+
+_DATA_CHANNELS = frozenset((Channel.READING, Channel.EVENT, Channel.ALERT, Channel.CMDRES))
 
 
 def check_id(field: str, value: object) -> str:
@@ -50,7 +59,13 @@ class Topic:
 
     def __post_init__(self) -> None:
         check_id("topic.site", self.site)
-        check_id("topic.device", self.device)
+        if self.device != BROADCAST:
+            check_id("topic.device", self.device)
+        elif self.channel is not Channel.COMMAND:
+            # Only a command fans out; anything else from "_all" would be a device nobody is.
+            raise ValidationError(
+                Reason.INVALID_VALUE, "topic.device", f"{BROADCAST!r} addresses commands only, not {self.channel.value}"
+            )
 
     def __str__(self) -> str:
         return f"{ROOT}/{self.site}/{self.device}/{self.channel.value}"
@@ -70,6 +85,11 @@ class Topic:
             return cls(parts[2], parts[3], channel)
         except ValidationError as err:
             raise ValidationError(Reason.UNKNOWN_TOPIC, err.field, err.detail) from None
+
+
+def site_commands(site: str) -> str:
+    """The filter for every command to one site, its broadcasts included: a forwarder's subscription."""
+    return f"{ROOT}/{check_id('site', site)}/+/{Channel.COMMAND.value}"
 
 
 def shared(group: str, topic_filter: str) -> str:
