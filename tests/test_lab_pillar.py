@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from saltmarsh.ops.lab.ca import LabCA
 from saltmarsh.ops.lab.fleet import Fleet, generated_fleet
-from saltmarsh.ops.lab.pillar import LabPillar, LabSettings, write_lab_pillar
+from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabPillar, LabSettings, write_lab_pillar
 
 REPO_PILLAR = Path(__file__).resolve().parent.parent / "pillar"
 
@@ -247,3 +247,20 @@ def test_another_labs_ca_does_not_vouch_for_this_ones_certificates() -> None:
     assert issued.issuer == other.subject  # every lab's CA has the same name: only the key differs
     with pytest.raises(InvalidSignature):
         issued.verify_directly_issued_by(other)
+
+
+@pytest.mark.parametrize(
+    ("sink", "sink_type", "elasticsearch"),
+    [
+        ("sqlite", None, {"enabled": False}),
+        ("elasticsearch", "elasticsearch", {"enabled": True, "hosts": [ELASTICSEARCH_URL], "plain_json": True}),
+    ],
+)
+def test_the_cloud_pillar_names_the_labs_sink(
+    tmp_path: Path, sink: str, sink_type: str | None, elasticsearch: dict[str, Any]
+) -> None:
+    fleet = generated_fleet(1, 1)
+    write_lab_pillar(tmp_path, fleet, LabSettings(venv="/v", sink=sink), LabCA())
+    cloud = yaml.safe_load((tmp_path / "cloud.sls").read_text())["saltmarsh"]["cloud"]
+    assert cloud["ingester"].get("sink", {}).get("type") == sink_type
+    assert cloud["elasticsearch"] == elasticsearch

@@ -9,14 +9,14 @@ the run (depth rising, then draining), and how long each unit took to come back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,9 @@ from saltmarsh.ops.lab.node import enter_argv, run_in
 from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL
 from saltmarsh.ops.lab.plan import Plan, Step
 from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, StateRun, start_daemon
+from saltmarsh.ops.lab.sink_reader import SinkTotals, read_lines
 from saltmarsh.relay.sender import HEALTH_TAG
-from saltmarsh.sinks import open_audit_source
+from saltmarsh.sinks import StoredKey
 
 Say = Callable[[str], None]
 COME_BACK_TIMEOUT_S = 180.0
@@ -313,11 +314,11 @@ class ChaosRun:
         # The readings a spool quota evicted are lost on purpose, and counted exactly: the
         # forwarders' evicted_total (kept across restarts) is what the audit may miss, no more.
         produced, alerts_raised = produced_so_far(self.lab)
-        report = audit(self.lab, produced)
+        report, totals = audit_and_totals(self.lab, produced)
         evicted = evicted_total(self.lab)
         while report.lost > evicted and time.monotonic() < settle_deadline:
             time.sleep(1.0)
-            report, evicted = audit(self.lab, produced), evicted_total(self.lab)
+            (report, totals), evicted = audit_and_totals(self.lab, produced), evicted_total(self.lab)
         self.report.audit, self.report.evicted = report, evicted
         if report.lost > evicted:
             self.report.problems.append(
@@ -335,13 +336,12 @@ class ChaosRun:
             self.report.drained_s = round(time.monotonic() - self._started, 1)
             self._log(f"drained: the sink holds every reading produced up to the plan's end ({report.readings})")
         self._wait_for_relay(start_ms, end_ms, settle_deadline)
-        self._check_alerts(alerts_raised)
+        self._check_alerts(alerts_raised, totals.alerts)
         return self.report
 
-    def _check_alerts(self, raised: int) -> None:
+    def _check_alerts(self, raised: int, stored: int | None) -> None:
         """No alert is ever evicted or dropped: the sink holds every one raised by the plan's end
         (the drain waited for every seq up to then, the alerts' among them)."""
-        stored = stored_alerts(self.lab)
         if stored is None:
             return
         self.report.alerts = (raised, stored)
@@ -408,19 +408,38 @@ def produced_so_far(lab: Lab) -> tuple[dict[str, tuple[str, int]], int]:
     return out, alerts
 
 
-def audit(lab: Lab, produced: dict[str, tuple[str, int]] | None = None) -> AuditReport:
-    """`saltmarsh audit` of the cloud's sink, read through the ingester config Salt rendered."""
-    master = lab.fleet.master.id
-    dirs = lab.dirs(master)
-    config_path = dirs.path(INGESTER_CONFIG)
-    sink = load_sink_config(config_path)
-    if sink.path is not None:
-        sink = type(sink)(type=sink.type, path=dirs.path(str(sink.path)), elasticsearch=sink.elasticsearch)
-    source = open_audit_source(sink)
+def read_sink(lab: Lab, totals: SinkTotals) -> Iterator[StoredKey]:
+    """The cloud's stored keys, read inside the cloud node (saltmarsh.ops.lab.sink_reader says why);
+    its dead letters and alerts land in `totals` once the keys are read to the end."""
+    argv = [sys.executable, "-m", "saltmarsh.ops.lab.sink_reader", INGESTER_CONFIG]
+    reader = subprocess.Popen(
+        enter_argv(lab.anchor(lab.fleet.master.id), argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert reader.stdout is not None and reader.stderr is not None
     try:
-        return run_audit(source.stored_keys(), produced or expectations(lab), source.dead_letter_counts())
+        yield from read_lines(reader.stdout, totals)
+        error = reader.stderr.read()
+        if reader.wait(timeout=60) != 0 or not totals.complete:
+            raise SaltmarshError(f"reading the cloud's sink failed: {error.strip()[-500:]}")
     finally:
-        source.close()
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+        reader.stdout.close()
+        reader.stderr.close()
+
+
+def audit_and_totals(lab: Lab, produced: dict[str, tuple[str, int]] | None = None) -> tuple[AuditReport, SinkTotals]:
+    """`saltmarsh audit` of the cloud's sink, read through the ingester config Salt rendered, and
+    the sink's alert count from the same read."""
+    totals = SinkTotals()
+    report = run_audit(read_sink(lab, totals), produced or expectations(lab))
+    # The dead letters come after the keys; run_audit has read them all by now.
+    return dataclasses.replace(report, dead_letters=totals.dead_letters), totals
+
+
+def audit(lab: Lab, produced: dict[str, tuple[str, int]] | None = None) -> AuditReport:
+    return audit_and_totals(lab, produced)[0]
 
 
 def evicted_total(lab: Lab) -> int:
@@ -431,16 +450,6 @@ def evicted_total(lab: Lab) -> int:
         for s in lab.statuses(gateway.id)
         if s.service == "forwarder"
     )
-
-
-def stored_alerts(lab: Lab) -> int | None:
-    """Alerts in the cloud's SQLite sink (None for another sink: the audit reads only keys)."""
-    dirs = lab.dirs(lab.fleet.master.id)
-    sink = load_sink_config(dirs.path(INGESTER_CONFIG))
-    if sink.type != "sqlite" or sink.path is None:
-        return None
-    with contextlib.closing(sqlite3.connect(f"file:{dirs.path(str(sink.path))}?mode=ro", uri=True)) as db:
-        return int(db.execute("SELECT count(*) FROM messages WHERE kind = 'alert'").fetchone()[0])
 
 
 def search_events(lab: Lab, query: dict[str, Any]) -> list[dict[str, Any]]:

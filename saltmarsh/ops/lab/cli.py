@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saltmarsh.contract.errors import SaltmarshError
-from saltmarsh.ops.lab.state import DEFAULT_DIR
+from saltmarsh.ops.lab.state import DEFAULT_DIR, SINKS
 from saltmarsh.runtime.status import ServiceStatus
 
 # The lab needs PyYAML and Salt (the `salt` extra); a sensor's `saltmarsh status` must work
@@ -63,7 +63,9 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     from saltmarsh.ops.lab.lab import Lab
 
-    lab = Lab.up(Path(args.dir), _fleet(args), say=_say, sensor_interval_s=args.sensor_interval, swarm=args.swarm)
+    lab = Lab.up(
+        Path(args.dir), _fleet(args), say=_say, sensor_interval_s=args.sensor_interval, swarm=args.swarm, sink=args.sink
+    )
     print(describe(lab))
     print(f"\nstate: {lab.state.path}\nnext: saltmarsh lab status --watch | saltmarsh lab salt -- '*' test.ping")
     return 0
@@ -169,6 +171,12 @@ def add_lab_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser], c
     up.add_argument("--sensor-interval", type=float, default=1.0, help="seconds between readings (default 1)")
     up.add_argument(
         "--swarm", type=int, default=0, metavar="N", help="each sensor node runs N simulated devices (default: one)"
+    )
+    up.add_argument(
+        "--sink",
+        choices=SINKS,
+        default="sqlite",
+        help="the ingester's store of record: sqlite (default), or elasticsearch (the emulator in the cloud node)",
     )
     up.add_argument("--dir", default=default_dir, help=f"the lab's files and state (default {default_dir})")
     up.set_defaults(func=cmd_up)

@@ -29,7 +29,7 @@ from saltmarsh.ops.lab.fleet import REPO, Fleet, fleet_document, parse_fleet
 from saltmarsh.ops.lab.node import NodeDirs, enter_argv, keep, reap_started, start_anchor
 from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabSettings, write_lab_pillar
 from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, Master, StateRun, apply_role, start_daemon, write_salt_configs
-from saltmarsh.ops.lab.state import LabState
+from saltmarsh.ops.lab.state import SINKS, LabState
 from saltmarsh.ops.localfleet.processes import wait_until
 from saltmarsh.runtime.status import ServiceStatus, read_statuses
 from sensor.drivers.simulated import clean_signal
@@ -104,7 +104,18 @@ class Lab:
     # -- up ---------------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, base: Path, fleet: Fleet, say: Say = _quiet, sensor_interval_s: float = 1.0, swarm: int = 0) -> Lab:
+    def up(
+        cls,
+        base: Path,
+        fleet: Fleet,
+        say: Say = _quiet,
+        *,
+        sensor_interval_s: float = 1.0,
+        swarm: int = 0,
+        sink: str = "sqlite",
+    ) -> Lab:
+        if sink not in SINKS:
+            raise SaltmarshError(f"sink {sink!r}: expected one of {', '.join(SINKS)}")
         existing = LabState.load(base)
         if existing is not None:
             raise SaltmarshError(f"a lab is already up under {base}: run `saltmarsh lab down` first")
@@ -116,6 +127,7 @@ class Lab:
         state.namespaces = [network.netns_name(n, network.lab_prefix(base)) for n in fleet.nodes]
         state.sensor_interval_s = sensor_interval_s
         state.swarm = swarm
+        state.sink = sink
         state.service_user = service_user_for([BIN.parent, REPO, Path(os.path.realpath(sys.executable))])
         state.save()  # before anything is made, so `down` can undo a crash from here on
         lab = cls(state)
@@ -143,6 +155,7 @@ class Lab:
             self.state.service_user,
             sensor_interval_s=self.state.sensor_interval_s,
             swarm=self.state.swarm,
+            sink=self.state.sink,
             alert_above_temperature=clean_signal(time.time(), DriverConfig())["temperature"],
         )
         pillar = write_lab_pillar(self.pillar_root / "pillar", fleet, settings, ca)

@@ -45,6 +45,7 @@ class LabSettings:
     # the simulated room's temperature of the moment, so the noise crosses it often.
     alert_above_temperature: float | None = None
     swarm: int = 0  # each sensor node a swarm host of this many simulated devices; 0: one device
+    sink: str = "sqlite"  # the ingester's: "elasticsearch" writes to the emulator in the cloud node
 
     def pillar(self) -> dict[str, Any]:
         manage = self.service_user != "root"
@@ -137,8 +138,7 @@ def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA)
                 "master": {"manage_service": False, "engine": RELAY_ENGINE},
                 "cloud": {
                     "broker": {"ca_cert": ca.cert_pem, "tls_cert": broker.cert_pem},
-                    "ingester": {"instances": 1},
-                    "elasticsearch": {"enabled": False},
+                    **_sink_pillar(settings.sink),
                     "kinesis": {"enabled": False},
                 },
             }
@@ -200,6 +200,15 @@ def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA)
                 secret=True,
             )
     return pillar
+
+
+def _sink_pillar(sink: str) -> dict[str, Any]:
+    if sink == "elasticsearch":
+        return {
+            "ingester": {"instances": 1, "sink": {"type": "elasticsearch"}},
+            "elasticsearch": {"enabled": True, "hosts": [ELASTICSEARCH_URL], "plain_json": True},
+        }
+    return {"ingester": {"instances": 1}, "elasticsearch": {"enabled": False}}
 
 
 def _site_secret(site: str, section: str, entry: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from typing import Any
 STATE_NAME = "lab.json"
 DEFAULT_DIR = Path(os.environ.get("SALTMARSH_LAB_DIR", "/tmp/saltmarsh-lab"))
 
+SINKS = ("sqlite", "elasticsearch")  # the ingester's store of record in the lab
+
 
 @dataclass
 class LabState:
@@ -24,6 +26,7 @@ class LabState:
     elasticsearch_pid: int = 0
     sensor_interval_s: float = 1.0
     swarm: int = 0  # devices per sensor node (a swarm host); 0: each sensor node is one device
+    sink: str = "sqlite"  # the ingester's store of record: sqlite, or elasticsearch (the emulator)
     phase: str = "planned"
 
     @property
@@ -52,5 +55,6 @@ class LabState:
             elasticsearch_pid=int(doc.get("elasticsearch_pid", 0)),
             sensor_interval_s=float(doc.get("sensor_interval_s", 1.0)),
             swarm=int(doc.get("swarm", 0)),
+            sink=str(doc.get("sink", "sqlite")),
             phase=str(doc.get("phase", "")),
         )
