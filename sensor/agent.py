@@ -7,6 +7,11 @@ audit counts them too) and go into the KEEP lane, never evicted, in the same app
 transaction: the reading and its alerts are spooled together or not at all. So `last_seq` is
 exactly how many readings and alerts this boot produced.
 Sending is someone else's job (`sender.SpoolSender`); the agent only says "there is more".
+
+A command's outcome (`spool_outcome`) is spooled the same way, as a `cmdres` envelope with the
+next seq, in the KEEP lane: a result is never evicted. Commands run on another thread than the
+reading loop (`sensor.commands`), so minting and spooling hold the agent's lock: one seq, one
+order. `set_interval` takes effect at once, not after the old interval ran out.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from saltmarsh.config.sensor import SensorConfig
+from saltmarsh.contract.command_state import CommandOutcome
 from saltmarsh.contract.envelope import Envelope
 from saltmarsh.contract.errors import SpoolError, ValidationError
-from saltmarsh.contract.mint import mint, mint_alert
+from saltmarsh.contract.mint import mint, mint_alert, mint_cmdres
 from saltmarsh.runtime.logs import log_oversized
 from saltmarsh.runtime.spool import Lane, Record, Spool
 from sensor.alerts import Crossing, ThresholdWatch
 from sensor.drivers.base import Driver, Sample
 
 log = logging.getLogger(__name__)
+
+RETIME_SLICE_S = 1.0  # a longer wait is cut in slices, so that a new interval applies within one
 
 
 class Agent:
@@ -53,6 +61,10 @@ class Agent:
         # driver's bad metric name or value), or they are larger than max_message_bytes.
         self.invalid_total = 0
         self.oversized_total = 0
+        self.outcomes_total = 0
+        self.interval_s = cfg.interval_s  # set_interval changes it while running
+        self._lock = threading.Lock()
+        self._retimed = threading.Event()
 
     @property
     def done(self) -> bool:
@@ -62,6 +74,49 @@ class Agent:
 
     def tick(self, now_s: float) -> Envelope | None:
         """Read once and spool the reading with its alerts; None if the driver had nothing or it was refused."""
+        with self._lock:
+            return self._tick(now_s)
+
+    def set_interval(self, interval_s: float) -> float:
+        """A new interval between readings, from the next wait on; returns the one it replaces."""
+        with self._lock:
+            was, self.interval_s = self.interval_s, interval_s
+        self._retimed.set()
+        log.info("interval changed", extra={"event": "interval_changed", "interval_s": interval_s, "was_s": was})
+        return was
+
+    def spool_outcome(self, outcome: CommandOutcome, now_s: float) -> Envelope | None:
+        """Spool a command's outcome as this device's next `cmdres` message; None if it could not be.
+
+        Not spooled, it is not lost: the gateway keeps the command until a final outcome
+        arrives and delivers it again, and the journal answers with the same result.
+        """
+        with self._lock:
+            seq, ts_ms = self.last_seq + 1, int(now_s * 1000)
+            minted = self._checked("cmdres", partial(self._mint_cmdres, outcome, seq, ts_ms))
+            if minted is None or not self._append([(Lane.KEEP, [minted[1]])]):
+                return None
+            self.last_seq = seq
+            self.outcomes_total += 1
+        self.on_spooled()
+        return minted[0]
+
+    def _mint_cmdres(self, outcome: CommandOutcome, seq: int, ts_ms: int) -> Envelope:
+        cfg = self.cfg
+        return mint_cmdres(device=cfg.device, site=cfg.site, boot=self.boot, seq=seq, ts_ms=ts_ms, outcome=outcome)
+
+    def _append(self, batches: list[tuple[Lane, list[Record]]]) -> bool:
+        try:
+            self.spool.append(batches)
+        except (SpoolError, OSError, sqlite3.Error) as err:
+            # A full or failing disk must not kill the agent; what was to be spooled is lost and
+            # `seq` does not advance, so the audit shows fewer messages rather than a gap.
+            self.spool_errors += 1
+            log.error("spool append failed", extra={"event": "spool_append_failed", "why": str(err)})
+            return False
+        return True
+
+    def _tick(self, now_s: float) -> Envelope | None:
         sample = self.driver.read(now_s)
         if sample is None or not sample.metrics:
             return None
@@ -82,14 +137,8 @@ class Agent:
         batches = [(Lane.BULK, [reading_record])]
         if alert_records:
             batches.append((Lane.KEEP, alert_records))
-        try:
-            self.spool.append(batches)
-        except (SpoolError, OSError, sqlite3.Error) as err:
-            # A full or failing disk must not kill the agent; the reading and its alerts are lost,
-            # `seq` does not advance, so the audit shows fewer messages rather than a gap. The
-            # thresholds stay as they were: the next reading beyond raises the lost alert again.
-            self.spool_errors += 1
-            log.error("spool append failed", extra={"event": "spool_append_failed", "why": str(err)})
+        if not self._append(batches):
+            # The thresholds stay as they were: the next reading beyond raises the lost alert again.
             return None
         self.last_seq = alerts[-1].seq if alerts else reading.seq
         self.readings_total += 1
@@ -166,11 +215,23 @@ class Agent:
             self.tick(time.time())
             if self.done:
                 break
-            delay = self.driver.next_delay_s(self.cfg.interval_s)
+            delay = self.driver.next_delay_s(self.interval_s)
             due += delay
             now = time.monotonic()
             if due < now - delay:
                 due = now
-            stop.wait(max(0.0, due - now))
+            due = self._wait_until(due, stop)
         if self.driver.exhausted and not stop.is_set():
             log.info("driver has no more readings", extra={"event": "driver_exhausted", "last_seq": self.last_seq})
+
+    def _wait_until(self, due: float, stop: threading.Event) -> float:
+        """Sleep until `due` or until stopped; a new interval cuts the wait short. Returns the due time kept."""
+        while not stop.is_set():
+            left = due - time.monotonic()
+            if left <= 0:
+                break
+            stop.wait(min(left, RETIME_SLICE_S))
+            if self._retimed.is_set():
+                self._retimed.clear()
+                return time.monotonic()  # read now, then on the new interval
+        return due

@@ -3,6 +3,8 @@
 `open_device` is the one place a device is built: the single sensor (`sensor.service`) runs one,
 a swarm (`sensor.swarm`) runs many in one process. Each device has its own boot id, minted here,
 its own spool, its own sender (and MQTT session) and its own status file, named by its device id.
+A device whose config trusts a command key also has a command executor and journal
+(`sensor.commands`), fed by the process's one inbox.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from saltmarsh.commands.executor import CommandExecutor
 from saltmarsh.config.sensor import SensorConfig
 from saltmarsh.contract.mint import new_boot_id
 from saltmarsh.runtime.spool import Spool
 from saltmarsh.runtime.status import StatusPublisher
 from sensor.agent import Agent
+from sensor.commands import CommandInbox, SensorOps, message_delivery, open_commands
 from sensor.drivers import Driver, open_driver
 from sensor.sender import SpoolSender
 
@@ -29,7 +34,9 @@ DRAIN_POLL_S = 0.1
 SPOOL_PAGE_SIZE = 1024
 
 
-def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
+def counters(
+    agent: Agent, sender: SpoolSender, spool: Spool, executor: CommandExecutor | None = None
+) -> dict[str, Any]:
     stats = spool.stats()
     now_ms = int(time.time() * 1000)
     oldest_age_s = 0.0 if stats.oldest_spooled_ms is None else max(0.0, (now_ms - stats.oldest_spooled_ms) / 1000)
@@ -64,7 +71,9 @@ def counters(agent: Agent, sender: SpoolSender, spool: Spool) -> dict[str, Any]:
         "connected": sender.connected,
         "connects": sender.connects,
         "publish_rate": sender.publish_rate(),
-    }
+        "interval_s": agent.interval_s,
+        "outcomes_total": agent.outcomes_total,
+    } | ({} if executor is None else executor.status_counters())
 
 
 def _age_s(monotonic_at: float | None) -> float:
@@ -82,9 +91,10 @@ class Device:
     sender: SpoolSender
     agent: Agent
     status: StatusPublisher
+    executor: CommandExecutor | None = None
 
     def counters(self) -> dict[str, Any]:
-        return counters(self.agent, self.sender, self.spool)
+        return counters(self.agent, self.sender, self.spool, self.executor)
 
     def spool_empty(self) -> bool:
         return self.spool.stats().depth_messages == 0
@@ -106,6 +116,8 @@ class Device:
         self.status.stop()
         final = self.counters()
         self.spool.close()
+        if self.executor is not None:
+            self.executor.journal.close()
         return final
 
 
@@ -125,14 +137,30 @@ def flush(devices: Sequence[Device]) -> None:
             time.sleep(DRAIN_POLL_S)
 
 
-def open_device(cfg: SensorConfig, stop: threading.Event, driver: Driver | None = None) -> Device:
-    """Build one device's parts (nothing is started): its boot id, driver, spool, sender, agent, status."""
+def _offer(inbox: CommandInbox, executor: CommandExecutor, ops: SensorOps, message: Any) -> None:
+    inbox.offer(message_delivery(executor, ops, message))
+
+
+def open_device(
+    cfg: SensorConfig, stop: threading.Event, driver: Driver | None = None, inbox: CommandInbox | None = None
+) -> Device:
+    """Build one device's parts (nothing is started): its boot id, driver, spool, sender, agent,
+    status, and with an `inbox` and a trusted command key, its command executor."""
     boot = new_boot_id()
     driver = driver or open_driver(cfg.driver, wait=stop.wait)
     spool = Spool.open(cfg.spool_dir, cfg.spool_quota_bytes, page_size=SPOOL_PAGE_SIZE)
     sender = SpoolSender(cfg, spool, boot)
     agent = Agent(cfg, driver, spool, boot, on_spooled=sender.notify)
+    executor = None
+    if inbox is not None and cfg.commands.enabled:
+        executor, ops = open_commands(cfg, agent)
+        inbox.add(executor)
+        sender.take_commands(partial(_offer, inbox, executor, ops))
     status = StatusPublisher(
-        cfg.status_dir, SERVICE, cfg.device, lambda: counters(agent, sender, spool), metrics_dir=cfg.metrics_dir
+        cfg.status_dir,
+        SERVICE,
+        cfg.device,
+        lambda: counters(agent, sender, spool, executor),
+        metrics_dir=cfg.metrics_dir,
     )
-    return Device(cfg, boot, driver, spool, sender, agent, status)
+    return Device(cfg, boot, driver, spool, sender, agent, status, executor)

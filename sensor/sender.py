@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -41,6 +42,7 @@ from saltmarsh.mqtt.paho import connect_client, delivered, make_client
 from saltmarsh.runtime.spool import Segment, Spool
 from saltmarsh.runtime.status import RateMeter
 from saltmarsh.runtime.unconfirmed import OpenSegment, Unconfirmed
+from sensor.commands import command_topics
 from sensor.presence import OFFLINE, ONLINE, presence, status_topic
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ OFFLINE_ACK_TIMEOUT_S = 2.0
 class SpoolSender:
     def __init__(self, cfg: SensorConfig, spool: Spool, boot: str) -> None:
         self.cfg = cfg
+        self.on_command: Callable[[mqtt.MQTTMessage], None] | None = None
+        self.command_topics: frozenset[str] = frozenset()
         self.spool = spool
         self.boot = boot
         self.window = cfg.publish_window
@@ -90,6 +94,12 @@ class SpoolSender:
         self.client.on_publish = self.on_publish
         self.client.on_message = self.on_message
 
+    def take_commands(self, on_command: Callable[[mqtt.MQTTMessage], None]) -> None:
+        """Subscribe to this device's command topics (before `start`); each command is handed to
+        `on_command` as it comes, on paho's thread (sensor.commands queues it)."""
+        self.on_command = on_command
+        self.command_topics = frozenset(command_topics(self.cfg))
+
     # paho calls these, on its thread
 
     def on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
@@ -101,6 +111,9 @@ class SpoolSender:
         if self._end_to_end:
             # QoS 0: a confirmation missed while away is covered by the resend on reconnect.
             client.subscribe(self.ack_topic, qos=QOS_AT_MOST_ONCE)
+        if self.command_topics:
+            # QoS 1: the gateway's forwarder resends a command until the device's result comes back.
+            client.subscribe([(topic, QOS_AT_LEAST_ONCE) for topic in sorted(self.command_topics)])
         online = presence(self.cfg, self.boot, ONLINE, int(time.time() * 1000))
         client.publish(self.status_topic, online, qos=QOS_AT_LEAST_ONCE, retain=True)
         log.info(
@@ -122,6 +135,9 @@ class SpoolSender:
         self._wake.set()
 
     def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic in self.command_topics and self.on_command is not None:
+            self.on_command(message)
+            return
         self._confirmations.append((message.topic, bytes(message.payload)))
         self._wake.set()
 

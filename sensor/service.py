@@ -4,7 +4,9 @@ One device per process (`sensor.device`); a config with a `[swarm]` table runs m
 devices in this one process instead (`sensor.swarm`).
 
 Stops on SIGTERM or SIGINT: no more readings, a few seconds to flush, "offline", a last status
-write (after the last spool append, so the audit's `last_seq` is final), exit 0.
+write (after the last spool append, so the audit's `last_seq` is final), exit 0. A
+`restart_agent` command stops it the same way, then exits `EXIT_RESTART` for the unit's
+`Restart=on-failure` (sensor.commands).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from saltmarsh.config import SensorConfig, load_sensor_config
 from saltmarsh.contract.errors import ConfigError
 from saltmarsh.runtime.daemon import serve
 from sensor import swarm
+from sensor.commands import EXIT_RESTART, command_inbox
 from sensor.device import SERVICE, deliver, flush, open_device
 from sensor.drivers import Driver, DriverError
 
@@ -30,7 +33,9 @@ def run(cfg: SensorConfig, stop: threading.Event | None = None, driver: Driver |
     stop = stop or threading.Event()
     if cfg.swarm is not None:
         return swarm.run(cfg, stop)
-    device = open_device(cfg, stop, driver)
+    restarting = threading.Event()
+    inbox = command_inbox(cfg, stop, restarting)
+    device = open_device(cfg, stop, driver, inbox)
     backlog = device.spool.stats()
     log.info(
         "sensor starting",
@@ -46,16 +51,20 @@ def run(cfg: SensorConfig, stop: threading.Event | None = None, driver: Driver |
     )
     try:
         device.start()
+        if inbox is not None:
+            inbox.start()
         device.agent.produce(stop)
         deliver([device], stop)
         flush([device])
     finally:
+        if inbox is not None:
+            inbox.close()
         final = device.close()
     log.info(
         "sensor stopped",
         extra={"event": "stopped", **{k: final[k] for k in ("boot", "last_seq", "acked_total", "spool_depth")}},
     )
-    return EXIT_OK
+    return EXIT_RESTART if restarting.is_set() else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

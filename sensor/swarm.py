@@ -25,6 +25,7 @@ from typing import Any
 
 from saltmarsh.config.sensor import SensorConfig, device_configs
 from saltmarsh.runtime.status import StatusPublisher
+from sensor.commands import EXIT_RESTART, CommandInbox, command_inbox
 from sensor.device import Device, deliver, flush, open_device
 
 log = logging.getLogger("sensor")
@@ -69,11 +70,11 @@ class StatusRounds:
             self._thread.join(timeout=5)
 
 
-def _open_all(members: Sequence[SensorConfig], stop: threading.Event) -> list[Device]:
+def _open_all(members: Sequence[SensorConfig], stop: threading.Event, inbox: CommandInbox | None) -> list[Device]:
     devices: list[Device] = []
     try:
         for member in members:
-            devices.append(open_device(member, stop))
+            devices.append(open_device(member, stop, inbox=inbox))
     except BaseException:
         for device in devices:
             device.close()
@@ -122,7 +123,9 @@ def run(cfg: SensorConfig, stop: threading.Event) -> int:
     """Run every device of `cfg`'s swarm until stopped, or until each has produced and delivered
     its `max_readings`. Returns the exit code."""
     members = device_configs(cfg)
-    devices = _open_all(members, stop)
+    restarting = threading.Event()
+    inbox = command_inbox(cfg, stop, restarting)
+    devices = _open_all(members, stop, inbox)
     log.info(
         "swarm starting",
         extra={
@@ -147,11 +150,15 @@ def run(cfg: SensorConfig, stop: threading.Event) -> int:
         for device in devices:
             device.start(status_thread=False)
         rounds.start()
+        if inbox is not None:
+            inbox.start()
         producers.start()
         producers.join()
         deliver(devices, stop)
         flush(devices)
     finally:
+        if inbox is not None:
+            inbox.close()
         rounds.stop()
         finals = _close_all(devices)
     for final in finals:
@@ -169,7 +176,9 @@ def run(cfg: SensorConfig, stop: threading.Event) -> int:
             "failed": producers.failed,
         },
     )
-    return EXIT_FAILED if producers.failed else EXIT_OK
+    if producers.failed:
+        return EXIT_FAILED
+    return EXIT_RESTART if restarting.is_set() else EXIT_OK
 
 
 def _close_all(devices: Sequence[Device]) -> list[dict[str, Any]]:

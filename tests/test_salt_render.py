@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from saltmarsh.config.sensor import AlertsConfig, AlertThreshold, Bound, device_configs, load_sensor_config
+from saltmarsh.contract.signature import generate_key
 from tests.salt_support import (
     CPUARCHES,
     PILLAR,
@@ -124,6 +125,28 @@ BAD_PILLAR = {
         "saltmarsh pillar: saltmarsh:confirmations:mode 'acked' is not a confirmation mode; "
         "expected one of end-to-end, broker",
     ),
+    "command-key-not-a-list": (
+        "sites/example.sls",
+        "saltmarsh:\n",
+        "saltmarsh:\n  commands: {public_keys: abc}\n",
+        "sensor1",
+        "saltmarsh pillar: saltmarsh:commands:public_keys is not a list of at most 8 base64 public keys",
+    ),
+    "command-signing-key-in-pillar": (
+        "sites/example.sls",
+        "saltmarsh:\n",
+        "saltmarsh:\n  commands: {public_keys: ['-----BEGIN PRIVATE KEY-----']}\n",
+        "gw1",
+        "saltmarsh pillar: saltmarsh:commands:public_keys:0 is not a public key: the signing key stays on the master,"
+        " never in pillar",
+    ),
+    "command-key-bad-base64": (
+        "sites/example.sls",
+        "saltmarsh:\n",
+        "saltmarsh:\n  commands: {public_keys: [AAAA]}\n",
+        "sensor1",
+        "saltmarsh pillar: saltmarsh:commands:public_keys:0 is not the base64 of a 32-byte Ed25519 public key",
+    ),
     "confirmation-silence-out-of-range": (
         "sites/example.sls",
         "saltmarsh:\n",
@@ -233,7 +256,11 @@ def _swarm_block(device: str) -> str:
 # the sandbox root), what that file must hold and what it must not. sensor1 as a swarm host of 3,
 # the ACL that gives its credential its three devices, and sensor1 with threshold alerts.
 SWARM_PILLAR = {"sites": {"example": {"devices": {"sensor1": {"swarm": 3}}}}}
-ALERTS_PILLAR = {"sensor": {"alerts": {"above": {"temperature": 30, "humidity": 95.5}, "below": {"humidity": 20.0}}}}
+COMMAND_KEY = generate_key()[1]
+ALERTS_PILLAR = {
+    "sensor": {"alerts": {"above": {"temperature": 30, "humidity": 95.5}, "below": {"humidity": 20.0}}},
+    "commands": {"public_keys": [COMMAND_KEY]},
+}
 RENDERS: dict[str, tuple[dict[str, Any], str, str, str, list[str], list[str]]] = {
     "swarm-sensor": (
         SWARM_PILLAR,
@@ -241,7 +268,7 @@ RENDERS: dict[str, tuple[dict[str, Any], str, str, str, list[str], list[str]]] =
         "saltmarsh.sensor.config",
         "etc/saltmarsh/sensor.toml",
         ["\n[swarm]\ndevices = 3\n", 'device = "sensor1"\n', 'username = "sensor1"\n'],
-        ["[alerts"],
+        ["[alerts", "[commands]"],
     ),
     "swarm-acl": (
         SWARM_PILLAR,
@@ -260,7 +287,11 @@ RENDERS: dict[str, tuple[dict[str, Any], str, str, str, list[str], list[str]]] =
         "sensor1",
         "saltmarsh.sensor.config",
         "etc/saltmarsh/sensor.toml",
-        ['\n[alerts.above]\n"humidity" = 95.5\n"temperature" = 30.0\n', '\n[alerts.below]\n"humidity" = 20.0\n'],
+        [
+            '\n[alerts.above]\n"humidity" = 95.5\n"temperature" = 30.0\n',
+            '\n[alerts.below]\n"humidity" = 20.0\n',
+            f'\n[commands]\npublic_keys = ["{COMMAND_KEY}"]\n',
+        ],
         ["[swarm]"],
     ),
 }
@@ -293,8 +324,11 @@ def test_pillar_renders_files_that_hold_it_and_that_the_sensor_loads(tmp_path: P
         ("sensor1-003", "sensor1", 4),
     ]
     assert cfg.alerts == AlertsConfig()
-    # ...and the thresholds, each bound's sorted by metric.
-    alerts = load_sensor_config(tmp_path / "alerts/sandbox/etc/saltmarsh/sensor.toml").alerts
+    assert not cfg.commands.enabled
+    # ...and the thresholds, each bound's sorted by metric, and the command key it trusts.
+    with_alerts = load_sensor_config(tmp_path / "alerts/sandbox/etc/saltmarsh/sensor.toml")
+    assert with_alerts.commands.public_keys == (COMMAND_KEY,)
+    alerts = with_alerts.alerts
     assert alerts.thresholds == (
         AlertThreshold("humidity", Bound.ABOVE, 95.5),
         AlertThreshold("temperature", Bound.ABOVE, 30.0),

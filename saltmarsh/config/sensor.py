@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.commands import CommandsConfig
 from saltmarsh.config.confirmations import ConfirmationsConfig
 from saltmarsh.config.table import Table, load_toml
 from saltmarsh.contract.envelope import Location
@@ -65,6 +66,9 @@ class DriverConfig:
     replay_file: Path | None = None
     replay_mode: str = "constant"
     replay_speed: float = 1.0
+    # How long a simulated read takes: a DHT22 answers in about 0.25 s, up to seconds with its
+    # retries; a test uses it to land a kill -9 inside a `read_now` command.
+    read_time_s: float = 0.0
 
 
 class Bound(StrEnum):
@@ -157,6 +161,7 @@ def swarm_device_id(host: str, n: int) -> str:
 # While the forwarder is down the gateway broker holds at most this many of a device's readings;
 # the rest wait in the device's own spool.
 SENSOR_CONFIRMATIONS = ConfirmationsConfig(max_messages=1000, max_bytes=2**20)
+NO_COMMANDS = CommandsConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +189,17 @@ class SensorConfig:
     alerts: AlertsConfig = AlertsConfig()
     # One process, many simulated devices (sensor.swarm); None: this config is the one device.
     swarm: SwarmConfig | None = None
+    # The command keys this device trusts (saltmarsh.config.commands); none: no commands.
+    commands: CommandsConfig = NO_COMMANDS
 
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
+
+    @property
+    def journal_path(self) -> Path:
+        """The command journal (saltmarsh.commands.journal): beside the spool, as durable as it."""
+        return self.state_dir / "commands.db"
 
 
 def device_configs(cfg: SensorConfig) -> tuple[SensorConfig, ...]:
@@ -244,6 +256,7 @@ def _driver(t: Table) -> DriverConfig:
         base_temperature_c=t.number("base_temperature_c", 21.0),
         base_humidity_pct=t.number("base_humidity_pct", 55.0, lo=0, hi=100),
         noise=t.number("noise", 0.2, lo=0),
+        read_time_s=t.number("read_time_s", 0.0, lo=0, hi=60),
         anomalies=tuple(anomalies),
         replay_file=t.path("replay_file", None),
         replay_mode=t.text("replay_mode", "constant", choices=REPLAY_MODES),
@@ -328,6 +341,7 @@ def sensor_config(t: Table) -> SensorConfig:
         confirmations=ConfirmationsConfig.from_table(t.table("confirmations"), defaults=SENSOR_CONFIRMATIONS),
         alerts=_alerts(t.table("alerts")),
         swarm=_swarm(t.table("swarm")) if t.has("swarm") else None,
+        commands=CommandsConfig.from_table(t.table("commands")),
     )
     t.done()
     if cfg.swarm is not None:

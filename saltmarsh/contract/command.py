@@ -203,6 +203,18 @@ def check_deadline(cmd: Command, now_ms: int) -> None:
         raise ValidationError(Reason.EXPIRED, "not_after", f"{cmd.not_after_ms} passed {late_s:.3f} s ago")
 
 
+# MQTT 5 user property on the last hop: the time the gateway's clock says is left, in ms. MQTT's own
+# message expiry counts whole seconds, and a broker restart may reset it (mosquitto#1464).
+REMAINING_PROPERTY = "remaining_ms"
+
+
+def parse_remaining(value: object) -> int | None:
+    """A `remaining_ms` property's value, or None if it is not a plain count of milliseconds."""
+    if not isinstance(value, str) or not value.isdigit() or len(value) > 12:
+        return None
+    return int(value)
+
+
 def remaining_ms(cmd: Command, now_ms: int) -> int:
     """Time left before the deadline, never negative: what a gateway hands a device with no clock."""
     return max(0, cmd.not_after_ms - now_ms)

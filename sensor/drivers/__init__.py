@@ -54,5 +54,5 @@ def open_driver(
     if cfg.type == "replay":
         return ReplayDriver.from_config(cfg)
     if cfg.type == "simulated":
-        return SimulatedDriver(cfg, time.time() if boot_s is None else boot_s)
+        return SimulatedDriver(cfg, time.time() if boot_s is None else boot_s, wait)
     raise DriverError(f"driver.type {cfg.type!r} is not one of dht11, dht22, simulated, replay")

@@ -16,7 +16,7 @@ import secrets
 
 from saltmarsh.config.sensor import Anomaly, DriverConfig
 from saltmarsh.contract.errors import ConfigError
-from sensor.drivers.base import Driver, Sample
+from sensor.drivers.base import Driver, Sample, Wait, plain_sleep
 
 UNITS = {"temperature": "°C", "humidity": "%"}
 METRICS = tuple(UNITS)
@@ -90,12 +90,15 @@ def check_anomalies(cfg: DriverConfig) -> None:
 
 
 class SimulatedDriver(Driver):
-    def __init__(self, cfg: DriverConfig, boot_s: float) -> None:
+    def __init__(self, cfg: DriverConfig, boot_s: float, wait: Wait = plain_sleep) -> None:
         super().__init__()
         check_anomalies(cfg)
         self.cfg = cfg
         self.boot_s = boot_s
         self.seed = cfg.seed if cfg.seed is not None else secrets.randbits(32)
+        self.wait = wait
 
     def read(self, now_s: float) -> Sample | None:
+        if self.cfg.read_time_s > 0:
+            self.wait(self.cfg.read_time_s)
         return simulate(now_s, self.boot_s, self.seed, self.cfg)

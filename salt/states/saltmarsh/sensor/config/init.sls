@@ -45,6 +45,7 @@ saltmarsh-sensor-config-file-managed:
         settings: {{ saltmarsh.sensor | json }}
         max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
         confirmations: {{ saltmarsh.confirmations | json }}
+        commands: {{ saltmarsh.commands | json }}
         state_dir: {{ (paths.state_dir ~ '/sensor') | json }}
         status_dir: {{ paths.status_dir | json }}
         metrics_dir: {{ paths.metrics_dir | json }}
