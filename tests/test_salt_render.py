@@ -247,7 +247,7 @@ def test_the_docker_sdk_is_present_in_the_minions_own_python(tmp_path: Path) -> 
 
 
 def _swarm_block(device: str) -> str:
-    topics = [f"topic write saltmarsh/v1/example/{device}/{c}" for c in ("reading", "event", "alert", "status")]
+    topics = [f"topic write saltmarsh/v1/example/{device}/{c}" for c in ("reading", "event", "alert", "status", "cmdres")]
     topics += [f"topic read saltmarsh/v1/example/{device}/{c}" for c in ("cmd", "ack")]
     return "\n".join(topics) + "\n"
 
@@ -277,8 +277,9 @@ RENDERS: dict[str, tuple[dict[str, Any], str, str, str, list[str], list[str]]] =
         "etc/mosquitto/saltmarsh.acl",
         [
             "\nuser sensor1\n",
+            "in a swarm).\ntopic read saltmarsh/v1/example/_all/cmd\n",
             *(f"\n# sensor1-00{n}\n" + _swarm_block(f"sensor1-00{n}") for n in (1, 2, 3)),
-            "\nuser sensor2\n" + _swarm_block("sensor2"),
+            "\nuser sensor2\ntopic read saltmarsh/v1/example/_all/cmd\n" + _swarm_block("sensor2"),
         ],
         ["sensor1-004", "/sensor1/"],
     ),
