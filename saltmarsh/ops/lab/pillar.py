@@ -27,8 +27,8 @@ UPLINK_PORT = 8883
 ELASTICSEARCH_URL = "http://127.0.0.1:9200"
 RELAY_ENGINE = {
     "name": "saltmarsh_relay",
-    # Health (the relay's own counters) every 5 s, so a chaos run sees it catch up.
-    "config": {"elasticsearch": {"hosts": [ELASTICSEARCH_URL], "plain_json": True}, "health_interval_s": 5},
+    # Health (the relay's own counters) every 3 s, so a chaos run sees it catch up soon after.
+    "config": {"elasticsearch": {"hosts": [ELASTICSEARCH_URL], "plain_json": True}, "health_interval_s": 3},
 }
 SITE_BROKER_PORT = 1883
 
@@ -39,7 +39,7 @@ class LabSettings:
 
     venv: str
     service_user: str = "saltmarsh"
-    beacon_interval_s: int = 5
+    beacon_interval_s: int = 3  # a chaos run waits for the beacons that see a spool drain
     sensor_interval_s: float = 1.0
     # Every sensor alerts when its temperature crosses this (None: no alerts); the lab sets it at
     # the simulated room's temperature of the moment, so the noise crosses it often.
@@ -59,8 +59,9 @@ class LabSettings:
             "master": {"manage_service": False},
             "sensor": sensor,
             # The lab's faults last seconds: with the fleet's 60 s silence, each plan would wait a
-            # minute for the copies a kill left unconfirmed to be sent again and confirmed.
-            "confirmations": {"overtaken_s": 3, "silence_s": 10, "silence_max_s": 60},
+            # minute for the copies a kill left unconfirmed to be sent again and confirmed; and a
+            # plan of several kills doubles the silence each time, so it stops at 20 s, not 600.
+            "confirmations": {"overtaken_s": 3, "silence_s": 10, "silence_max_s": 20},
             "gateway": {"beacons": {"interval_s": self.beacon_interval_s, "spool_interval_s": self.beacon_interval_s}},
         }
 
