@@ -41,6 +41,7 @@ _LANE_BY_CHANNEL: dict[str, Lane | None] = {
     Channel.READING.value: Lane.BULK,
     Channel.EVENT.value: Lane.KEEP,
     Channel.ALERT.value: Lane.KEEP,
+    Channel.CMDRES.value: Lane.KEEP,  # a command's outcome is never evicted, as an alert is not
     Channel.STATUS.value: None,  # device state, retained on the site broker
     Channel.COMMAND.value: None,  # downlink: relayed towards devices, never up
     Channel.ACK.value: None,  # confirmations to devices (ours; No Local keeps them from us anyway)
@@ -55,7 +56,10 @@ log = logging.getLogger(__name__)
 
 
 def lane_for(topic: str) -> Lane | None:
-    """The spool lane for a topic, or None for channels that are not forwarded."""
+    """The spool lane for a topic, or None for channels that are not forwarded.
+
+    An unknown channel goes to BULK: the ingester dead-letters it with its reason, and a new
+    sensor's new channel is not silently dropped by an old gateway."""
     return _LANE_BY_CHANNEL.get(topic[topic.rfind("/") + 1 :], Lane.BULK)
 
 

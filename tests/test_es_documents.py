@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from saltmarsh.contract.command_state import CommandOutcome, CommandState
 from saltmarsh.contract.envelope import Envelope, Location
 from saltmarsh.contract.errors import Reason
+from saltmarsh.contract.mint import mint_cmdres
 from saltmarsh.contract.topics import Channel
 from saltmarsh.sinks.base import DEAD_LETTER_HEAD_BYTES, DeadLetter, Delivery
 from saltmarsh.sinks.elasticsearch.sink import (
@@ -84,6 +86,16 @@ FULL_EVENT = Envelope(
 )
 
 
+CMDRES = mint_cmdres(
+    device="probe-7",
+    site="marsh-2",
+    boot="b9",
+    seq=43,
+    ts_ms=1_700_000_000_123,
+    outcome=CommandOutcome("01HF7YAT00XGHYZ3KT8V94F16P", "r-1", CommandState.SUCCEEDED, result={"interval_s": 30.0}),
+)
+
+
 @pytest.mark.parametrize(
     ("delivery", "expected"),
     [
@@ -117,8 +129,23 @@ FULL_EVENT = Envelope(
                               "gateway": "gw-3"},
             },
         ),
+        (
+            Delivery(CMDRES, 1_700_000_000_300),
+            {
+                "@timestamp": "2023-11-14T22:13:20.123Z",
+                "event": {"kind": "event", "dataset": "saltmarsh.cmdres", "ingested": "2023-11-14T22:13:20.300Z",
+                          "action": "succeeded"},
+                "device": {"id": "probe-7"},
+                "site": {"id": "marsh-2"},
+                "metrics": {},
+                "saltmarsh": {"key": "probe-7:b9:43", "boot": "b9", "seq": 43, "kind": "cmdres",
+                              "delivery_delay_ms": 177,
+                              "command": {"cmd_id": "01HF7YAT00XGHYZ3KT8V94F16P", "rollout": "r-1",
+                                          "state": "succeeded", "result": {"interval_s": 30.0}}},
+            },
+        ),
     ],
-    ids=["bare-reading", "full-alert"],
+    ids=["bare-reading", "full-alert", "cmdres"],
 )  # fmt: skip
 def test_message_document(delivery: Delivery, expected: dict[str, Any]) -> None:
     assert message_document(delivery) == expected

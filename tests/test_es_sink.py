@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
+from saltmarsh.contract.command_state import CommandOutcome, CommandState
 from saltmarsh.contract.envelope import Envelope, Location
+from saltmarsh.contract.mint import mint_cmdres
 from saltmarsh.contract.errors import Reason, SinkUnavailable
 from saltmarsh.contract.topics import Channel
 from saltmarsh.ops.audit import run_audit
@@ -405,3 +407,16 @@ def test_audit_streams_ten_thousand_of_keys_in_order(open_sink: Any, es_client: 
     assert (report.readings, report.lost, report.duplicated) == (9_999, 1, 0)
     gap = report.device("probe-b").gaps[0]
     assert (gap.boot, gap.first_missing, gap.last_missing) == ("b2", 700, 700)
+
+
+def test_a_command_outcome_is_stored_with_its_command(open_sink: Any, es_client: Elasticsearch, es_prefix: str) -> None:
+    outcome = CommandOutcome(
+        "01HF7YAT00XGHYZ3KT8V94F16P", "r-1", CommandState.FAILED, reason="no reading", result={"tries": 3}
+    )
+    env = mint_cmdres(device="probe-1", site="marsh-1", boot="b1", seq=5, ts_ms=FEB_MS, outcome=outcome)
+    sink = open_sink()
+    assert sink.write([Delivery(env, FEB_MS + 10)], []) == WriteResult(1, 0, 0)
+    es_client.indices.refresh(index=f"{es_prefix}-readings-*")
+    (hit,) = es_client.search(index=f"{es_prefix}-readings-*", query={"match_all": {}})["hits"]["hits"]
+    assert hit["_source"]["saltmarsh"]["command"] == outcome.to_json()
+    assert hit["_source"]["event"]["action"] == "failed"

@@ -20,6 +20,7 @@ from saltmarsh.runtime.spool import Lane
         ("saltmarsh/v1/s/d/reading", Lane.BULK),
         ("saltmarsh/v1/s/d/event", Lane.KEEP),
         ("saltmarsh/v1/s/d/alert", Lane.KEEP),
+        ("saltmarsh/v1/s/d/cmdres", Lane.KEEP),  # a command outcome is never evicted
         ("saltmarsh/v1/s/d/status", None),
         ("saltmarsh/v1/s/d/cmd", None),
         ("saltmarsh/v1/s/d/readings", Lane.BULK),  # unknown channels go up and get dead-lettered

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cloud_ingester.confirm import Sender, is_confirmation, sender_of
+from cloud_ingester.confirm import Sender, is_downlink, sender_of
 
 from saltmarsh.contract.confirmation import Confirmation, ConfirmationBatch
 from saltmarsh.mqtt.codec import Publish
@@ -32,11 +32,27 @@ MSG = ("msg", "run-1:7")
         ("saltmarsh/v1/marsh-1/gw-1/ack/x", False),
         ("ack", False),
         ("", False),
+        ("saltmarsh/v1/marsh-1/probe-7/cmd", True),
+        ("saltmarsh/v1/marsh-1/_all/cmd", True),
+        ("saltmarsh/v1/marsh-1/probe-7/cmdres", False),  # an outcome is data
     ],
-    ids=["ack", "wildcard site", "reading", "alert", "device named ack", "acks", "below ack", "bare ack", "empty"],
+    ids=[
+        "ack",
+        "wildcard site",
+        "reading",
+        "alert",
+        "device named ack",
+        "acks",
+        "below ack",
+        "bare ack",
+        "empty",
+        "cmd",
+        "broadcast cmd",
+        "cmdres",
+    ],
 )
-def test_is_confirmation(topic: str, confirmation: bool) -> None:
-    assert is_confirmation(publish(topic)) is confirmation
+def test_is_downlink(topic: str, confirmation: bool) -> None:
+    assert is_downlink(publish(topic)) is confirmation
 
 
 SENDERS: list[tuple[str, str, tuple[tuple[str, str], ...], Sender | None]] = [

@@ -9,7 +9,7 @@ sha256) committed to the sink chosen by `saltmarsh.sinks.open_sink`, one transac
 each message is acked to the broker only after its batch is durable, and confirmed then to the
 forwarder that sent it, on that gateway's `ack` topic (ranges of its `msg` numbers), so that the
 gateway can delete it. A message published retained is refused as a dead letter, once.
-Confirmations seen under the shared subscription are not data: skipped, counted. Counters go
+Confirmations and commands seen under the shared subscription are not data: skipped, counted. Counters go
 to a status file.
 
 The stages, each testable alone, wired together in `service.pump` and driven by one loop thread:

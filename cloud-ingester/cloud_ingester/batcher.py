@@ -43,7 +43,7 @@ class IngesterCounters:
         self.write_failures_total = 0
         self.confirmed_total = 0  # messages confirmed to their forwarders
         self.confirmations_sent_total = 0
-        self.skipped_total = 0  # confirmations seen under the shared subscription: not data
+        self.skipped_total = 0  # confirmations and commands seen under the shared subscription: not data
         self.sink_ok = True
         self.sink_why = ""
         self.last_batch_ms = 0.0

@@ -24,12 +24,13 @@ from saltmarsh.mqtt.wire import Publish
 Sender = tuple[str, str, int]
 """(ack topic, run, number): where and what to confirm once the message is committed."""
 
-_ACK_SUFFIX = "/" + Channel.ACK.value
+_DOWNLINK_SUFFIXES = ("/" + Channel.ACK.value, "/" + Channel.COMMAND.value)
 
 
-def is_confirmation(publish: Publish) -> bool:
-    """A confirmation on its way to a gateway: under the ingesters' `#` filter, but not data."""
-    return publish.topic.endswith(_ACK_SUFFIX)
+def is_downlink(publish: Publish) -> bool:
+    """A confirmation or a command on its way down to a gateway: under the ingesters' `#`
+    filter, but not data (a command's outcome comes back up as `cmdres`, which is)."""
+    return publish.topic.endswith(_DOWNLINK_SUFFIXES)
 
 
 def sender_of(publish: Publish) -> Sender | None:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from cloud_ingester.batcher import Batch, BatchWriter, IngesterCounters
-from cloud_ingester.confirm import is_confirmation, sender_of
+from cloud_ingester.confirm import is_downlink, sender_of
 from cloud_ingester.consumer import Consumer
 from cloud_ingester.validate import validate_publishes
 from saltmarsh.config.ingester import IngesterConfig, load_ingester_config
@@ -96,7 +96,7 @@ def pump(
         wait_s = writer.wait_s(now)
         publishes = consumer.poll(IDLE_POLL_S if wait_s is None else min(wait_s, IDLE_POLL_S))
         if publishes:
-            publishes = skip_confirmations(consumer, counters, publishes)
+            publishes = skip_downlink(consumer, counters, publishes)
         if publishes:
             now = time.monotonic()
             outcomes = validate_publishes(publishes, int(time.time() * 1000), limits)
@@ -105,11 +105,11 @@ def pump(
         ack(consumer, counters, writer.write_due(now))
 
 
-def skip_confirmations(consumer: Consumer, counters: IngesterCounters, publishes: list[Publish]) -> list[Publish]:
-    """Confirmations to gateways share the ingesters' filter; they are acked if need be, never stored."""
-    kept = [p for p in publishes if not is_confirmation(p)]
+def skip_downlink(consumer: Consumer, counters: IngesterCounters, publishes: list[Publish]) -> list[Publish]:
+    """Confirmations and commands to gateways share the ingesters' filter; acked if need be, never stored."""
+    kept = [p for p in publishes if not is_downlink(p)]
     if len(kept) != len(publishes):
-        skipped = [p for p in publishes if is_confirmation(p)]
+        skipped = [p for p in publishes if is_downlink(p)]
         consumer.ack([p.packet_id for p in skipped], consumer.connection)
         counters.skipped(len(skipped))
     return kept

@@ -175,7 +175,7 @@ def _enum_value(kind: type[_E], name: str, value: object) -> _E:
         raise ValidationError(Reason.INVALID_VALUE, name, f"{value[:40]!r} is not one of {known}") from None
 
 
-_OUTCOME_FIELDS = frozenset(("cmd_id", "rollout", "state", "hop", "reason", "result"))
+_OUTCOME_FIELDS = frozenset(("cmd_id", "rollout", "state", "hop", "reason", "result", "target"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,10 +188,15 @@ class CommandOutcome:
     hop: Hop | None = None  # EXPIRED only: which hop dropped it
     reason: str | None = None  # why, for people: "interrupted", "superseded", a rejection naming the field
     result: Mapping[str, Scalar] = field(default_factory=dict)
+    # The device this outcome is about, when another hop reports it (a gateway's AT_GATEWAY,
+    # EXPIRED(hop=gateway), superseded) on its own (device, boot, seq); None: the envelope's device.
+    target: str | None = None
 
     def __post_init__(self) -> None:
         check_cmd_id("cmd.cmd_id", self.cmd_id)
         check_id("cmd.rollout", self.rollout)
+        if self.target is not None:
+            check_id("cmd.target", self.target)
         if not isinstance(self.state, CommandState):
             raise ValidationError(Reason.WRONG_TYPE, "cmd.state", f"expected a CommandState, got {self.state!r}")
         if self.state is CommandState.EXPIRED:
@@ -214,6 +219,8 @@ class CommandOutcome:
             out["reason"] = self.reason
         if self.result:
             out["result"] = dict(self.result)
+        if self.target is not None:
+            out["target"] = self.target
         return out
 
     @classmethod
@@ -235,4 +242,5 @@ class CommandOutcome:
             hop=None if raw_hop is None else _enum_value(Hop, "cmd.hop", raw_hop),
             reason=doc.get("reason"),
             result={} if raw_result is None else raw_result,
+            target=doc.get("target"),
         )

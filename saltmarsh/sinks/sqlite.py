@@ -1,5 +1,8 @@
 """The embedded default sink: one SQLite file, idempotent on (device, boot, seq).
 
+Command outcomes (`cmdres`) are also kept as each target's state, in `commands`, keyed by
+(cmd_id, device) and only ever moved forward (`saltmarsh.sinks.command_state`).
+
 WAL with `synchronous=FULL` makes every commit durable before `write` returns, which is what
 lets the ingester ack MQTT right after it. One batch is one transaction, so a crash leaves
 either the whole batch or none of it, and a replay of the batch is counted as duplicates.
@@ -16,6 +19,7 @@ from typing import Any
 
 from saltmarsh.contract.errors import SinkUnavailable
 from saltmarsh.sinks.base import DeadLetter, Delivery, StoredKey, WriteResult
+from saltmarsh.sinks.command_state import CommandRecord, command_records
 
 # A rowid table plus the (device, boot, seq) key index, not WITHOUT ROWID: readings from many
 # devices arrive interleaved, and keeping ~300-byte rows in key order split pages on nearly every
@@ -48,6 +52,23 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload_bytes  INTEGER,         -- NULL in rows written before these columns existed
     payload_sha256 TEXT
 );
+CREATE TABLE IF NOT EXISTS commands (
+    cmd_id      TEXT    NOT NULL,
+    device      TEXT    NOT NULL,
+    rollout     TEXT    NOT NULL,
+    site        TEXT    NOT NULL,
+    state       TEXT    NOT NULL,
+    rank        INTEGER NOT NULL,
+    final       INTEGER NOT NULL,
+    hop         TEXT,
+    reason      TEXT,
+    result      TEXT    NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    reported_by TEXT    NOT NULL,
+    PRIMARY KEY (cmd_id, device)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS commands_by_rollout ON commands (rollout, state);
 """
 # Added to dead_letters after it first shipped; a database file from then gets them at open.
 ADDED_DEAD_LETTER_COLUMNS = (("payload_bytes", "INTEGER"), ("payload_sha256", "TEXT"))
@@ -57,6 +78,15 @@ ADDED_DEAD_LETTER_COLUMNS = (("payload_bytes", "INTEGER"), ("payload_sha256", "T
 INSERT_MESSAGE = (
     "INSERT INTO messages (device, boot, seq, site, kind, ts_ms, received_ms, gateway, name, metrics, envelope)"
     " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, json_extract(?10, '$.metrics'), ?10) ON CONFLICT DO NOTHING"
+)
+# The rank rule in SQL: a stored final state stays; otherwise only a higher rank replaces it.
+UPSERT_COMMAND = (
+    "INSERT INTO commands (cmd_id, device, rollout, site, state, rank, final, hop, reason, result, ts_ms,"
+    " received_ms, reported_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (cmd_id, device) DO UPDATE SET state = excluded.state, rank = excluded.rank,"
+    " final = excluded.final, hop = excluded.hop, reason = excluded.reason, result = excluded.result,"
+    " ts_ms = excluded.ts_ms, received_ms = excluded.received_ms, reported_by = excluded.reported_by"
+    " WHERE commands.final = 0 AND excluded.rank > commands.rank"
 )
 INSERT_DEAD_LETTER = (
     "INSERT INTO dead_letters (received_ms, topic, reason, field, detail, encoding, payload, payload_bytes,"
@@ -112,6 +142,25 @@ def _message_row(delivery: Delivery) -> tuple[Any, ...]:
         # The text as the device sent it when parsing vouched for it (see Envelope.raw_json);
         # encoding the envelope again costs more than all the rest of the row.
         env.raw_json or _encode(env.to_json()),
+    )
+
+
+def _command_row(r: CommandRecord) -> tuple[Any, ...]:
+    reason = None if r.reason is None else _storable(r.reason)
+    return (
+        r.cmd_id,
+        r.device,
+        r.rollout,
+        r.site,
+        r.state,
+        r.rank,
+        int(r.final),
+        r.hop,
+        reason,
+        r.result_json,
+        r.ts_ms,
+        r.received_ms,
+        r.reported_by,
     )
 
 
@@ -175,6 +224,7 @@ class SqliteSink:
     def write(self, deliveries: Sequence[Delivery], dead_letters: Sequence[DeadLetter]) -> WriteResult:
         message_rows = [_message_row(d) for d in deliveries]
         dead_letter_rows = [_dead_letter_row(d) for d in dead_letters]
+        command_rows = [_command_row(r) for r in command_records(deliveries)]
         with self._lock:
             conn = self._conn
             try:
@@ -183,6 +233,8 @@ class SqliteSink:
                 conn.executemany(INSERT_MESSAGE, message_rows)
                 written = conn.total_changes - before
                 conn.executemany(INSERT_DEAD_LETTER, dead_letter_rows)
+                if command_rows:
+                    conn.executemany(UPSERT_COMMAND, command_rows)
                 conn.execute("COMMIT")
             except BaseException as err:
                 # Whatever broke the batch, none of it may stay half-written in an open
@@ -211,6 +263,22 @@ class SqliteSink:
         with self._lock:
             rows = self._conn.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason ORDER BY reason")
             return {str(reason): int(count) for reason, count in rows}
+
+    def command_states(self, rollout: str | None = None) -> list[CommandRecord]:
+        """Each target's command state, oldest command first; one rollout's, or every one."""
+        query = (
+            "SELECT cmd_id, device, rollout, site, state, rank, final, hop, reason, result, ts_ms, received_ms,"
+            " reported_by FROM commands"
+        )
+        args: tuple[str, ...] = ()
+        if rollout is not None:
+            query, args = query + " WHERE rollout = ?", (rollout,)
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY cmd_id, device", args).fetchall()
+        return [
+            CommandRecord(c, d, ro, si, st, int(rank), bool(final), hop, reason, result, int(ts), int(rcv), rep)
+            for c, d, ro, si, st, rank, final, hop, reason, result, ts, rcv, rep in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

@@ -73,7 +73,7 @@ def parse_ms(value: Any) -> int:
 
 
 def message_document(delivery: Delivery) -> dict[str, Any]:
-    """The stored form of one reading, event or alert: ECS names where ECS has them."""
+    """The stored form of one reading, event, alert or command outcome: ECS names where ECS has them."""
     env = delivery.envelope
     event: dict[str, Any] = {
         "kind": EVENT_KINDS.get(env.kind, "event"),
@@ -109,6 +109,8 @@ def message_document(delivery: Delivery) -> dict[str, Any]:
         saltmarsh["units"] = dict(env.units)
     if delivery.gateway is not None:
         saltmarsh["gateway"] = delivery.gateway
+    if env.cmd is not None:
+        saltmarsh["command"] = env.cmd.to_json()
     if env.location is not None:
         doc["location"] = {"lat": env.location.lat, "lon": env.location.lon}
         if env.location.place is not None:

@@ -102,6 +102,18 @@ READINGS_MAPPINGS: dict[str, Any] = {
                 "firmware": _KEYWORD,
                 "delivery_delay_ms": {"type": "long"},
                 "units": {"type": "object", "dynamic": True},
+                # A cmdres message's outcome: which command, for which target, in what state.
+                "command": {
+                    "properties": {
+                        "cmd_id": {"type": "keyword"},
+                        "rollout": {"type": "keyword"},
+                        "state": {"type": "keyword"},
+                        "hop": {"type": "keyword"},
+                        "reason": _KEYWORD,
+                        "target": {"type": "keyword"},
+                        "result": {"type": "object", "enabled": False},  # kept, not indexed
+                    }
+                },
             }
         },
     },
