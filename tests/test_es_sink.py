@@ -14,8 +14,8 @@ from elasticsearch import Elasticsearch
 
 from saltmarsh.contract.command_state import CommandOutcome, CommandState
 from saltmarsh.contract.envelope import Envelope, Location
-from saltmarsh.contract.mint import mint_cmdres
 from saltmarsh.contract.errors import Reason, SinkUnavailable
+from saltmarsh.contract.mint import mint_cmdres
 from saltmarsh.contract.topics import Channel
 from saltmarsh.ops.audit import run_audit
 from saltmarsh.sinks.base import AuditSource, DeadLetter, Delivery, Sink, StoredKey, WriteResult

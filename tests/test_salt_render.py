@@ -247,7 +247,8 @@ def test_the_docker_sdk_is_present_in_the_minions_own_python(tmp_path: Path) -> 
 
 
 def _swarm_block(device: str) -> str:
-    topics = [f"topic write saltmarsh/v1/example/{device}/{c}" for c in ("reading", "event", "alert", "status", "cmdres")]
+    channels = ("reading", "event", "alert", "status", "cmdres")
+    topics = [f"topic write saltmarsh/v1/example/{device}/{c}" for c in channels]
     topics += [f"topic read saltmarsh/v1/example/{device}/{c}" for c in ("cmd", "ack")]
     return "\n".join(topics) + "\n"
 
