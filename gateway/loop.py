@@ -9,7 +9,9 @@ Out: every step, in this order:
      - committer -> source: PUBACKs to the site broker for each batch now on disk;
      - committer -> sender: the new segments, records still in memory (the live path);
      - uplink -> sender: PUBACKs counted; then the sender publishes what is due;
-     - sender -> committer: the delivered segments, deleted in the next commit.
+     - sender -> committer: the delivered segments, deleted in the next commit;
+     - with commands (`commands.GatewayCommands`): uplink `cmd` -> held, then PUBACKed; held ->
+       site broker, to each device; the gateway's own outcomes -> the batch being gathered.
 
 One thread owns both connections, so there are no locks on the per-message path; the other
 threads (committer, connectors) only `wake` it.
@@ -30,13 +32,15 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from gateway.commands import GatewayCommands, is_command
 from gateway.committer import GroupCommitter
 from gateway.connector import LINK_ERRORS, Connector
 from gateway.sender import Sender
 from gateway.source import LocalSource
-from saltmarsh.mqtt.wire import CLOSE_LINGER_S, ConnAck, WireClient
+from saltmarsh.mqtt.wire import CLOSE_LINGER_S, ConnAck, Publish, WireClient
 
 _MAX_SELECT_S = 0.25  # how late a stop request or a keepalive may be noticed
 _KEEPALIVE_POLL_S = 1.0
@@ -129,8 +133,12 @@ class ForwarderLoop:
         commit_max_messages: int,
         offline_gather_s: float,
         cycle_s: float = 0.0,
+        commands: GatewayCommands | None = None,
     ) -> None:
         self._waker = waker
+        self.commands = commands
+        if commands is not None:
+            source.observer = commands.observe
         self._wake_socket = waker.socket
         self.source = source
         self.committer = committer
@@ -233,6 +241,8 @@ class ForwarderLoop:
         delivered = self.sender.take_delivered()
         if delivered:
             self.committer.remove(delivered)
+        if self.commands is not None:
+            self._guarded("relay", self._relay_commands)
         self._flush()
         self._follow_links()
 
@@ -305,11 +315,45 @@ class ForwarderLoop:
             return
         if pubacks:
             self.sender.settle(pubacks, now)
+        if confirmations and self.commands is not None:
+            commands = [p for p in confirmations if is_command(p)]
+            if commands:
+                confirmations = [p for p in confirmations if not is_command(p)]
+                self._guarded("take", lambda: self._take_commands(uplink, commands))
         if confirmations:
             self.sender.confirm(confirmations, now)
         if now - self._last_tick >= 1.0:
             self._last_tick = now
             self.sender.tick()
+            if self.commands is not None:
+                self._guarded("sweep", self.commands.sweep)
+
+    def _guarded(self, what: str, step: Callable[[], object]) -> None:
+        """A command step that fails is logged and counted; the readings go on being forwarded."""
+        try:
+            step()
+        except Exception:
+            assert self.commands is not None
+            self.commands.counters.errors_total += 1
+            log.exception("command %s failed", what, extra={"event": "command_step_failed", "step": what})
+
+    def _take_commands(self, uplink: WireClient, publishes: list[Publish]) -> None:
+        assert self.commands is not None
+        for packet_id in self.commands.take(publishes):
+            uplink.ack(packet_id)
+
+    def _relay_commands(self) -> None:
+        """Held commands down to the site broker, and the gateway's own outcomes into the spool."""
+        commands = self.commands
+        assert commands is not None
+        local = self.source.client
+        if local is not None:
+            for delivery in commands.due():
+                local.publish(delivery.topic, delivery.payload, 1, delivery.props)
+        outbox = commands.take_outbox()
+        if outbox.records or outbox.then:
+            self.source.add_own(outbox.records, outbox.then)
+            self._submit_if_due(time.monotonic())
 
     def _flush(self) -> None:
         local = self.source.client

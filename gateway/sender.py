@@ -35,10 +35,11 @@ from gateway.schedule import Phase, SendQueue, batch_size
 from gateway.token_bucket import TokenBucket
 from saltmarsh.config.gateway import GatewayConfig
 from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, ack_topic
-from saltmarsh.contract.topics import ROOT, Channel
+from saltmarsh.contract.topics import ROOT, Channel, site_commands
 from saltmarsh.mqtt.codec import (
     GATEWAY_PROPERTY,
     PROP_USER_PROPERTY,
+    QOS_AT_LEAST_ONCE,
     QOS_AT_MOST_ONCE,
     Publish,
     puback_delivered,
@@ -72,14 +73,20 @@ def connect_uplink(cfg: GatewayConfig) -> tuple[WireClient, ConnAck]:
     """Connect and subscribe to the confirmations (blocking; run by a connector thread, never the loop)."""
     client = wire_client(cfg.uplink, clean_start=False)
     connack = client.connect()
+    filters: list[tuple[str, int]] = []
     if cfg.confirmations.end_to_end:
-        topic = uplink_ack_topic(cfg)
+        # QoS 0: a confirmation that finds us away is worth nothing later (a new run, or a
+        # resend already under way), so the broker need not keep it.
+        filters.append((uplink_ack_topic(cfg), QOS_AT_MOST_ONCE))
+    if cfg.commands.enabled:
+        # QoS 1 on the persistent session: the cloud broker keeps this site's commands while we
+        # are away, and lets go of each only when gateway.commands holds it.
+        filters.append((site_commands(cfg.site), QOS_AT_LEAST_ONCE))
+    if filters:
         try:
-            # QoS 0: a confirmation that finds us away is worth nothing later (a new run, or a
-            # resend already under way), so the broker need not keep it.
-            granted = client.subscribe([(topic, QOS_AT_MOST_ONCE)])
+            granted = client.subscribe(filters)
             if any(code >= 0x80 for code in granted):
-                raise ConnectionRefusedError(f"cloud broker refused the subscription to {topic}: {granted}")
+                raise ConnectionRefusedError(f"cloud broker refused the subscriptions to {filters}: {granted}")
         except BaseException:
             client.close()
             raise

@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any
 
+from gateway.command_store import CommandStore
+from gateway.commands import GatewayCommands
 from gateway.committer import GroupCommitter
 from gateway.connector import Connector
 from gateway.loop import ForwarderLoop, Waker
@@ -23,6 +25,7 @@ from gateway.sender import Sender, connect_uplink
 from gateway.source import LocalSource, connect_local
 from saltmarsh.config.gateway import GatewayConfig, load_gateway_config
 from saltmarsh.contract.errors import SpoolError
+from saltmarsh.contract.mint import new_boot_id
 from saltmarsh.mqtt.wire import ConnAck, WireClient
 from saltmarsh.runtime.daemon import serve
 from saltmarsh.runtime.memory import return_large_buffers_to_the_os
@@ -116,6 +119,20 @@ def open_spool(cfg: GatewayConfig) -> Spool:
     return spool
 
 
+def open_commands(cfg: GatewayConfig) -> GatewayCommands | None:
+    """The command relay, if the config trusts a command key: its hold beside the spool."""
+    if not cfg.commands.enabled:
+        return None
+    return GatewayCommands(
+        gateway_id=cfg.gateway_id,
+        site=cfg.site,
+        boot=new_boot_id(),
+        store=CommandStore.open(cfg.state_dir / "commands.db"),
+        public_keys=cfg.commands.keys(),
+        redeliver_s=cfg.commands.redeliver_s,
+    )
+
+
 def _close_uplink(link: tuple[WireClient, ConnAck]) -> None:
     link[0].close()
 
@@ -136,9 +153,10 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
     # delivered segments go back to the committer.
     sender = Sender(cfg, spool)
     uplink_link = Connector("uplink", lambda: connect_uplink(cfg), waker.wake, _close_uplink)
+    # cloud `cmd` -> held -> site broker, and the gateway's own outcomes into the spool.
+    commands = open_commands(cfg)
     # One thread carries every hand-off above, in that order, each step (see gateway.loop).
-    # Seams for later: a downlink relay (cloud `cmd` -> site broker) would be another link in
-    # the loop; a BLE collector would feed `LocalSource.take` like the MQTT connection does.
+    # Seam for later: a BLE collector would feed `LocalSource.take` like the MQTT connection does.
     loop = ForwarderLoop(
         waker=waker,
         source=source,
@@ -149,19 +167,23 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
         commit_max_messages=cfg.commit_max_messages,
         offline_gather_s=cfg.offline_commit_interval_ms / 1000.0,
         cycle_s=cfg.cycle_ms / 1000.0,
+        commands=commands,
     )
     status = StatusPublisher(
         cfg.status_dir,
         SERVICE,
         cfg.gateway_id,
-        lambda: forwarder_counters(
-            cfg,
-            source=source,
-            committer=committer,
-            sender=sender,
-            stats=spool.stats(),
-            now_ms=int(time.time() * 1000),
-            mono_now=time.monotonic(),
+        lambda: (
+            forwarder_counters(
+                cfg,
+                source=source,
+                committer=committer,
+                sender=sender,
+                stats=spool.stats(),
+                now_ms=int(time.time() * 1000),
+                mono_now=time.monotonic(),
+            )
+            | ({} if commands is None else commands.status_counters())
         ),
         metrics_dir=cfg.metrics_dir,
     )
@@ -193,6 +215,8 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
         status.stop()
         waker.close()
         spool.close()
+        if commands is not None:
+            commands.store.close()
         log.info("forwarder stopped", extra={"event": "forwarder_stopped", "exit_code": exit_code})
     return exit_code
 

@@ -23,7 +23,7 @@ was never spooled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from saltmarsh.config.gateway import GatewayConfig
 from saltmarsh.contract.confirmation import MESSAGE_PROPERTY, ConfirmationBatch, ack_topic, parse_message_id
@@ -47,6 +47,8 @@ _LANE_BY_CHANNEL: dict[str, Lane | None] = {
     Channel.ACK.value: None,  # confirmations to devices (ours; No Local keeps them from us anyway)
 }
 
+_STATUS_SUFFIX = "/" + Channel.STATUS.value
+_CMDRES_SUFFIX = "/" + Channel.CMDRES.value
 _LANE_CACHE_MAX = 100_000
 # A device with this many spooled and unconfirmed is confirmed at once, not at the interval: a
 # fast sensor would otherwise fill its unconfirmed window (1,000) and wait for us.
@@ -70,7 +72,7 @@ def subscription_filter(site: str) -> str:
 class Inbound:
     """Messages received on one local connection and not yet spooled: one group commit's worth."""
 
-    __slots__ = ("bulk", "confirmations", "first_at", "generation", "keep", "packet_ids")
+    __slots__ = ("after", "bulk", "confirmations", "first_at", "generation", "keep", "packet_ids")
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
@@ -79,6 +81,7 @@ class Inbound:
         self.keep: list[Record] = []
         self.packet_ids: list[int] = []  # to PUBACK once spooled, in arrival order
         self.confirmations = ConfirmationBatch()  # to each sender once spooled, on any connection
+        self.after: list[Callable[[], None]] = []  # to run once spooled: the gateway's own outcomes
 
     def __len__(self) -> int:
         return len(self.bulk) + len(self.keep)
@@ -134,6 +137,9 @@ class LocalSource:
         self._ack_topic_by_topic: dict[str, str | None] = {}
         self._unsent = ConfirmationBatch()  # spooled, not yet confirmed to their senders
         self._confirm_at = 0.0
+        # Sees each presence (status, not forwarded) and command outcome (cmdres) as it passes:
+        # gateway.commands follows its devices and their answers so.
+        self.observer: Callable[[Publish], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -194,7 +200,11 @@ class LocalSource:
                 bulk((topic, msg.payload))
             elif lane is Lane.KEEP:
                 keep((topic, msg.payload))
+                if self.observer is not None and topic.endswith(_CMDRES_SUFFIX):
+                    self.observer(msg)
             else:
+                if self.observer is not None and topic.endswith(_STATUS_SUFFIX):
+                    self.observer(msg)
                 if msg.packet_id:
                     skipped.append(msg.packet_id)
                 continue
@@ -290,10 +300,25 @@ class LocalSource:
         self.gathering = Inbound(self.generation)
         return batch
 
+    def add_own(self, records: Sequence[Record], after: Sequence[Callable[[], None]]) -> None:
+        """Spool the gateway's own messages (never evicted) with the next batch; `after` runs once they are."""
+        if not records:
+            for then in after:
+                then()
+            return
+        gathering = self.gathering
+        if not len(gathering):
+            gathering.first_at = 0.0  # nothing waits for more: it goes with the next commit
+        gathering.keep.extend(records)
+        gathering.after.extend(after)
+
     def ack(self, batch: Inbound) -> int:
-        """A batch is spooled: its confirmations wait for `confirm`; PUBACK it if this is still its connection."""
+        """A batch is spooled: its confirmations wait for `confirm`, its `after`s run; PUBACK it if
+        this is still its connection."""
         if batch.confirmations:
             self._unsent.extend(batch.confirmations)
+        for then in batch.after:
+            then()
         client = self.client
         if client is None or batch.generation != self.generation:
             return 0

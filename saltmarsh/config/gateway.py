@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
+from saltmarsh.config.commands import NO_COMMANDS, CommandsConfig
 from saltmarsh.config.confirmations import ConfirmationsConfig
 from saltmarsh.config.table import Table, load_toml
 
@@ -48,6 +49,8 @@ class GatewayConfig:
     # from the site broker is acked, counted and logged, but not forwarded.
     max_message_bytes: int = 16_384
     confirmations: ConfirmationsConfig = FORWARDER_CONFIRMATIONS
+    # The command keys this gateway trusts, for the commands it carries down (gateway.commands).
+    commands: CommandsConfig = NO_COMMANDS
 
     @property
     def spool_dir(self) -> Path:
@@ -78,8 +81,11 @@ def gateway_config(t: Table) -> GatewayConfig:
         drain_burst=t.integer("drain_burst", 1000, lo=1),
         max_message_bytes=t.integer("max_message_bytes", 16_384, lo=64, hi=10_000_000),
         confirmations=ConfirmationsConfig.from_table(t.table("confirmations"), defaults=FORWARDER_CONFIRMATIONS),
+        commands=CommandsConfig.from_table(t.table("commands")),
     )
     t.done()
+    if cfg.commands.enabled and site == "+":
+        raise t.error("commands", "a gateway carries one site's commands: set site to that site's id")
     return cfg
 
 

@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from saltmarsh.config.broker import BrokerConfig
-from saltmarsh.config.commands import CommandsConfig
+from saltmarsh.config.commands import NO_COMMANDS, CommandsConfig
 from saltmarsh.config.confirmations import ConfirmationsConfig
 from saltmarsh.config.table import Table, load_toml
 from saltmarsh.contract.envelope import Location
@@ -161,7 +161,6 @@ def swarm_device_id(host: str, n: int) -> str:
 # While the forwarder is down the gateway broker holds at most this many of a device's readings;
 # the rest wait in the device's own spool.
 SENSOR_CONFIRMATIONS = ConfirmationsConfig(max_messages=1000, max_bytes=2**20)
-NO_COMMANDS = CommandsConfig()
 
 
 @dataclass(frozen=True, slots=True)

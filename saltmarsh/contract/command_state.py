@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from saltmarsh.contract.errors import Reason, ValidationError
-from saltmarsh.contract.topics import check_id
+from saltmarsh.contract.topics import BROADCAST, check_id
 
 # Crockford base32, uppercase, 26 characters: 128 bits, so the first character holds only 3 of
 # them (0-7). \Z, not $, for the reason topics.ID_PATTERN gives.
@@ -189,13 +189,14 @@ class CommandOutcome:
     reason: str | None = None  # why, for people: "interrupted", "superseded", a rejection naming the field
     result: Mapping[str, Scalar] = field(default_factory=dict)
     # The device this outcome is about, when another hop reports it (a gateway's AT_GATEWAY,
-    # EXPIRED(hop=gateway), superseded) on its own (device, boot, seq); None: the envelope's device.
+    # EXPIRED(hop=gateway), superseded) on its own (device, boot, seq); None: the envelope's
+    # device. BROADCAST for a site-wide command held at the gateway.
     target: str | None = None
 
     def __post_init__(self) -> None:
         check_cmd_id("cmd.cmd_id", self.cmd_id)
         check_id("cmd.rollout", self.rollout)
-        if self.target is not None:
+        if self.target is not None and self.target != BROADCAST:
             check_id("cmd.target", self.target)
         if not isinstance(self.state, CommandState):
             raise ValidationError(Reason.WRONG_TYPE, "cmd.state", f"expected a CommandState, got {self.state!r}")

@@ -316,7 +316,15 @@ class ChaosRun:
         produced, alerts_raised = produced_so_far(self.lab)
         report, totals = audit_and_totals(self.lab, produced)
         evicted = evicted_total(self.lab)
-        while report.lost > evicted and time.monotonic() < settle_deadline:
+
+        def waiting(report: AuditReport, totals: SinkTotals, evicted: int) -> bool:
+            # With evictions, "lost <= evicted" can hold while messages are still on their way
+            # (the evicted ones that reached the sink make room): the alerts, never evicted,
+            # must all be there too before the sink is called drained.
+            short_of_alerts = totals.alerts is not None and totals.alerts < alerts_raised
+            return report.lost > evicted or short_of_alerts
+
+        while waiting(report, totals, evicted) and time.monotonic() < settle_deadline:
             time.sleep(1.0)
             (report, totals), evicted = audit_and_totals(self.lab, produced), evicted_total(self.lab)
         self.report.audit, self.report.evicted = report, evicted

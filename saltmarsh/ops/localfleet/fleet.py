@@ -56,6 +56,9 @@ class FleetPlan:
     # `[confirmations]` settings for the sensors and the forwarder (tests shorten the timings).
     confirmations: dict[str, Any] = field(default_factory=dict)
     forwarder_settings: dict[str, Any] = field(default_factory=dict)
+    # A `[commands]` table for the sensors and the forwarder (the keys they trust); empty: none.
+    commands: dict[str, Any] = field(default_factory=dict)
+    sensor_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status_dir(self) -> Path:
@@ -117,7 +120,12 @@ class LocalFleet:
             location={"lat": lat, "lon": lon, "place": place},
             driver={"type": "simulated", "seed": plan.seed + index},
             **self._confirmations(),
+            **self._commands(),
+            **plan.sensor_settings,
         )
+
+    def _commands(self) -> ConfigDoc:
+        return {"commands": dict(self.plan.commands)} if self.plan.commands else {}
 
     def _confirmations(self) -> ConfigDoc:
         return {"confirmations": dict(self.plan.confirmations)} if self.plan.confirmations else {}
@@ -135,7 +143,7 @@ class LocalFleet:
             drain_rate_limit=plan.drain_rate_limit,
             # On loopback a confirmation to a sensor costs next to nothing: send them each second,
             # so that a run ends (every sensor's spool empty) soon after its last reading.
-            **{"confirm_interval_ms": 1000, **self._confirmations(), **plan.forwarder_settings},
+            **{"confirm_interval_ms": 1000, **self._confirmations(), **self._commands(), **plan.forwarder_settings},
         )
 
     def _sink_table(self) -> ConfigDoc:

@@ -165,6 +165,7 @@ saltmarsh-gateway-config-forwarder-file-managed:
         settings: {{ forwarder | json }}
         max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
         confirmations: {{ saltmarsh.confirmations | json }}
+        commands: {{ saltmarsh.commands | json }}
         state_dir: {{ (paths.state_dir ~ '/forwarder') | json }}
         status_dir: {{ paths.status_dir | json }}
         metrics_dir: {{ paths.metrics_dir | json }}
