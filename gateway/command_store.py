@@ -12,6 +12,7 @@ so the gateway must not re-encode what it forwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 from collections.abc import Iterator
@@ -100,8 +101,9 @@ class CommandStore:
             yield conn
             conn.execute("COMMIT")
         except BaseException as err:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):  # a closed or broken connection has none
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             if isinstance(err, sqlite3.Error):
                 raise SpoolError(f"command store {self.path}: {err}") from err
             raise
