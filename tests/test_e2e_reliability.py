@@ -37,7 +37,8 @@ def test_steady_flow(tmp_path: Path) -> None:
 
 
 def test_cloud_broker_stopped_for_30s_mid_run(tmp_path: Path) -> None:
-    with running_fleet(tmp_path / "fleet", sensors=SENSORS, rate_hz=RATE_HZ, readings_per_sensor=1000) as fleet:
+    # 38 s of readings: 5 s live, 30 s with the cloud down, then live again while the backlog drains.
+    with running_fleet(tmp_path / "fleet", sensors=SENSORS, rate_hz=RATE_HZ, readings_per_sensor=760) as fleet:
         time.sleep(5)
         fleet.stop_cloud()
         time.sleep(30)
