@@ -216,7 +216,10 @@ def fleet(
         minion = master.salt_minion_daemon(
             f"relay-minion-{suffix}",
             overrides={
-                "beacons": {"status": [{"interval": 2}]},
+                # Salt counts a beacon's interval in loop_interval steps (salt-factories sets 0.05 s)
+                # while its beacon loop turns about once a second: 0.1 is every 2 turns, ~2 s. An
+                # "interval": 2 would be 40 turns, and the test would wait 40 s for its beacon.
+                "beacons": {"status": [{"interval": 0.1}]},
                 # No DNS here: the fqdn grains would cost seconds at every start.
                 "enable_fqdns_grains": False,
                 "acceptance_wait_time": 0.5,
