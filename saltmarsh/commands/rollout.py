@@ -1,0 +1,326 @@
+"""A rollout on the master: one op to an explicit list of targets, dispatched, and followed to the end.
+
+In: the targets Salt's matcher resolved (kept with the rollout, so membership cannot drift), the
+op and its args, a deadline and the rollout's limits; then, as they come, each target's outcome
+(from the sink's command state). Out: which targets to publish next (`due`), within
+`max_per_minute` and unless the rollout was aborted or canceled; the summary `saltmarsh cmd
+status` prints (the count per state, the oldest pending age, p50 and p95 from send to result).
+
+The master is the durable owner of a command until a gateway holds it: a target stays SENT,
+published again every `resend_s`, until an outcome from further down arrives (AT_GATEWAY or
+later). Past its deadline a target that was never published is EXPIRED(hop=cloud), here.
+States only move forward, by the contract's rank rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from saltmarsh.contract.command import new_cmd_id
+from saltmarsh.contract.command_state import CommandState, Hop, Scalar, advances
+from saltmarsh.contract.errors import ConfigError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout         TEXT PRIMARY KEY,
+    op              TEXT NOT NULL,
+    args            TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    target_type     TEXT NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    not_after_ms    INTEGER NOT NULL,
+    run_timeout_s   REAL NOT NULL,
+    coalesce_key    TEXT,
+    max_per_minute  REAL,
+    abort_after_pct REAL,
+    abort_min       INTEGER NOT NULL,
+    status          TEXT NOT NULL,   -- dispatching, aborted, canceled
+    reason          TEXT
+);
+CREATE TABLE IF NOT EXISTS targets (
+    rollout     TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    minion      TEXT NOT NULL,
+    cmd_id      TEXT NOT NULL UNIQUE,
+    state       TEXT NOT NULL,
+    hop         TEXT,
+    reason      TEXT,
+    sent_ms     INTEGER,
+    result_ms   INTEGER,
+    PRIMARY KEY (rollout, device)
+) WITHOUT ROWID;
+"""
+
+DISPATCHING, ABORTED, CANCELED = "dispatching", "aborted", "canceled"
+FAILURES = frozenset((CommandState.FAILED, CommandState.REJECTED, CommandState.EXPIRED, CommandState.TIMED_OUT))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One device a rollout goes to: resolved on the master, from its minion's grains."""
+
+    minion: str
+    site: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSpec:
+    rollout: str
+    op: str
+    args: Mapping[str, Scalar]
+    target: str  # as the operator typed it, with its type: kept for `cmd status`
+    target_type: str
+    created_ms: int
+    not_after_ms: int
+    run_timeout_s: float
+    coalesce: str | None = None
+    max_per_minute: float | None = None
+    abort_after_pct: float | None = None
+    abort_min: int = 10  # results before --abort-after may stop a rollout
+
+    def __post_init__(self) -> None:
+        if self.max_per_minute is not None and not self.max_per_minute > 0:
+            raise ConfigError("max_per_minute", f"{self.max_per_minute} is not a positive rate")
+        if self.abort_after_pct is not None and not 0 < self.abort_after_pct <= 100:
+            raise ConfigError("abort_after", f"{self.abort_after_pct} is not a percentage in (0, 100]")
+        if self.abort_min < 1:
+            raise ConfigError("abort_min", f"{self.abort_min} is below 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A target to publish now: its own cmd_id, kept across resends."""
+
+    cmd_id: str
+    target: Target
+    first: bool  # not published before
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    rollout: str
+    status: str
+    targets: int
+    counts: Mapping[str, int]
+    oldest_pending_s: float | None
+    p50_s: float | None
+    p95_s: float | None
+
+    @property
+    def finished(self) -> bool:
+        return sum(n for state, n in self.counts.items() if CommandState(state).terminal) == self.targets
+
+
+def _percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest rank, as the benches report it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+class RolloutStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> RolloutStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(SCHEMA)
+        return cls(conn)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def create(self, spec: RolloutSpec, targets: Sequence[Target]) -> dict[str, str]:
+        """Keep the rollout and its explicit targets, each QUEUED with its own cmd_id: device -> cmd_id."""
+        devices = [t.device for t in targets]
+        if len(set(devices)) != len(devices):
+            raise ConfigError("targets", "a device is listed twice")
+        ids: dict[str, str] = {}
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO rollouts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    spec.rollout,
+                    spec.op,
+                    json.dumps(dict(spec.args), sort_keys=True),
+                    spec.target,
+                    spec.target_type,
+                    spec.created_ms,
+                    spec.not_after_ms,
+                    spec.run_timeout_s,
+                    spec.coalesce,
+                    spec.max_per_minute,
+                    spec.abort_after_pct,
+                    spec.abort_min,
+                    DISPATCHING,
+                ),
+            )
+            for target in targets:
+                cmd_id = ids[target.device] = new_cmd_id(spec.created_ms)
+                conn.execute(
+                    "INSERT INTO targets (rollout, device, site, minion, cmd_id, state) VALUES (?, ?, ?, ?, ?, ?)",
+                    (spec.rollout, target.device, target.site, target.minion, cmd_id, CommandState.QUEUED.value),
+                )
+        return ids
+
+    def spec(self, rollout: str) -> RolloutSpec:
+        row = self._conn.execute(
+            "SELECT rollout, op, args, target, target_type, created_ms, not_after_ms, run_timeout_s, coalesce_key,"
+            " max_per_minute, abort_after_pct, abort_min FROM rollouts WHERE rollout = ?",
+            (rollout,),
+        ).fetchone()
+        if row is None:
+            raise ConfigError("rollout", f"{rollout!r} is not a rollout on this master")
+        name, op, args, target, target_type, created, not_after, timeout, coalesce, rate, pct, minimum = row
+        return RolloutSpec(
+            name, op, json.loads(args), target, target_type, created, not_after, timeout, coalesce, rate, pct, minimum
+        )
+
+    def status(self, rollout: str) -> str:
+        row = self._conn.execute("SELECT status FROM rollouts WHERE rollout = ?", (rollout,)).fetchone()
+        if row is None:
+            raise ConfigError("rollout", f"{rollout!r} is not a rollout on this master")
+        return str(row[0])
+
+    def due(self, rollout: str, now_ms: int, *, resend_s: float = 30.0) -> list[Pending]:
+        """What to publish now: QUEUED targets within the rate (counted over the last minute), and
+        SENT ones no hop has answered for `resend_s`. Past the deadline, QUEUED ones are EXPIRED
+        here (hop=cloud) and SENT ones are left to the hops that may hold them."""
+        spec = self.spec(rollout)
+        if self.status(rollout) != DISPATCHING:
+            return []
+        rows = self._conn.execute(
+            "SELECT cmd_id, minion, site, device, state, sent_ms FROM targets WHERE rollout = ? ORDER BY device",
+            (rollout,),
+        ).fetchall()
+        if now_ms >= spec.not_after_ms:
+            self._expire_queued(rollout)
+            return []
+        sent_last_minute = sum(1 for *_, state, sent in rows if sent is not None and now_ms - sent < 60_000)
+        allowance = math.inf if spec.max_per_minute is None else spec.max_per_minute - sent_last_minute
+        due: list[Pending] = []
+        for cmd_id, minion, site, device, state, sent_ms in rows:
+            target = Target(minion, site, device)
+            if state == CommandState.SENT.value and now_ms - int(sent_ms) >= resend_s * 1000:
+                due.append(Pending(cmd_id, target, first=False))
+            elif state == CommandState.QUEUED.value and allowance >= 1:
+                allowance -= 1
+                due.append(Pending(cmd_id, target, first=True))
+        return due
+
+    def _expire_queued(self, rollout: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE targets SET state = ?, hop = ? WHERE rollout = ? AND state = ?",
+                (CommandState.EXPIRED.value, Hop.CLOUD.value, rollout, CommandState.QUEUED.value),
+            )
+
+    def mark_sent(self, cmd_ids: Sequence[str], now_ms: int) -> None:
+        """Published: SENT from now (a resend keeps its first time, for the latency)."""
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE targets SET state = ?, sent_ms = COALESCE(sent_ms, ?) WHERE cmd_id = ? AND state IN (?, ?)",
+                [
+                    (CommandState.SENT.value, now_ms, c, CommandState.QUEUED.value, CommandState.SENT.value)
+                    for c in cmd_ids
+                ],
+            )
+
+    def record(self, rollout: str, outcomes: Mapping[str, tuple[CommandState, str | None, str | None, int]]) -> None:
+        """Outcomes from further down, by device: (state, hop, reason, when); only forward."""
+        rows = dict(self._conn.execute("SELECT device, state FROM targets WHERE rollout = ?", (rollout,)).fetchall())
+        updates = []
+        for device, (state, hop, reason, when_ms) in outcomes.items():
+            stored = rows.get(device)
+            if stored is None or not advances(CommandState(stored), state):
+                continue
+            updates.append((state.value, hop, reason, when_ms if state.terminal else None, rollout, device))
+        if updates:
+            with self._write() as conn:
+                conn.executemany(
+                    "UPDATE targets SET state = ?, hop = ?, reason = ?, result_ms = ? WHERE rollout = ? AND device = ?",
+                    updates,
+                )
+        self._maybe_abort(rollout)
+
+    def _maybe_abort(self, rollout: str) -> None:
+        spec = self.spec(rollout)
+        if spec.abort_after_pct is None or self.status(rollout) != DISPATCHING:
+            return
+        states = [
+            CommandState(s) for (s,) in self._conn.execute("SELECT state FROM targets WHERE rollout = ?", (rollout,))
+        ]
+        results = [s for s in states if s.terminal]
+        failed = sum(1 for s in results if s in FAILURES)
+        if len(results) >= spec.abort_min and 100 * failed / len(results) >= spec.abort_after_pct:
+            why = f"{failed} of {len(results)} results failed (abort after {spec.abort_after_pct:g}%)"
+            self._stop(rollout, ABORTED, why)
+
+    def cancel(self, rollout: str) -> int:
+        """The operator's cancel: what has not been published is CANCELED; returns how many."""
+        return self._stop(rollout, CANCELED, "canceled by the operator")
+
+    def _stop(self, rollout: str, status: str, why: str) -> int:
+        with self._write() as conn:
+            conn.execute("UPDATE rollouts SET status = ?, reason = ? WHERE rollout = ?", (status, why, rollout))
+            before = conn.total_changes
+            conn.execute(
+                "UPDATE targets SET state = ?, reason = ? WHERE rollout = ? AND state = ?",
+                (CommandState.CANCELED.value, status, rollout, CommandState.QUEUED.value),
+            )
+            return conn.total_changes - before
+
+    def reason(self, rollout: str) -> str | None:
+        row = self._conn.execute("SELECT reason FROM rollouts WHERE rollout = ?", (rollout,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def summary(self, rollout: str, now_ms: int) -> Summary:
+        status = self.status(rollout)
+        rows = self._conn.execute(
+            "SELECT state, sent_ms, result_ms FROM targets WHERE rollout = ?", (rollout,)
+        ).fetchall()
+        counts: dict[str, int] = {}
+        pending_since: list[int] = []
+        latencies: list[float] = []
+        for state, sent_ms, result_ms in rows:
+            counts[state] = counts.get(state, 0) + 1
+            terminal = CommandState(state).terminal
+            if not terminal and sent_ms is not None:
+                pending_since.append(int(sent_ms))
+            if terminal and sent_ms is not None and result_ms is not None:
+                latencies.append(max(0, int(result_ms) - int(sent_ms)) / 1000)
+        oldest = None if not pending_since else max(0.0, (now_ms - min(pending_since)) / 1000)
+        return Summary(
+            rollout, status, len(rows), counts, oldest, _percentile(latencies, 50), _percentile(latencies, 95)
+        )
+
+    def targets(self, rollout: str) -> list[tuple[Target, str, str]]:
+        """(target, cmd_id, state) for each target, by device."""
+        rows = self._conn.execute(
+            "SELECT minion, site, device, cmd_id, state FROM targets WHERE rollout = ? ORDER BY device", (rollout,)
+        ).fetchall()
+        return [(Target(m, s, d), c, st) for m, s, d, c, st in rows]
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,134 @@
+"""The master's rollout store: explicit targets, dispatch within the rate, resends until a hop
+answers, expiry at the cloud, abort and cancel, and a summary whose states sum to the targets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from saltmarsh.commands.rollout import ABORTED, CANCELED, RolloutSpec, RolloutStore, Target
+from saltmarsh.contract.command_state import CommandState
+from saltmarsh.contract.errors import ConfigError
+
+T0 = 1_700_000_000_000
+S = CommandState
+
+
+def spec(**changes: Any) -> RolloutSpec:
+    fields: dict[str, Any] = {
+        "rollout": "r-1",
+        "op": "set_interval",
+        "args": {"interval_s": 30.0},
+        "target": "G@roles:sensor",
+        "target_type": "compound",
+        "created_ms": T0,
+        "not_after_ms": T0 + 600_000,
+        "run_timeout_s": 10.0,
+    }
+    return RolloutSpec(**(fields | changes))
+
+
+def targets(n: int) -> list[Target]:
+    return [Target(f"s{i:03d}", "marsh", f"s{i:03d}") for i in range(n)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RolloutStore]:
+    opened = RolloutStore.open(tmp_path / "rollouts.db")
+    yield opened
+    opened.close()
+
+
+def test_dispatch_keeps_to_the_rate_and_resends_what_no_hop_answered(store: RolloutStore) -> None:
+    ids = store.create(spec(max_per_minute=2), targets(5))
+    assert len(set(ids.values())) == 5
+    first = store.due("r-1", T0)
+    assert [p.target.device for p in first] == ["s000", "s001"] and all(p.first for p in first)
+    store.mark_sent([p.cmd_id for p in first], T0)
+    assert store.due("r-1", T0 + 1_000) == []
+    store.record("r-1", {"s000": (S.AT_GATEWAY, None, None, T0 + 2_000)})
+    later = store.due("r-1", T0 + 60_000)
+    # s001 had no answer for 30 s: sent again, with its own cmd_id; and the next two in the rate.
+    assert [(p.target.device, p.first) for p in later] == [("s001", False), ("s002", True), ("s003", True)]
+    assert next(p.cmd_id for p in later if p.target.device == "s001") == ids["s001"]
+
+
+def test_states_only_move_forward_and_the_summary_adds_up(store: RolloutStore) -> None:
+    store.create(spec(), targets(4))
+    store.mark_sent([p.cmd_id for p in store.due("r-1", T0)], T0)
+    store.record(
+        "r-1",
+        {
+            "s000": (S.SUCCEEDED, None, None, T0 + 1_000),
+            "s001": (S.SUCCEEDED, None, None, T0 + 3_000),
+            "s002": (S.FAILED, None, "no reading", T0 + 2_000),
+        },
+    )
+    store.record("r-1", {"s000": (S.RUNNING, None, None, T0 + 5_000), "s002": (S.SUCCEEDED, None, None, T0 + 6_000)})
+    summary = store.summary("r-1", T0 + 10_000)
+    assert summary.counts == {"succeeded": 2, "failed": 1, "sent": 1}
+    assert sum(summary.counts.values()) == summary.targets == 4 and not summary.finished
+    assert (summary.p50_s, summary.p95_s, summary.oldest_pending_s) == (2.0, 3.0, 10.0)
+
+
+def test_a_deadline_expires_what_was_never_sent_at_the_cloud(store: RolloutStore) -> None:
+    store.create(spec(max_per_minute=1, not_after_ms=T0 + 90_000), targets(3))
+    store.mark_sent([p.cmd_id for p in store.due("r-1", T0)], T0)
+    assert store.due("r-1", T0 + 90_000) == []
+    summary = store.summary("r-1", T0 + 90_000)
+    assert summary.counts == {"sent": 1, "expired": 2}
+    assert {state for _, _, state in store.targets("r-1")} == {"sent", "expired"}
+
+
+def test_a_rollout_with_a_fifth_failing_stops_dispatching_at_its_threshold(store: RolloutStore) -> None:
+    """100 devices, every fifth fails; --abort-after 15% once 10 results are in."""
+    store.create(spec(max_per_minute=20, abort_after_pct=15, abort_min=10), targets(100))
+    now = T0
+    while store.status("r-1") == "dispatching" and now < T0 + 3_600_000:
+        batch = store.due("r-1", now)
+        store.mark_sent([p.cmd_id for p in batch], now)
+        outcomes = {
+            p.target.device: (S.FAILED if int(p.target.device[1:]) % 5 == 4 else S.SUCCEEDED, None, None, now + 500)
+            for p in batch
+        }
+        store.record("r-1", outcomes)
+        now += 60_000
+    summary = store.summary("r-1", now)
+    assert summary.status == ABORTED and "abort after 15%" in str(store.reason("r-1"))
+    assert sum(summary.counts.values()) == 100 and summary.finished
+    assert summary.counts["canceled"] == 80  # never dispatched: the first minute's 20 ran
+    assert (summary.counts["succeeded"], summary.counts["failed"]) == (16, 4)
+    assert store.due("r-1", now) == []
+
+
+def test_cancel_stops_what_has_not_been_sent(store: RolloutStore) -> None:
+    store.create(spec(max_per_minute=2), targets(5))
+    store.mark_sent([p.cmd_id for p in store.due("r-1", T0)], T0)
+    assert store.cancel("r-1") == 3
+    assert store.status("r-1") == CANCELED and store.due("r-1", T0 + 120_000) == []
+    assert store.summary("r-1", T0).counts == {"sent": 2, "canceled": 3}
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"max_per_minute": 0}, "max_per_minute"),
+        ({"abort_after_pct": 0}, "abort_after"),
+        ({"abort_after_pct": 101}, "abort_after"),
+        ({"abort_min": 0}, "abort_min"),
+    ],
+)
+def test_bad_rollout_limits_name_the_option(changes: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        spec(**changes)
+    assert caught.value.key == key
+
+
+def test_a_device_listed_twice_and_an_unknown_rollout_are_refused(store: RolloutStore) -> None:
+    with pytest.raises(ConfigError, match="twice"):
+        store.create(spec(), [Target("a", "marsh", "d1"), Target("b", "marsh", "d1")])
+    with pytest.raises(ConfigError, match="not a rollout"):
+        store.summary("r-404", T0)
