@@ -132,3 +132,50 @@ def test_a_device_listed_twice_and_an_unknown_rollout_are_refused(store: Rollout
         store.create(spec(), [Target("a", "marsh", "d1"), Target("b", "marsh", "d1")])
     with pytest.raises(ConfigError, match="not a rollout"):
         store.summary("r-404", T0)
+
+
+# -- the dispatcher ---------------------------------------------------------------------------
+
+
+def test_the_dispatcher_signs_the_same_command_each_time_and_follows_the_sink(store: RolloutStore) -> None:
+    from saltmarsh.commands.dispatch import Dispatcher
+    from saltmarsh.contract.command import parse_command
+    from saltmarsh.contract.signature import generate_key, load_private_key, load_public_key, verify
+    from saltmarsh.sinks.command_state import CommandRecord
+
+    pem, public = generate_key()
+    published: list[tuple[str, bytes, int]] = []
+    sink: list[CommandRecord] = []
+    clock = [T0 / 1000]
+    dispatcher = Dispatcher(
+        store,
+        load_private_key(pem),
+        lambda topic, payload, left: published.append((topic, payload, left)),
+        lambda rollout: [r for r in sink if r.rollout == rollout],
+        resend_s=30,
+        clock=lambda: clock[0],
+    )
+    store.create(spec(max_per_minute=60, not_after_ms=T0 + 120_000), targets(2))
+    assert dispatcher.step("r-1") == 2
+    topic, payload, left = published[0]
+    cmd = parse_command(topic, payload)
+    verify(cmd, [load_public_key(public)])
+    assert (topic, cmd.device, cmd.op, dict(cmd.args), left) == (
+        "saltmarsh/v1/marsh/s000/cmd", "s000", "set_interval", {"interval_s": 30.0}, 120,
+    )  # fmt: skip
+
+    def answer(device: str, state: str, at_s: float) -> None:
+        ids = {t.device: c for t, c, _ in store.targets("r-1")}
+        sink.append(CommandRecord(ids[device], device, "r-1", "marsh", state, CommandState(state).rank,
+                                  CommandState(state).final, None, None, "{}", 0, int(at_s * 1000), "x"))  # fmt: skip
+
+    answer("s000", "succeeded", clock[0] + 2)
+    clock[0] += 31  # s001: no hop answered for 30 s: the same bytes again
+    assert dispatcher.step("r-1") == 1 and published[-1][1] == published[1][1]
+    answer("s001", "running", clock[0])
+    clock[0] += 120 + 10  # past the deadline and the run timeout, still running: timed out
+    dispatcher.step("r-1")
+    assert store.summary("r-1", int(clock[0] * 1000)).counts == {"succeeded": 1, "timed_out": 1}
+    answer("s001", "succeeded", clock[0] + 1)  # a late result is kept
+    dispatcher.step("r-1")
+    assert store.summary("r-1", int(clock[0] * 1000)).counts == {"succeeded": 2}

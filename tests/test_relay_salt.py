@@ -47,6 +47,7 @@ from tests.salt_support import EventRecorder, forwarded_logs
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINES_DIR = REPO / "salt" / "engines"
+RUNNERS_DIR = REPO / "salt" / "runners"
 PREFIX = f"relaytest-{uuid.uuid4().hex[:8]}"
 STREAM = "relay-events"
 HEALTH_TAG = "saltmarsh/relay/health"
@@ -207,6 +208,7 @@ def fleet(
             overrides={
                 "interface": "127.0.0.1",
                 "engines_dirs": [str(ENGINES_DIR)],
+                "runner_dirs": [str(RUNNERS_DIR)],
                 "engines": [{"saltmarsh_relay": relay_options}],
                 **forwarded_logs("master"),
             },
@@ -220,6 +222,7 @@ def fleet(
                 # while its beacon loop turns about once a second: 0.1 is every 2 turns, ~2 s. An
                 # "interval": 2 would be 40 turns, and the test would wait 40 s for its beacon.
                 "beacons": {"status": [{"interval": 0.1}]},
+                "grains": {"roles": ["sensor"], "site": "marsh"},  # a sensor, for the command runner
                 # No DNS here: the fqdn grains would cost seconds at every start.
                 "enable_fqdns_grains": False,
                 "acceptance_wait_time": 0.5,
@@ -353,3 +356,41 @@ def test_an_outage_spools_and_backfills_without_loss(fleet: Fleet) -> None:
     assert fleet.count({"term": {"tag": "saltmarsh/test/outage/minion"}}) == 1
     last = fleet.health_events(after=restarted_at)[-1]
     assert last["dropped"] == 0
+
+
+def test_the_saltmarsh_runner_targets_with_the_masters_own_matcher(fleet: Fleet, tmp_path: Path) -> None:
+    """`salt-run saltmarsh.cmd` resolves its target from this master's minion data, and keeps the
+    explicit list with the rollout (a dry run: nothing is published)."""
+    from saltmarsh.commands.rollout import RolloutStore
+    from saltmarsh.contract.signature import generate_key
+
+    key = tmp_path / "command.key"
+    key.write_bytes(generate_key()[0])
+    key.chmod(0o600)
+    store = tmp_path / "rollouts.db"
+    config = tmp_path / "commander.toml"
+    config.write_text(
+        f'signing_key_file = "{key}"\nstore = "{store}"\n'
+        f'salt_master_config = "{fleet.master.config_dir}/master"\n'
+        '[broker]\nhost = "127.0.0.1"\nport = 1\n'
+        f'[sink]\ntype = "sqlite"\npath = "{tmp_path / "sink.db"}"\n'
+    )
+    ret = fleet.master.salt_run_cli(timeout=120).run(
+        "saltmarsh.cmd",
+        "tgt=G@roles:sensor and G@site:marsh",
+        "tgt_type=compound",
+        "op=set_interval",
+        "interval_s=30",
+        "rollout=r-runner",
+        f"config={config}",
+        "dry_run=True",
+    )
+    assert ret.returncode == 0, (ret.stdout, ret.stderr)
+    opened = RolloutStore.open(store)
+    try:
+        assert [(t.minion, t.site, t.device) for t, _, _ in opened.targets("r-runner")] == [
+            (fleet.minion.id, "marsh", fleet.minion.id)
+        ]
+        assert opened.spec("r-runner").args == {"interval_s": 30.0}
+    finally:
+        opened.close()

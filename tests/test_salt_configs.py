@@ -130,6 +130,7 @@ def test_cloud_acl_confines_each_gateway_to_its_site(applied: Applied) -> None:
 def test_master_config_has_engine_reactor_and_nodegroups(applied: Applied) -> None:
     conf: dict[str, Any] = yaml.safe_load((applied.roots["master"] / "etc/salt/master.d/saltmarsh.conf").read_text())
     assert conf["engines_dirs"] == [str(applied.roots["master"] / "srv/saltmarsh/salt/engines")]
+    assert conf["runner_dirs"] == [str(applied.roots["master"] / "srv/saltmarsh/salt/runners")]
     assert conf["engines"] == [{"saltmarsh_relay": {}}]
     reactor_file = str(applied.roots["master"] / "srv/salt/reactor/saltmarsh/forwarder-down.sls")
     assert conf["reactor"] == [{"salt/beacon/*/service/saltmarsh-forwarder": [reactor_file]}]

@@ -277,6 +277,22 @@ class RolloutStore:
             why = f"{failed} of {len(results)} results failed (abort after {spec.abort_after_pct:g}%)"
             self._stop(rollout, ABORTED, why)
 
+    def time_out(self, rollout: str, now_ms: int) -> int:
+        """No result by the deadline plus the op's run timeout: TIMED_OUT (a late result still
+        replaces it). Returns how many."""
+        spec = self.spec(rollout)
+        if now_ms < spec.not_after_ms + spec.run_timeout_s * 1000:
+            return 0
+        waiting = tuple(s.value for s in CommandState if not s.terminal and s is not CommandState.QUEUED)
+        marks = ", ".join("?" * len(waiting))
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.execute(
+                f"UPDATE targets SET state = ?, result_ms = ? WHERE rollout = ? AND state IN ({marks})",
+                (CommandState.TIMED_OUT.value, now_ms, rollout, *waiting),
+            )
+            return conn.total_changes - before
+
     def cancel(self, rollout: str) -> int:
         """The operator's cancel: what has not been published is CANCELED; returns how many."""
         return self._stop(rollout, CANCELED, "canceled by the operator")

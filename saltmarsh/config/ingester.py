@@ -41,7 +41,8 @@ class IngesterConfig:
     metrics_dir: Path | None = None
 
 
-def _sink(t: Table) -> SinkConfig:
+def sink_table_config(t: Table) -> SinkConfig:
+    """A `[sink]` table: the ingester's, and the commander's, which reads command state from it."""
     kind = t.text("type", "sqlite", choices=SINK_TYPES)
     es_table = t.table("elasticsearch", required=kind == "elasticsearch")
     cfg = SinkConfig(
@@ -71,7 +72,7 @@ def ingester_config(t: Table) -> IngesterConfig:
         broker=BrokerConfig.from_table(t.table("broker"), f"ingester-{ingester_id}"),
         status_dir=t.path("status_dir"),
         metrics_dir=t.path("metrics_dir", None),
-        sink=_sink(t.table("sink", required=True)),
+        sink=sink_table_config(t.table("sink", required=True)),
         share_group=t.ident("share_group", "saltmarsh-ingesters"),
         site=t.text("site", "+"),
         limits=limits,
@@ -90,4 +91,4 @@ def load_ingester_config(path: Path) -> IngesterConfig:
 def load_sink_config(path: Path) -> SinkConfig:
     """Only the `[sink]` of an ingester config: what an audit reads, from a machine that does not
     hold the ingester's broker credentials (the lab's host, reading a node's config)."""
-    return _sink(load_toml(path).table("sink", required=True))
+    return sink_table_config(load_toml(path).table("sink", required=True))

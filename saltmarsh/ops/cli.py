@@ -1,4 +1,4 @@
-"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site, lab.
+"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site, lab, cmd.
 
 Every verb exits
     0  done, and all is well
@@ -23,6 +23,7 @@ from pathlib import Path
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
 from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
 from saltmarsh.ops.audit import AuditReport, format_report, format_whereabouts, run_audit
+from saltmarsh.ops.cmd_cli import add_cmd_parser
 from saltmarsh.ops.lab.cli import add_lab_parser
 from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
 from saltmarsh.ops.progress import fleet_progress_line
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     add_lab_parser(verbs, _count)
+    add_cmd_parser(verbs)
     return parser
 
 
