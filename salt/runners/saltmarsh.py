@@ -42,6 +42,7 @@ def cmd(
     tgt: str,
     op: str,
     tgt_type: str = "glob",
+    *,
     config: str = _CONFIG,
     watch: bool = False,
     dry_run: bool = False,
