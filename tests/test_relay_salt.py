@@ -361,7 +361,6 @@ def test_an_outage_spools_and_backfills_without_loss(fleet: Fleet) -> None:
 def test_the_saltmarsh_runner_targets_with_the_masters_own_matcher(fleet: Fleet, tmp_path: Path) -> None:
     """`salt-run saltmarsh.cmd` resolves its target from this master's minion data, and keeps the
     explicit list with the rollout (a dry run: nothing is published)."""
-    from saltmarsh.commands.rollout import RolloutStore
     from saltmarsh.contract.signature import generate_key
 
     key = tmp_path / "command.key"
@@ -386,11 +385,7 @@ def test_the_saltmarsh_runner_targets_with_the_masters_own_matcher(fleet: Fleet,
         "dry_run=True",
     )
     assert ret.returncode == 0, (ret.stdout, ret.stderr)
-    opened = RolloutStore.open(store)
-    try:
-        assert [(t.minion, t.site, t.device) for t, _, _ in opened.targets("r-runner")] == [
-            (fleet.minion.id, "marsh", fleet.minion.id)
-        ]
-        assert opened.spec("r-runner").args == {"interval_s": 30.0}
-    finally:
-        opened.close()
+    minion = fleet.minion.id
+    assert "rollout r-runner: set_interval to 1 devices" in ret.stdout, ret.stdout
+    assert f"  marsh/{minion} (minion {minion}): " in ret.stdout, ret.stdout
+    assert not store.exists()  # a dry run keeps nothing

@@ -133,7 +133,9 @@ class RolloutStore:
 
     @classmethod
     def open(cls, path: Path) -> RolloutStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """The store in `path` (created if need be); ":memory:" for one that keeps nothing."""
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -43,7 +43,7 @@ def commander_config(t: Table) -> CommanderConfig:
         broker=BrokerConfig.from_table(t.table("broker", required=True), "saltmarsh-commander"),
         sink=sink_table_config(t.table("sink", required=True)),
         resend_s=t.number("resend_s", 30.0, lo=1, hi=3600),
-        salt_master_config=t.path("salt_master_config", Path("/etc/salt/master")),
+        salt_master_config=t.path("salt_master_config", "/etc/salt/master"),
     )
     t.done()
     return cfg

@@ -168,14 +168,15 @@ def cmd_send(args: argparse.Namespace) -> int:
         abort_after_pct=args.abort_after,
         abort_min=args.abort_min,
     )
-    store = RolloutStore.open(cfg.store)
+    # A dry run keeps nothing: its rollout lives in memory, and is gone with it.
+    store = RolloutStore.open(Path(":memory:") if args.dry_run else cfg.store)
     try:
         store.create(spec, targets)
         print(f"rollout {rollout}: {args.op} to {len(targets)} devices, expires in {args.expires_in}")
         if args.dry_run:
             for target, cmd_id, _ in store.targets(rollout):
                 print(f"  {target.site}/{target.device} (minion {target.minion}): {cmd_id}")
-            store.cancel(rollout)
+            print("dry run: nothing sent, nothing kept")
             return 0
         return _dispatch(cfg, store, rollout, watch=args.watch)
     finally:
