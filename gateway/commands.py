@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.command_store import RUNNING, SUPERSEDED, CommandStore, Held
-from saltmarsh.contract.command import REMAINING_PROPERTY, parse_command
+from saltmarsh.commands.trust import Refused, count_refusal, trusted_command
+from saltmarsh.contract.command import REMAINING_PROPERTY
 from saltmarsh.contract.command_state import CommandOutcome, CommandState, Hop
 from saltmarsh.contract.envelope import parse
-from saltmarsh.contract.errors import Reason, SpoolError, ValidationError
+from saltmarsh.contract.errors import SpoolError, ValidationError
 from saltmarsh.contract.mint import mint_cmdres
-from saltmarsh.contract.signature import verify
 from saltmarsh.contract.topics import BROADCAST, Channel
 from saltmarsh.mqtt.codec import properties, user_property
 from saltmarsh.mqtt.wire import Publish
@@ -146,24 +146,15 @@ class GatewayCommands:
                 acks.append(publish.packet_id)
         return acks
 
-    def _refuse(self, counter: str, why: str, topic: str) -> bool:
-        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-        extra = {"event": "command_refused", "refusal": counter.removesuffix("_total"), "topic": topic[:200]}
-        log.warning("command refused at the gateway: %s", why[:300], extra=extra)
-        return True
-
     def _take_one(self, publish: Publish) -> bool:
         topic = publish.topic
-        if publish.retain:
-            return self._refuse("retained_total", "retained: a command is never a broker's last value", topic)
         try:
-            cmd = parse_command(topic, publish.payload)
-            verify(cmd, self.public_keys)
-        except ValidationError as err:
-            counter = "forged_total" if err.reason is Reason.BAD_SIGNATURE else "invalid_total"
-            return self._refuse(counter, str(err), topic)
-        if cmd.site != self.site:
-            return self._refuse("misaddressed_total", f"site {cmd.site!r} is not this gateway's {self.site!r}", topic)
+            cmd = trusted_command(
+                topic, publish.payload, retained=publish.retain, public_keys=self.public_keys, site=self.site
+            )
+        except Refused as refused:
+            count_refusal(self.counters, refused, topic, log)
+            return True  # acked: the cloud broker must not hand it over for ever
         now_ms = int(self.clock() * 1000)
         if now_ms >= cmd.not_after_ms:
             self.counters.expired_total += 1
@@ -309,8 +300,12 @@ class GatewayCommands:
         )
         self.outbox.records.append((str(env.topic), env.encode()))
 
-    def take_outbox(self) -> Outbox:
-        outbox, self.outbox = self.outbox, Outbox()
+    def take_outbox(self) -> Outbox | None:
+        """The outcomes minted since the last call, or None (the loop asks at every step)."""
+        outbox = self.outbox
+        if not outbox.records and not outbox.then:
+            return None
+        self.outbox = Outbox()
         return outbox
 
     def status_counters(self) -> dict[str, int]:

@@ -351,7 +351,7 @@ class ForwarderLoop:
             for delivery in commands.due():
                 local.publish(delivery.topic, delivery.payload, 1, delivery.props)
         outbox = commands.take_outbox()
-        if outbox.records or outbox.then:
+        if outbox is not None:
             self.source.add_own(outbox.records, outbox.then)
             self._submit_if_due(time.monotonic())
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.command_store import CommandStore
-from gateway.commands import GatewayCommands, delivery_properties
+from gateway.commands import GatewayCommands, Outbox, delivery_properties
 from saltmarsh.contract.command import Command
 from saltmarsh.contract.command_state import CommandOutcome, CommandState
 from saltmarsh.contract.envelope import parse
@@ -83,7 +83,7 @@ class Relay:
 
     def reports(self, *, spool: bool = True) -> list[tuple[str, str, str | None, str | None, str | None]]:
         """The gateway's own outcomes so far: (cmd_id, state, target, hop, reason); spooled, as the loop does."""
-        outbox = self.relay.take_outbox()
+        outbox = self.relay.take_outbox() or Outbox()
         found = []
         for topic, payload in outbox.records:
             env = parse(topic, payload, self.clock.ms)
@@ -139,7 +139,8 @@ def test_held_acked_reported_delivered_and_released_on_the_final_answer(relay: R
     clock.ms += 5_000
     assert relay.delivered() == [cmd.cmd_id]
     relay.device_says(cmd, CommandState.RUNNING)
-    assert relay.store.get(cmd.cmd_id) is not None and relay.store.get(cmd.cmd_id).status == "running"  # type: ignore[union-attr]
+    held = relay.store.get(cmd.cmd_id)
+    assert held is not None and held.status == "running"
     relay.device_says(cmd, CommandState.SUCCEEDED, seq=2)
     assert relay.store.depth() == 0 and relay.relay.counters.done_total == 1
     clock.ms += 60_000

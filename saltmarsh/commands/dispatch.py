@@ -73,11 +73,13 @@ class Dispatcher:
         return len(due)
 
     def collect(self, rollout: str) -> None:
-        """The sink's state of each target (written by the ingesters from cmdres) into the store."""
-        outcomes: dict[str, tuple[CommandState, str | None, str | None, int]] = {}
-        for record in self.read_states(rollout):
-            state = CommandState(record.state)
-            hop = None if record.hop is None else Hop(record.hop).value
-            outcomes[record.device] = (state, hop, record.reason, record.received_ms)
-        if outcomes:
-            self.store.record(rollout, outcomes)
+        collect(self.store, rollout, self.read_states(rollout))
+
+
+def collect(store: RolloutStore, rollout: str, records: Sequence[CommandRecord]) -> None:
+    """The sink's state of each target (written by the ingesters from cmdres) into the store."""
+    outcomes: dict[str, tuple[CommandState, str | None, str | None, int]] = {}
+    for record in records:
+        hop = None if record.hop is None else Hop(record.hop).value
+        outcomes[record.device] = (CommandState(record.state), hop, record.reason, record.received_ms)
+    store.record(rollout, outcomes)

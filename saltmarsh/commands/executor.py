@@ -24,17 +24,16 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from saltmarsh.commands.journal import CommandJournal, Decision
-from saltmarsh.contract.command import Command, check_addressed, parse_command
+from saltmarsh.commands.trust import DEFAULT_LIMITS, Refused, count_refusal, trusted_command
+from saltmarsh.contract.command import Command
 from saltmarsh.contract.command_state import CommandOutcome, CommandState, Hop, Scalar
 from saltmarsh.contract.envelope import Limits
 from saltmarsh.contract.errors import ValidationError
 from saltmarsh.contract.ops import OpSpec, validate_op
-from saltmarsh.contract.signature import verify
 
 log = logging.getLogger(__name__)
 
 MAX_REASON = 200
-DEFAULT_LIMITS = Limits()
 
 
 class OpFailed(Exception):
@@ -122,31 +121,20 @@ class CommandExecutor:
             if cmd is not None:
                 self._answer(cmd, remaining_ms)
 
-    def _refuse(self, counter: str, why: str, topic: str) -> None:
-        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-        extra = {"event": "command_refused", "refusal": counter.removesuffix("_total"), "topic": topic[:200]}
-        log.warning("command refused: %s", why[:300], extra=extra)
-
     def _trusted(self, topic: str, payload: bytes, retained: bool) -> Command | None:
-        if retained:
-            self._refuse("retained_total", "retained: a command is never a broker's last value", topic)
-            return None
         try:
-            cmd = parse_command(topic, payload, self.limits)
-        except ValidationError as err:
-            self._refuse("invalid_total", str(err), topic)
+            return trusted_command(
+                topic,
+                payload,
+                retained=retained,
+                public_keys=self.public_keys,
+                site=self.addressee.site,
+                device=self.addressee.device,
+                limits=self.limits,
+            )
+        except Refused as refused:
+            count_refusal(self.counters, refused, topic, log)
             return None
-        try:
-            verify(cmd, self.public_keys)
-        except ValidationError as err:
-            self._refuse("forged_total", str(err), topic)
-            return None
-        try:
-            check_addressed(cmd, self.addressee.site, self.addressee.device)
-        except ValidationError as err:
-            self._refuse("misaddressed_total", str(err), topic)
-            return None
-        return cmd
 
     def _deadline_ms(self, cmd: Command, now_ms: int, remaining_ms: int | None) -> int:
         # The gateway's count of the time left beats a device's own clock, which on a Pi without

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from saltmarsh.commands.dispatch import Dispatcher
+from saltmarsh.commands.dispatch import Dispatcher, collect
 from saltmarsh.commands.rollout import DISPATCHING, RolloutSpec, RolloutStore, Summary
 from saltmarsh.commands.targeting import TARGET_TYPES, resolve
 from saltmarsh.config.commander import CommanderConfig, load_commander_config
@@ -219,8 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         spec = store.spec(args.rollout)
         while True:
-            outcomes = {r.device: (CommandState(r.state), r.hop, r.reason, r.received_ms) for r in read(args.rollout)}
-            store.record(args.rollout, outcomes)
+            collect(store, args.rollout, read(args.rollout))
             summary = store.summary(args.rollout, int(time.time() * 1000))
             text = format_summary(summary, op=spec.op, target=spec.target, reason=store.reason(args.rollout))
             if not args.watch or summary.finished:
