@@ -27,6 +27,7 @@ from typing import Any
 
 from saltmarsh.commands.dispatch import Dispatcher, collect
 from saltmarsh.commands.rollout import DISPATCHING, RolloutSpec, RolloutStore, Summary
+from saltmarsh.commands.states import state_reader
 from saltmarsh.commands.targeting import TARGET_TYPES, resolve
 from saltmarsh.config.commander import CommanderConfig, load_commander_config
 from saltmarsh.contract.command import new_cmd_id
@@ -34,7 +35,6 @@ from saltmarsh.contract.command_state import CommandState
 from saltmarsh.contract.errors import ConfigError, SinkUnavailable
 from saltmarsh.contract.ops import find_op, parse_cli_args, validate_op
 from saltmarsh.contract.signature import generate_key, load_private_key
-from saltmarsh.sinks.command_state import CommandRecord
 
 DEFAULT_CONFIG = Path("/etc/saltmarsh/commander.toml")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -86,28 +86,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print("add the public key to pillar, then apply the sensor and gateway roles:")
     print(f"saltmarsh:\n  commands:\n    public_keys:\n      - {public}")
     return 0
-
-
-def _read_states(cfg: CommanderConfig) -> Callable[[str], list[CommandRecord]]:
-    if cfg.sink.type != "sqlite" or cfg.sink.path is None:
-        raise ConfigError("sink.type", f"{cfg.sink.type!r}: command state is read from the SQLite sink only, today")
-    path = cfg.sink.path
-
-    def read(rollout: str) -> list[CommandRecord]:
-        from saltmarsh.sinks.sqlite import SqliteSink
-
-        if not path.exists():
-            return []  # nothing written yet
-        try:
-            sink = SqliteSink(path, read_only=True)
-        except SinkUnavailable:
-            return []
-        try:
-            return sink.command_states(rollout)
-        finally:
-            sink.close()
-
-    return read
 
 
 def _publisher(cfg: CommanderConfig) -> tuple[Callable[[str, bytes, int], None], Callable[[], None]]:
@@ -186,7 +164,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def _dispatch(cfg: CommanderConfig, store: RolloutStore, rollout: str, *, watch: bool) -> int:
     key = load_private_key(Path(cfg.signing_key_file).read_bytes(), "signing_key_file")
     publish, close = _publisher(cfg)
-    dispatcher = Dispatcher(store, key, publish, _read_states(cfg), resend_s=cfg.resend_s)
+    dispatcher = Dispatcher(store, key, publish, state_reader(cfg.sink), resend_s=cfg.resend_s)
     spec = store.spec(rollout)
     try:
         while True:
@@ -215,7 +193,7 @@ def _progress(summary: Summary) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_commander_config(Path(args.config))
     store = RolloutStore.open(cfg.store)
-    read = _read_states(cfg)
+    read = state_reader(cfg.sink)
     try:
         spec = store.spec(args.rollout)
         while True:
