@@ -20,6 +20,8 @@ in the hold: the signature (the gateway trusts the same keys), the site, the dea
 retain flag. Nothing is reported for what fails them; they are counted and logged.
 A broadcast (`_all`) is delivered on the site's broadcast topic and held until its deadline:
 no single answer ends it, and each device answers for itself.
+A command addressed to the gateway itself is not held: its own executor (`serve_own`, with the
+ops of `gateway.ops`) journals and runs it here, and its outcomes join the gateway's own.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.command_store import RUNNING, SUPERSEDED, CommandStore, Held
+from saltmarsh.commands.executor import CommandExecutor
+from saltmarsh.commands.journal import JournalError
 from saltmarsh.commands.trust import Refused, count_refusal, trusted_command
 from saltmarsh.contract.command import REMAINING_PROPERTY
 from saltmarsh.contract.command_state import CommandOutcome, CommandState, Hop
@@ -124,7 +128,15 @@ class GatewayCommands:
         self._next_at: dict[str, float] = {}  # cmd_id -> when to deliver it (again)
         self._releasing: set[str] = set()  # an outcome ending it is minted, not yet spooled
         self.outbox = Outbox()
+        self._own: CommandExecutor | None = None
+        self._after_own: Callable[[], None] = lambda: None
         self._recover()
+
+    def serve_own(self, executor: CommandExecutor, spooled: Callable[[], None]) -> None:
+        """Run the commands addressed to this gateway with `executor` (whose report is `report`);
+        `spooled` is called once the outcomes of each are in the spool."""
+        self._own = executor
+        self._after_own = spooled
 
     def _recover(self) -> None:
         """After a restart: what was held is delivered again, and what was superseded reported again."""
@@ -158,10 +170,12 @@ class GatewayCommands:
         now_ms = int(self.clock() * 1000)
         if now_ms >= cmd.not_after_ms:
             self.counters.expired_total += 1
-            self._report(
+            self.report(
                 CommandOutcome(cmd.cmd_id, cmd.rollout, CommandState.EXPIRED, hop=Hop.GATEWAY, target=cmd.device)
             )
             return True
+        if cmd.device == self.gateway_id and self._own is not None:
+            return self._run_own(publish)
         try:
             new, superseded = self.store.hold(cmd, publish.payload, now_ms)
         except SpoolError as err:
@@ -176,12 +190,25 @@ class GatewayCommands:
             "command held",
             extra={"event": "command_held", "cmd_id": cmd.cmd_id, "device": cmd.device, "op": cmd.op},
         )
-        self._report(CommandOutcome(cmd.cmd_id, cmd.rollout, CommandState.AT_GATEWAY, target=cmd.device))
+        self.report(CommandOutcome(cmd.cmd_id, cmd.rollout, CommandState.AT_GATEWAY, target=cmd.device))
         for old in superseded:
             self.counters.superseded_total += 1
             self._end(old, CommandState.CANCELED, reason="superseded")
         if not any(old.cmd_id == cmd.cmd_id for old in superseded):
             self._next_at[cmd.cmd_id] = self.monotonic()
+        return True
+
+    def _run_own(self, publish: Publish) -> bool:
+        assert self._own is not None
+        try:
+            self._own.handle(publish.topic, publish.payload, retained=publish.retain)
+        except JournalError as err:
+            # Not acked: the cloud broker delivers it again, and the journal decides then.
+            self.counters.store_failures_total += 1
+            log.error("own command not journalled", extra={"event": "command_journal_failed", "why": str(err)})
+            return False
+        self.counters.received_total += 1
+        self.outbox.then.append(self._after_own)
         return True
 
     # -- from the site ----------------------------------------------------------------------
@@ -276,7 +303,7 @@ class GatewayCommands:
         self._releasing.add(held.cmd_id)
         self._next_at.pop(held.cmd_id, None)
         if state is not None:
-            self._report(CommandOutcome(held.cmd_id, held.rollout, state, hop=hop, reason=reason, target=held.device))
+            self.report(CommandOutcome(held.cmd_id, held.rollout, state, hop=hop, reason=reason, target=held.device))
 
         def release(cmd_id: str = held.cmd_id) -> None:
             try:
@@ -288,7 +315,8 @@ class GatewayCommands:
 
         self.outbox.then.append(release)
 
-    def _report(self, outcome: CommandOutcome) -> None:
+    def report(self, outcome: CommandOutcome) -> None:
+        """One of the gateway's own outcomes (its executor's, or the relay's), minted on its sequence."""
         self.last_seq += 1
         env = mint_cmdres(
             device=self.gateway_id,
@@ -308,8 +336,15 @@ class GatewayCommands:
         self.outbox = Outbox()
         return outbox
 
+    def close(self) -> None:
+        self.store.close()
+        if self._own is not None:
+            self._own.journal.close()
+
     def status_counters(self) -> dict[str, int]:
         counters = {f"commands_{k}": v for k, v in vars(self.counters).items()}
+        if self._own is not None:
+            counters |= {f"own_{k}": v for k, v in self._own.status_counters().items()}
         counters["commands_held"] = self.store.depth()
         counters["commands_last_seq"] = self.last_seq
         return counters

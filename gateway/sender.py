@@ -130,7 +130,10 @@ class Sender:
         self._props_for = props.numbered if self._end_to_end else props.unnumbered
         self._ack_topic_prefix = uplink_ack_topic(cfg).split("/")
         self._queue = SendQueue()
-        self._bucket = TokenBucket(cfg.drain_rate_limit, cfg.drain_burst, clock())
+        # The drain limit: the config's until a `set_drain_rate` command changes it (until a restart).
+        self.drain_rate_limit = cfg.drain_rate_limit
+        self._bucket = TokenBucket(self.drain_rate_limit, cfg.drain_burst, clock())
+        self.flushing = False  # `flush_backlog_now`: the backlog goes at the window's pace, not the bucket's
         self._window = cfg.inflight_window
         self._by_id: dict[int, int] = {}  # packet id -> message number, until its PUBACK
         self._open: dict[int, OpenSegment] = {}  # segno -> leased, not yet fully confirmed
@@ -206,6 +209,22 @@ class Sender:
 
     # -- the loop thread -------------------------------------------------------------------
 
+    def set_drain_rate(self, messages_per_s: float) -> float:
+        """A new drain limit, at once; returns the one it replaces."""
+        was = self.drain_rate_limit
+        self.drain_rate_limit = messages_per_s
+        self._bucket = TokenBucket(messages_per_s, self._cfg.drain_burst, self._clock())
+        log.info(
+            "drain limit changed",
+            extra={"event": "drain_rate_changed", "messages_per_s": messages_per_s, "was": was},
+        )
+        return was
+
+    def flush_backlog(self) -> int:
+        """Drain the backlog as fast as the windows allow, until it is empty; returns its depth now."""
+        self.flushing = True
+        return self.backlog_depth(self._spool.stats().depth_messages)
+
     def attach(self, client: WireClient, connack: ConnAck, live_since_ms: int | None = None) -> None:
         """The uplink is (back) up: what the spool holds now is backlog, but for what was spooled
         after `live_since_ms`, the last moment the uplink was known to be down."""
@@ -214,7 +233,7 @@ class Sender:
         self._queue.restart(self._spool.pending(), live_since_ms)
         self._behind = False
         self._drop_hot()
-        self._bucket = TokenBucket(self._cfg.drain_rate_limit, self._cfg.drain_burst, now)
+        self._bucket = TokenBucket(self.drain_rate_limit, self._cfg.drain_burst, now)
         self._window = max(1, min(self._cfg.inflight_window, connack.receive_maximum))
         # The broker may have restarted without what it held for the sink: send it all again.
         self._resend.clear()
@@ -285,7 +304,7 @@ class Sender:
                 if self._live_open is not None or self._queue.has_live():
                     return 0.0
                 if self._backlog_open is not None or self._queue.has_backlog() or self._behind:
-                    wait = min(wait, self._bucket.seconds_until(1, now))
+                    wait = 0.0 if self.flushing else min(wait, self._bucket.seconds_until(1, now))
         if self._refused:
             wait = min(wait, self._refused[0][0] - now)
         return max(_MIN_WAIT_S, wait) if wait > 0 else 0.0
@@ -331,13 +350,17 @@ class Sender:
             room -= count
             live_sent += count
         drain_sent = 0
-        tokens = self._bucket.available(now) if room > 0 else 0
+        tokens = room if self.flushing else self._bucket.available(now) if room > 0 else 0
         while room > 0 and tokens > 0 and not self.window_full:
             open_seg = self._backlog_open or self._open_next(Phase.BACKLOG)
             if open_seg is None:
+                if self.flushing:
+                    self.flushing = False
+                    log.info("backlog flushed; the drain limit applies again", extra={"event": "backlog_flushed"})
                 break
             count = self._publish(open_seg, batch_size(Phase.BACKLOG, room, open_seg.remaining, tokens), now)
-            self._bucket.take(count, now)
+            if not self.flushing:
+                self._bucket.take(count, now)
             tokens -= count
             room -= count
             drain_sent += count

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.command_store import CommandStore
@@ -21,6 +22,7 @@ from gateway.commands import GatewayCommands
 from gateway.committer import GroupCommitter
 from gateway.connector import Connector
 from gateway.loop import ForwarderLoop, Waker
+from gateway.ops import EXIT_RESTART, GatewayOps, own_executor
 from gateway.sender import Sender, connect_uplink
 from gateway.source import LocalSource, connect_local
 from saltmarsh.config.gateway import GatewayConfig, load_gateway_config
@@ -83,9 +85,10 @@ def forwarder_counters(
         "local_connected": source.connected,
         "live_rate": live_rate,
         "drain_rate": drain_rate,
-        "drain_rate_limit": cfg.drain_rate_limit,
+        "drain_rate_limit": sender.drain_rate_limit,
+        "flushing_backlog": sender.flushing,
         "backlog_depth": backlog_depth,
-        "drain_eta_s": drain_eta_s(backlog_depth, drain_rate, cfg.drain_rate_limit),
+        "drain_eta_s": drain_eta_s(backlog_depth, drain_rate, sender.drain_rate_limit),
         "inflight": sender.inflight,
         # Sent up and not yet confirmed committed by the sink: what a cloud broker holds of ours.
         "acknowledgement": cfg.confirmations.mode.value,
@@ -119,11 +122,12 @@ def open_spool(cfg: GatewayConfig) -> Spool:
     return spool
 
 
-def open_commands(cfg: GatewayConfig) -> GatewayCommands | None:
-    """The command relay, if the config trusts a command key: its hold beside the spool."""
+def open_commands(cfg: GatewayConfig, sender: Sender, restart: Callable[[], None]) -> GatewayCommands | None:
+    """The command relay, if the config trusts a command key: its hold beside the spool, and the
+    gateway's own ops on `sender`, journalled beside it too."""
     if not cfg.commands.enabled:
         return None
-    return GatewayCommands(
+    commands = GatewayCommands(
         gateway_id=cfg.gateway_id,
         site=cfg.site,
         boot=new_boot_id(),
@@ -131,6 +135,17 @@ def open_commands(cfg: GatewayConfig) -> GatewayCommands | None:
         public_keys=cfg.commands.keys(),
         redeliver_s=cfg.commands.redeliver_s,
     )
+    ops = GatewayOps(sender, restart)
+    executor = own_executor(
+        site=cfg.site,
+        gateway_id=cfg.gateway_id,
+        public_keys=cfg.commands.keys(),
+        journal_path=cfg.state_dir / "journal.db",
+        ops=ops,
+        report=commands.report,
+    )
+    commands.serve_own(executor, ops.spooled)
+    return commands
 
 
 def _close_uplink(link: tuple[WireClient, ConnAck]) -> None:
@@ -153,8 +168,15 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
     # delivered segments go back to the committer.
     sender = Sender(cfg, spool)
     uplink_link = Connector("uplink", lambda: connect_uplink(cfg), waker.wake, _close_uplink)
-    # cloud `cmd` -> held -> site broker, and the gateway's own outcomes into the spool.
-    commands = open_commands(cfg)
+    # cloud `cmd` -> held -> site broker, and the gateway's own outcomes into the spool; a
+    # commanded restart stops the loop as SIGTERM would, and exits EXIT_RESTART.
+    restarting = threading.Event()
+
+    def restart() -> None:
+        restarting.set()
+        stop_event.set()
+
+    commands = open_commands(cfg, sender, restart)
     # One thread carries every hand-off above, in that order, each step (see gateway.loop).
     # Seam for later: a BLE collector would feed `LocalSource.take` like the MQTT connection does.
     loop = ForwarderLoop(
@@ -211,12 +233,14 @@ def run(cfg: GatewayConfig, stop_event: threading.Event) -> int:
     exit_code = EXIT_FAILED
     try:
         exit_code = EXIT_OK if loop.run(stop_event) else EXIT_FAILED
+        if exit_code == EXIT_OK and restarting.is_set():
+            exit_code = EXIT_RESTART
     finally:
         status.stop()
         waker.close()
         spool.close()
         if commands is not None:
-            commands.store.close()
+            commands.close()
         log.info("forwarder stopped", extra={"event": "forwarder_stopped", "exit_code": exit_code})
     return exit_code
 

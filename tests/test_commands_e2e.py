@@ -207,6 +207,26 @@ def test_a_forged_command_is_held_by_no_one(fleet: LocalFleet, master: Master) -
     assert sensor_counters(fleet, device).get("commands_received_total", 0) == received_before
 
 
+def test_the_gateways_own_ops_change_the_forwarder_and_a_commanded_restart_runs_once(
+    fleet: LocalFleet, master: Master
+) -> None:
+    gateway = fleet.plan.gateway_id
+    rate = master.send(gateway, "set_drain_rate", {"messages_per_s": 321}, rollout="r-gw")
+    wait_for_states(fleet, {(rate.cmd_id, gateway): "succeeded"})
+    assert states(fleet)[(rate.cmd_id, gateway)].reported_by.startswith(f"{gateway}/")
+    assert wait_until(lambda: forwarder_counters(fleet)["drain_rate_limit"] == 321, 10), forwarder_counters(fleet)
+    forwarder = fleet.forwarder
+    restart = master.send(gateway, "restart_forwarder", rollout="r-gw-restart")
+    assert forwarder.wait(30) == 75, forwarder.log_tail()  # EX_TEMPFAIL: the unit's Restart=on-failure
+    fleet.restart(forwarder)
+    wait_for_states(fleet, {(restart.cmd_id, gateway): "succeeded"})
+    # The same command again (a resend the master makes when no hop answered): the journal's answer.
+    master.client.publish(str(restart.topic), restart.encode(), qos=1).wait_for_publish(5)
+    assert wait_until(lambda: forwarder_counters(fleet).get("own_commands_duplicates_total") == 1, 15)
+    assert forwarder.alive()
+    assert forwarder_counters(fleet)["drain_rate_limit"] != 321  # a command's change lasts until a restart
+
+
 def test_a_broadcast_reaches_every_device_of_the_site(fleet: LocalFleet, master: Master) -> None:
     """Last in the module: it is held, and delivered again, until its deadline."""
     devices = [fleet.plan.device(i) for i in range(2)]
