@@ -25,6 +25,7 @@ from saltmarsh.contract.topics import ID_PATTERN
 from saltmarsh.ops.localfleet import configs
 from saltmarsh.ops.localfleet.processes import ServiceProcess, wait_until
 from saltmarsh.runtime.status import ServiceStatus, find_status, read_statuses
+from sensor.drivers.simulated import SimulatedDriver
 from tests.conftest import BrokerFactory
 from tests.support import Collector
 
@@ -90,6 +91,9 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
     ("devices as a flag", {"swarm": {"devices": True}}, "swarm.devices", "expected an integer, got bool True"),
     ("devices missing", {"swarm": {}}, "swarm.devices", "is required"),
     ("seed_base as text", {"swarm": {"devices": 2, "seed_base": "7"}}, "swarm.seed_base", "expected an integer"),
+    ("more faulty than devices", {"swarm": {"devices": 2, "faulty": 3}}, "swarm.faulty", "must be an integer 0..2"),
+    ("negative faulty", {"swarm": {"devices": 2, "faulty": -1}}, "swarm.faulty", "must be an integer 0..2"),
+    ("faulty as text", {"swarm": {"devices": 2, "faulty": "1"}}, "swarm.faulty", "expected an integer"),
     ("a typo", {"swarm": {"devices": 2, "device": 3}}, "swarm.device", "unknown key"),
     ("swarm is not a table", {"swarm": 50}, "swarm", "expected a table, got int"),
     (
@@ -132,6 +136,21 @@ def test_swarm_config_checks_itself(devices: Any, seed_base: Any, key: str, deta
     with pytest.raises(ConfigError) as caught:
         SwarmConfig(devices, seed_base)
     assert (caught.value.key, caught.value.detail) == (key, detail)
+
+
+@pytest.mark.parametrize(
+    ("devices", "faulty", "which"),
+    [(100, 20, list(range(5, 101, 5))), (10, 3, [4, 7, 10]), (3, 3, [1, 2, 3]), (5, 0, []), (4, 1, [4])],
+)
+def test_faulty_devices_are_spread_evenly_and_never_read(devices: int, faulty: int, which: list[int]) -> None:
+    members = device_configs(load(swarm={"devices": devices, "faulty": faulty}))
+    dead = [n for n, m in enumerate(members, 1) if m.driver.anomalies]
+    assert dead == which
+    for n in dead:
+        driver = SimulatedDriver(members[n - 1].driver, boot_s=0.0)
+        assert [driver.read(t) for t in (0.0, 60.0, 86_400.0 * 365)] == [None] * 3
+    alive = next(m for n, m in enumerate(members, 1) if n not in dead) if len(dead) < devices else None
+    assert alive is None or SimulatedDriver(alive.driver, boot_s=0.0).read(1.0) is not None
 
 
 def test_without_a_swarm_the_config_is_its_one_device() -> None:

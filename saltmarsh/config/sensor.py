@@ -139,10 +139,18 @@ class SwarmConfig:
     Each device's simulated driver is seeded `seed_base + n` (n as in its name), so no two send
     the same signal; without `seed_base`, the host's `driver.seed` is the base, and without that
     each device draws its own random seed, as a single sensor does.
+
+    `faulty` of them, spread evenly (every fifth of 100 for 20), simulate a dead DHT: their driver
+    never has a reading, so `read_now` fails on them, as it would on a sensor with a broken wire.
     """
 
     devices: int
     seed_base: int | None = None
+    faulty: int = 0
+
+    def is_faulty(self, n: int) -> bool:
+        """Whether the n-th device (from 1) is one of the faulty."""
+        return (n * self.faulty) // self.devices != ((n - 1) * self.faulty) // self.devices
 
     def __post_init__(self) -> None:
         if isinstance(self.devices, bool) or not isinstance(self.devices, int):
@@ -151,6 +159,14 @@ class SwarmConfig:
             raise ConfigError("swarm.devices", f"must be 1..{SWARM_MAX_DEVICES}, got {self.devices}")
         if self.seed_base is not None and (isinstance(self.seed_base, bool) or not isinstance(self.seed_base, int)):
             raise ConfigError("swarm.seed_base", f"must be an integer, got {self.seed_base!r}")
+        if isinstance(self.faulty, bool) or not isinstance(self.faulty, int) or not 0 <= self.faulty <= self.devices:
+            raise ConfigError(
+                "swarm.faulty", f"must be an integer 0..{self.devices} (swarm.devices), got {self.faulty!r}"
+            )
+
+
+# A faulty swarm device's driver: a dropout from boot that never ends.
+DEAD_SENSOR = Anomaly("dropout", start_s=0.0, duration_s=float("inf"))
 
 
 def swarm_device_id(host: str, n: int) -> str:
@@ -222,7 +238,11 @@ def device_configs(cfg: SensorConfig) -> tuple[SensorConfig, ...]:
                 device=device,
                 state_dir=cfg.state_dir / device,
                 broker=dataclasses.replace(cfg.broker, client_id=swarm_device_id(cfg.broker.client_id, n)),
-                driver=dataclasses.replace(cfg.driver, seed=None if base is None else base + n),
+                driver=dataclasses.replace(
+                    cfg.driver,
+                    seed=None if base is None else base + n,
+                    anomalies=(*cfg.driver.anomalies, DEAD_SENSOR) if swarm.is_faulty(n) else cfg.driver.anomalies,
+                ),
                 swarm=None,
             )
         )
@@ -297,7 +317,9 @@ def _alerts(t: Table) -> AlertsConfig:
 
 def _swarm(t: Table) -> SwarmConfig:
     try:
-        swarm = SwarmConfig(devices=t.integer("devices"), seed_base=t.integer("seed_base", None))
+        swarm = SwarmConfig(
+            devices=t.integer("devices"), seed_base=t.integer("seed_base", None), faulty=t.integer("faulty", 0)
+        )
     except ConfigError as err:
         # The dataclass names the key; the table adds the file it is in.
         raise t.error(err.key.rpartition(".")[2], err.detail) from None
