@@ -132,3 +132,31 @@ def test_engine_config_names_the_file_of_a_bad_key(tmp_path: Path) -> None:
     path.write_text("queue_max = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         engine_config({"config": str(path)})
+
+
+def test_commands_are_off_without_the_table_and_have_defaults_with_it() -> None:
+    from saltmarsh.config.relay import CommandsConfig
+
+    assert load().commands is None
+    assert load(commands={}).commands == CommandsConfig(Path("/etc/saltmarsh/commander.toml"), 5.0)
+    cfg = load(commands={"commander_config": "/srv/commander.toml", "poll_s": 0.2}).commands
+    assert cfg == CommandsConfig(Path("/srv/commander.toml"), 0.2)
+
+
+@pytest.mark.parametrize(
+    ("commands", "key", "detail"),
+    [
+        ("on", "commands", "expected a table"),
+        ({"poll_s": 0}, "commands.poll_s", "below the minimum"),
+        ({"poll_s": 7200}, "commands.poll_s", "above the maximum"),
+        ({"poll_s": "5"}, "commands.poll_s", "expected a finite number"),
+        ({"poll_s": True}, "commands.poll_s", "expected a finite number"),
+        ({"commander_config": 1}, "commands.commander_config", "expected a string"),
+        ({"commander": "/etc/saltmarsh/commander.toml"}, "commands.commander", "unknown key"),
+    ],
+)
+def test_commands_errors_name_the_key(commands: Any, key: str, detail: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(commands=commands)
+    assert caught.value.key == key
+    assert detail in caught.value.detail

@@ -10,6 +10,10 @@ The master is the durable owner of a command until a gateway holds it: a target 
 published again every `resend_s`, until an outcome from further down arrives (AT_GATEWAY or
 later). Past its deadline a target that was never published is EXPIRED(hop=cloud), here.
 States only move forward, by the contract's rank rule.
+
+Each target also keeps the terminal state last announced on the master's bus (`announced`,
+written by the relay's announcer, saltmarsh.relay.commands): a TIMED_OUT a late result replaces
+is announced again, in its new state.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ CREATE TABLE IF NOT EXISTS targets (
     PRIMARY KEY (rollout, device)
 ) WITHOUT ROWID;
 """
+
+# Added after the first stores were made; `_add_announced` gives older stores the column. The
+# partial index holds only the targets not yet announced in their present state, so finding the
+# rollouts to poll costs nothing once every target is announced.
+ANNOUNCED_INDEX = "CREATE INDEX IF NOT EXISTS targets_unannounced ON targets (rollout) WHERE announced IS NOT state"
 
 DISPATCHING, ABORTED, CANCELED = "dispatching", "aborted", "canceled"
 FAILURES = frozenset((CommandState.FAILED, CommandState.REJECTED, CommandState.EXPIRED, CommandState.TIMED_OUT))
@@ -119,6 +128,48 @@ class Summary:
         return sum(n for state, n in self.counts.items() if CommandState(state).terminal) == self.targets
 
 
+@dataclass(frozen=True, slots=True)
+class Unannounced:
+    """A target in a terminal state not yet announced on the master's bus."""
+
+    rollout: str
+    op: str
+    cmd_id: str
+    target: Target
+    state: CommandState
+    hop: str | None
+    reason: str | None
+    sent_ms: int | None
+    result_ms: int | None
+
+    @property
+    def send_to_result_s(self) -> float | None:
+        if self.sent_ms is None or self.result_ms is None:
+            return None
+        return max(0, self.result_ms - self.sent_ms) / 1000
+
+
+def _add_announced(conn: sqlite3.Connection) -> None:
+    """Give a store made before the column its `announced` column. Its terminal targets count as
+    announced: an upgrade must not replay a store's history onto the bus for reactors to act on."""
+    if "announced" not in {row[1] for row in conn.execute("PRAGMA table_info(targets)")}:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Checked again under the write lock: the CLI and the relay may open the store at once.
+            if "announced" not in {row[1] for row in conn.execute("PRAGMA table_info(targets)")}:
+                conn.execute("ALTER TABLE targets ADD COLUMN announced TEXT")
+                terminal = tuple(s.value for s in CommandState if s.terminal)
+                conn.execute(
+                    f"UPDATE targets SET announced = state WHERE state IN ({', '.join('?' * len(terminal))})",
+                    terminal,
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    conn.execute(ANNOUNCED_INDEX)
+
+
 def _percentile(values: Sequence[float], pct: float) -> float | None:
     """Nearest rank, as the benches report it."""
     if not values:
@@ -140,6 +191,7 @@ class RolloutStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
+        _add_announced(conn)
         return cls(conn)
 
     @contextmanager
@@ -339,6 +391,41 @@ class RolloutStore:
             "SELECT minion, site, device, cmd_id, state FROM targets WHERE rollout = ? ORDER BY device", (rollout,)
         ).fetchall()
         return [(Target(m, s, d), c, st) for m, s, d, c, st in rows]
+
+    def rollouts_to_announce(self) -> list[str]:
+        """Rollouts with a target not yet announced in its present state: one still on its way
+        (its state is still to collect) or a terminal one (to announce)."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT rollout FROM targets INDEXED BY targets_unannounced"
+            " WHERE announced IS NOT state ORDER BY rollout"
+        ).fetchall()
+        return [str(rollout) for (rollout,) in rows]
+
+    def unannounced(self, rollout: str) -> list[Unannounced]:
+        """The rollout's terminal targets not yet announced in their present state, by device."""
+        terminal = tuple(s.value for s in CommandState if s.terminal)
+        rows = self._conn.execute(
+            "SELECT r.op, t.cmd_id, t.minion, t.site, t.device, t.state, t.hop, t.reason, t.sent_ms, t.result_ms"
+            " FROM targets t JOIN rollouts r ON r.rollout = t.rollout"
+            f" WHERE t.rollout = ? AND t.announced IS NOT t.state AND t.state IN ({', '.join('?' * len(terminal))})"
+            " ORDER BY t.device",
+            (rollout, *terminal),
+        ).fetchall()
+        return [
+            Unannounced(rollout, op, cmd_id, Target(minion, site, device), CommandState(state), hop, reason, sent, res)
+            for op, cmd_id, minion, site, device, state, hop, reason, sent, res in rows
+        ]
+
+    def mark_announced(self, announced: Sequence[Unannounced]) -> None:
+        """Announced in the state each was announced in: a target whose state moved on since is
+        still unannounced in its new one."""
+        if not announced:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE targets SET announced = ? WHERE rollout = ? AND device = ?",
+                [(a.state.value, a.rollout, a.target.device) for a in announced],
+            )
 
     def close(self) -> None:
         self._conn.close()

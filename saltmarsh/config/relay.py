@@ -17,6 +17,14 @@
     stream_name = "saltmarsh-fleet"
     region = "eu-west-1"
 
+    [commands]                    # optional: each command's terminal state as a Salt event
+    commander_config = "/etc/saltmarsh/commander.toml"   # its store and [sink]
+    poll_s = 5
+
+With `[commands]`, the relay fires `saltmarsh/cmd/<rollout>/<state>` on the master's bus for
+each target that reaches a terminal state (saltmarsh.relay.commands); without it, nothing is
+polled.
+
 `forward_tags` becomes the first tag rule of the Kinesis selection, named `forward_tags`; more
 named rules may follow as `[[kinesis.select]]` entries with `tags`. Envelope rules (kinds,
 thresholds, ...) are refused: a Salt event has only a tag.
@@ -52,6 +60,15 @@ DEFAULT_RELAY_TAGS = (
 )
 FORWARD_RULE = "forward_tags"
 DEFAULT_SPOOL_DIR = "/var/lib/saltmarsh/relay/spool"
+DEFAULT_COMMANDER_CONFIG = "/etc/saltmarsh/commander.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    """`[commands]`: where the rollouts are (the commander's own config), and how often to look."""
+
+    commander_config: Path = Path(DEFAULT_COMMANDER_CONFIG)
+    poll_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +83,7 @@ class RelayConfig:
     flush_interval_ms: int = 500
     health_interval_s: float = 60.0
     sink_retry_s: float = 5.0
+    commands: CommandsConfig | None = None  # None: no command events
 
     @property
     def batch_max_events(self) -> int:
@@ -100,6 +118,15 @@ def _kinesis(doc: Mapping[str, Any], forward_tags: list[str], source: str) -> Ki
     return cfg
 
 
+def _commands(t: Table) -> CommandsConfig:
+    cfg = CommandsConfig(
+        commander_config=t.path("commander_config", DEFAULT_COMMANDER_CONFIG),
+        poll_s=t.number("poll_s", 5.0, lo=0.05, hi=3600.0),
+    )
+    t.done()
+    return cfg
+
+
 def relay_config(doc: Mapping[str, Any], source: str = "") -> RelayConfig:
     """Read and validate the relay's table; unknown keys are errors naming the key."""
     t = Table(doc, "", source)
@@ -126,6 +153,7 @@ def relay_config(doc: Mapping[str, Any], source: str = "") -> RelayConfig:
         flush_interval_ms=t.integer("flush_interval_ms", 500, lo=1, hi=60_000),
         health_interval_s=t.number("health_interval_s", 60.0, lo=0.1, hi=86_400.0),
         sink_retry_s=t.number("sink_retry_s", 5.0, lo=0.01, hi=3600.0),
+        commands=_commands(t.table("commands")) if t.has("commands") else None,
     )
     t.done()
     return cfg

@@ -1,4 +1,5 @@
-"""The relay service: config in, sinks and spool opened, the bus read until stopped."""
+"""The relay service: config in, sinks and spool opened, the bus read until stopped; with
+`[commands]`, the command announcer polling beside it on its own thread."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 from elasticsearch import ApiError, TransportError
 
 from saltmarsh.config.relay import RelayConfig
 from saltmarsh.contract.errors import SinkUnavailable
 from saltmarsh.relay.bus import BusReader, Firer, Listener
+from saltmarsh.relay.commands import CommandAnnouncer
 from saltmarsh.relay.sender import Relay
 from saltmarsh.runtime.spool import Spool
 from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkResult
@@ -56,6 +59,25 @@ class FleetEventStore:
         self.sink.close()
 
 
+class AnnouncingRelay(Relay):
+    """The relay whose health event also carries the command announcer's counters."""
+
+    def __init__(
+        self,
+        cfg: RelayConfig,
+        store: FleetEventStore,
+        forwarder: KinesisForwarder | None,
+        spool: Spool,
+        announcer: CommandAnnouncer | None,
+    ) -> None:
+        super().__init__(cfg, store, forwarder, spool)
+        self.announcer = announcer
+
+    def health(self) -> dict[str, Any]:
+        health = super().health()
+        return health if self.announcer is None else {**health, **self.announcer.health()}
+
+
 def run(
     cfg: RelayConfig,
     open_listener: Callable[[], Listener],
@@ -68,19 +90,25 @@ def run(
     forwarder: KinesisForwarder | None = None
     try:
         forwarder = forwarder_from_config(cfg.kinesis) if cfg.kinesis is not None else None
-        relay = Relay(cfg, store, forwarder, spool)
+        announcer = CommandAnnouncer(cfg.commands, open_firer) if cfg.commands is not None else None
+        relay = AnnouncingRelay(cfg, store, forwarder, spool, announcer)
         log.info(
             "saltmarsh relay started",
             extra={
                 "event": "relay_started",
                 "spool_depth": spool.stats().depth_messages,
                 "kinesis": forwarder is not None,
+                "commands": announcer is not None,
             },
         )
         relay.start()
+        if announcer is not None:
+            announcer.start()
         try:
             BusReader(relay, open_listener, open_firer, cfg.health_interval_s, stop=stop).run()
         finally:
+            if announcer is not None:
+                announcer.stop()
             relay.stop()
     finally:
         store.close()
