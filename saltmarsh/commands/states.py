@@ -2,7 +2,8 @@
 
 In: the sink's config (the commander's `[sink]` table, the ingesters' own). Out: a function from
 a rollout to its `CommandRecord`s, for `saltmarsh cmd status`, the dispatcher and the relay engine.
-A sink that is not there yet (nothing written) reads as no records, never as an error.
+A sink that is not there yet (nothing written) reads as no records, never as an error; one that
+cannot be reached raises `SinkUnavailable`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ ReadStates = Callable[[str], list[CommandRecord]]
 
 
 def state_reader(sink: SinkConfig) -> ReadStates:
+    if sink.type == "elasticsearch" and sink.elasticsearch is not None:
+        from saltmarsh.sinks.elasticsearch.sink import ElasticsearchSink
+
+        # Opening connects to nothing (read-only: no templates to install), and the one client
+        # then keeps its connections across the dispatcher's reads.
+        return ElasticsearchSink(sink.elasticsearch, read_only=True).command_states
     if sink.type != "sqlite" or sink.path is None:
-        raise ConfigError("sink.type", f"{sink.type!r}: command state is read from the SQLite sink only, today")
+        raise ConfigError("sink.type", f"{sink.type!r}: command state is read from the SQLite or Elasticsearch sink")
     path = sink.path
 
     def read(rollout: str) -> list[CommandRecord]:

@@ -1,9 +1,12 @@
-"""The one Elasticsearch bulk writer: create-only, chunked by count and bytes, retried per item.
+"""The one Elasticsearch bulk writer: create-only or externally versioned, chunked by count and
+bytes, retried per item.
 
-Used by the sink for readings and dead letters, and by the Salt engine for fleet events, so all of
-them share a single answer to "what does this bulk item status mean":
+Used by the sink for readings, dead letters and command states, and by the Salt engine for fleet
+events, so all of them share a single answer to "what does this bulk item status mean":
 
 - 201 created, 409 already there (a duplicate, which create-only semantics make harmless);
+- for a document with a `version` (indexed with `version_type=external`): 200/201 stored, 409
+  stale (the cluster holds an equal or higher version, which is the point of versioning it);
 - 429 and 5xx: the cluster is busy or a shard is missing; only those items are sent again, after
   `saltmarsh.runtime.backoff`'s capped exponential wait with jitter, up to `retry_max` times,
   then `SinkUnavailable`;
@@ -41,11 +44,16 @@ _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=
 
 @dataclass(frozen=True, slots=True)
 class BulkDoc:
-    """One document to create. `doc_id` is required: without it a retry would store a second copy."""
+    """One document to create. `doc_id` is required: without it a retry would store a second copy.
+
+    With a `version`, the document replaces the stored one only if that one's external version is
+    lower; the cluster compares versions, so concurrent writers and replays need no read first.
+    """
 
     index: str
     doc_id: str
     source: Mapping[str, Any]
+    version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,8 @@ class BulkResult:
     created: int
     duplicates: int
     refused: tuple[Refusal, ...] = ()
+    versioned: int = 0  # versioned documents stored
+    stale: int = 0  # versioned documents not stored: an equal or higher version is
 
 
 DEFAULT_BACKOFF = BackoffPolicy(base_s=0.2, cap_s=10.0)
@@ -100,7 +110,11 @@ class Encoded:
 
 
 def encode(position: int, doc: BulkDoc) -> Encoded:
-    action = _encode({"create": {"_index": doc.index, "_id": doc.doc_id}})
+    if doc.version is None:
+        action = _encode({"create": {"_index": doc.index, "_id": doc.doc_id}})
+    else:
+        meta = {"_index": doc.index, "_id": doc.doc_id, "version": doc.version, "version_type": "external"}
+        action = _encode({"index": meta})
     return Encoded(position, doc, f"{action}\n{_encode(doc.source)}\n".encode())
 
 
@@ -134,10 +148,12 @@ def _error_text(error: Any) -> tuple[str, str]:
 class _Tally:
     created: int = 0
     duplicates: int = 0
+    versioned: int = 0
+    stale: int = 0
 
 
 class BulkWriter:
-    """Creates documents in Elasticsearch; returns only once each is stored, a duplicate, or refused."""
+    """Writes documents to Elasticsearch; returns only once each is stored, a duplicate, stale or refused."""
 
     def __init__(
         self,
@@ -166,7 +182,7 @@ class BulkWriter:
         refused: list[Refusal] = []
         for chunk in chunked(encoded, self.policy.max_docs, self.policy.max_bytes):
             refused.extend(self._write_chunk(chunk, tally))
-        return BulkResult(tally.created, tally.duplicates, tuple(refused))
+        return BulkResult(tally.created, tally.duplicates, tuple(refused), tally.versioned, tally.stale)
 
     def _write_chunk(self, chunk: Sequence[Encoded], tally: _Tally) -> list[Refusal]:
         pending = list(chunk)
@@ -194,10 +210,17 @@ class BulkWriter:
             retry: list[Encoded] = []
             for item, answer in zip(pending, items, strict=True):
                 status = int(answer.get("status", 0))
+                versioned = item.doc.version is not None
                 if status in (200, 201):
-                    tally.created += 1
+                    if versioned:
+                        tally.versioned += 1
+                    else:
+                        tally.created += 1
                 elif status == 409:
-                    tally.duplicates += 1
+                    if versioned:
+                        tally.stale += 1
+                    else:
+                        tally.duplicates += 1
                 elif is_retryable(status):
                     retry.append(item)
                     error_type, reason = _error_text(answer.get("error"))
@@ -232,5 +255,5 @@ class BulkWriter:
         if not isinstance(raw_items, list) or len(raw_items) != len(pending):
             got = len(raw_items) if isinstance(raw_items, list) else "no"
             raise SinkUnavailable(f"elasticsearch bulk response has {got} items for {len(pending)} documents")
-        # Each item is {"create": {...}}: one key, the op type.
+        # Each item is {"create": {...}} or {"index": {...}}: one key, the op type.
         return [next(iter(item.values())) if isinstance(item, Mapping) and item else {} for item in raw_items]

@@ -3,7 +3,11 @@
 In: validated `Delivery`s and `DeadLetter`s, one batch per `write`.
 Out: one document per message in `{prefix}-readings-YYYY.MM` with `_id` = `device:boot:seq`,
 created with the `create` op so a redelivery is a 409 and counted as a duplicate; dead letters
-in `{prefix}-deadletter-YYYY.MM`. `write` returns once Elasticsearch has acknowledged every
+in `{prefix}-deadletter-YYYY.MM`. Each command outcome (`cmdres`) also moves its target's state
+in `{prefix}-commands`, in the same bulk request: `_id` = `cmd_id/device`, indexed with
+`version_type=external` and the rank as version, so the cluster keeps the rank rule of
+`saltmarsh.sinks.command_state` itself and an outcome that does not advance the state is a 409,
+counted as stale and never retried. `write` returns once Elasticsearch has acknowledged every
 document of the batch (the bulk response is its durability acknowledgement: the translog is
 fsynced before it answers; `refresh` only affects visibility), else it raises `SinkUnavailable`
 and the ingester keeps the batch unacked.
@@ -11,12 +15,16 @@ and the ingester keeps the batch unacked.
 A document Elasticsearch refuses for what it is (a 400: a metric whose name clashes with
 another's mapping, say) cannot be fixed by retrying; it becomes a `sink_rejected` dead letter
 carrying the error and the envelope, so the batch still completes and nothing is silently lost.
+A command-state document refused so is a broken template or cluster instead (the sink builds
+every field of it), so the batch fails as `SinkUnavailable` and is retried whole.
 
-Also an `AuditSource`, so `saltmarsh audit` reads the keys back in (device, boot, seq) order.
+Also an `AuditSource`, so `saltmarsh audit` reads the keys back in (device, boot, seq) order,
+and the reader of command states for the master (`command_states`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
@@ -28,17 +36,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from elastic_transport import BaseNode
-from elasticsearch import ApiError, Elasticsearch, TransportError
+from elasticsearch import ApiError, AuthorizationException, Elasticsearch, NotFoundError, TransportError
 
 from saltmarsh.config.elasticsearch import ElasticsearchConfig
 from saltmarsh.contract.errors import Reason, SinkUnavailable, ValidationError
 from saltmarsh.contract.topics import Channel, Topic
 from saltmarsh.sinks.base import DeadLetter, Delivery, StoredKey, WriteResult
+from saltmarsh.sinks.command_state import CommandRecord, command_records, kept_per_target
 from saltmarsh.sinks.elasticsearch.bulk import BulkDoc, BulkPolicy, BulkResult, BulkWriter, Refusal
 from saltmarsh.sinks.elasticsearch.plain import PlainJsonNode
 from saltmarsh.sinks.elasticsearch.templates import (
     DEAD_LETTERS,
     READINGS,
+    command_index,
     index_pattern,
     install_templates,
     monthly_index,
@@ -53,6 +63,10 @@ AUDIT_PAGE_SIZE = 5000
 # twice (only possible with two different timestamps) is reported rather than skipped by
 # search_after.
 AUDIT_SORT = [{"device.id": "asc"}, {"saltmarsh.boot": "asc"}, {"saltmarsh.seq": "asc"}, {"_index": "asc"}]
+# (cmd_id, device) is the document's identity, so no two share a sort position, and it never
+# changes: a state written between two pages does not move its document across them. The
+# SQLite sink's order too (keywords and SQLite's BINARY collation both compare UTF-8 bytes).
+COMMAND_SORT = [{"cmd_id": "asc"}, {"device": "asc"}]
 _FIELD_IN_REASON = re.compile(r"field \[([^\]]+)\]")
 
 
@@ -181,6 +195,10 @@ def rejected_doc(prefix: str, delivery: Delivery, status: int, error_type: str, 
     return BulkDoc(index, f"{Reason.SINK_REJECTED.value}:{env.key}", source)
 
 
+def command_state_doc(prefix: str, record: CommandRecord) -> BulkDoc:
+    return BulkDoc(command_index(prefix), record.key, record.to_doc(), version=record.version)
+
+
 def open_client(cfg: ElasticsearchConfig, node_class: type[BaseNode] | None = None) -> Elasticsearch:
     """The client for `cfg`. Production passes no `node_class`; tests pass one for the emulator."""
     kwargs: dict[str, Any] = {
@@ -233,6 +251,8 @@ class ElasticsearchSink:
         self.audit_page_size = audit_page_size
         self.last_error: str | None = None
         self.last_ok_ms: int | None = None
+        self.command_states_stored = 0
+        self.command_states_stale = 0  # outcomes that did not advance their target's state
         # The ingester writes from one thread, but status and audit may call in from others.
         self._lock = threading.Lock()
         self._templates_ready = False
@@ -292,7 +312,19 @@ class ElasticsearchSink:
                 continue
             routed.append(BulkDoc(index, env.key, message_document(delivery)))
             routed_from.append(delivery)
-        messages = self.writer.index_documents(routed) if routed else BulkResult(0, 0)
+        # Every outcome moves its target's state, as in SQLite, even one whose message is refused.
+        states = [command_state_doc(self.prefix, r) for r in kept_per_target(command_records(deliveries))]
+        docs = routed + states
+        messages = self.writer.index_documents(docs) if docs else BulkResult(0, 0)
+        state_refusals = [r for r in messages.refused if r.position >= len(routed)]
+        if state_refusals:
+            first = state_refusals[0]
+            raise SinkUnavailable(
+                f"elasticsearch refused {len(state_refusals)} command states, e.g. {first.doc.doc_id}: "
+                f"{first.status} {first.error_type}: {first.reason}"[:500]
+            )
+        self.command_states_stored += messages.versioned
+        self.command_states_stale += messages.stale
         for refusal in messages.refused:
             letters.append(self._rejected(routed_from[refusal.position], refusal))
         if letters:
@@ -375,6 +407,45 @@ class ElasticsearchSink:
         aggregations = response.body.get("aggregations") or {}
         buckets = aggregations.get("by_reason", {}).get("buckets", [])
         return {str(b["key"]): int(b["doc_count"]) for b in sorted(buckets, key=lambda b: str(b["key"]))}
+
+    def command_states(self, rollout: str | None = None) -> list[CommandRecord]:
+        """Each target's command state, oldest command first; one rollout's, or every one.
+
+        All of them, one page of search_after at a time: a rollout may have tens of thousands of
+        targets. No index yet (no outcome written) reads as none.
+        """
+        index = command_index(self.prefix)
+        query: dict[str, Any] = {"match_all": {}} if rollout is None else {"term": {"rollout": rollout}}
+        records: list[CommandRecord] = []
+        search_after: list[Any] | None = None
+        try:
+            # Writes use refresh=false; a reader should see every outcome acknowledged so far. A
+            # read-only role may not refresh: what the cluster's own refresh (1 s) made visible will do.
+            with contextlib.suppress(AuthorizationException):
+                self.client.indices.refresh(index=index)
+            while True:
+                response = self.client.search(
+                    index=index,
+                    size=self.audit_page_size,
+                    query=query,
+                    sort=COMMAND_SORT,
+                    search_after=search_after,
+                    track_total_hits=False,
+                )
+                hits = response["hits"]["hits"]
+                records.extend(CommandRecord.from_doc(hit["_source"]) for hit in hits)
+                if len(hits) < self.audit_page_size:
+                    return records
+                search_after = hits[-1]["sort"]
+        except NotFoundError:
+            return []
+        except TransportError as err:
+            hosts = ", ".join(self.cfg.hosts)
+            raise SinkUnavailable(
+                f"elasticsearch unreachable at {hosts}: command states not read: {type(err).__name__}: {err}"[:500]
+            ) from err
+        except ApiError as err:
+            raise SinkUnavailable(f"elasticsearch: command states not read from {index}: {err}"[:500]) from err
 
     def close(self) -> None:
         if self._owns_client:

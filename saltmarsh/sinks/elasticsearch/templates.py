@@ -5,11 +5,17 @@ by the clock at write time: a late duplicate of a reading from March lands in th
 where its `_id` already exists, so create-only writes deduplicate it exactly. A rolled-over
 data stream would put it in today's backing index and store it twice.
 
-Three families, each with a template and an alias for Kibana data views:
+Three monthly families, each with a template and an alias for Kibana data views:
 - `readings`: every data message (readings, events and alerts share the seq counter, so the audit
   needs them in one place), `_id` = `device:boot:seq`.
 - `deadletter`: messages that broke the contract or that Elasticsearch refused.
 - `fleet-events`: Salt bus events relayed by the master's engine.
+
+And one index that is not monthly, `{prefix}-commands`: each command target's state, `_id` =
+`cmd_id/device`, overwritten in place as the target's state moves forward. A month suffix would
+split a rollout that crosses a month end into two documents per target, and no version check
+spans indices. It has a template but no alias (its own name is what a data view points at) and
+never a retention policy: ILM deletes whole indices, so it would drop every target's state at once.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ log = logging.getLogger(__name__)
 READINGS = "readings"
 DEAD_LETTERS = "deadletter"
 FLEET_EVENTS = "fleet-events"
-FAMILIES = (READINGS, DEAD_LETTERS, FLEET_EVENTS)
+COMMANDS = "commands"
+FAMILIES = (READINGS, DEAD_LETTERS, FLEET_EVENTS, COMMANDS)  # one template each, named by template_name
 
 # Above the built-in templates (logs-*-*, metrics-*-* at 100), so ours win if an operator
 # widens a pattern; ours never overlap each other.
@@ -48,6 +55,11 @@ def monthly_index(prefix: str, family: str, ts_ms: int) -> str:
 
 def index_pattern(prefix: str, family: str) -> str:
     return f"{prefix}-{family}-*"
+
+
+def command_index(prefix: str) -> str:
+    """The one index of command states, every rollout's."""
+    return f"{prefix}-{COMMANDS}"
 
 
 def alias_name(prefix: str, family: str) -> str:
@@ -157,11 +169,40 @@ FLEET_EVENT_MAPPINGS: dict[str, Any] = {
     },
 }
 
+COMMAND_MAPPINGS: dict[str, Any] = {
+    # Strict, as readings: the sink writes every document here itself (CommandRecord.to_doc).
+    "dynamic": "strict",
+    "properties": {
+        "cmd_id": {"type": "keyword"},
+        "device": {"type": "keyword"},
+        "rollout": {"type": "keyword"},
+        "site": {"type": "keyword"},
+        "state": {"type": "keyword"},
+        "hop": {"type": "keyword"},
+        "reported_by": {"type": "keyword"},
+        "rank": {"type": "long"},
+        "final": {"type": "boolean"},
+        "ts_ms": {"type": "long"},
+        "received_ms": {"type": "long"},
+        # Rejections name the field in prose ("args.interval_s: ..."): searchable as text,
+        # countable as a keyword.
+        "reason": {"type": "text", "fields": {"keyword": _KEYWORD}},
+        "result": {"type": "object", "enabled": False},  # kept, not indexed, as in readings
+    },
+}
+
 _MAPPINGS = {READINGS: READINGS_MAPPINGS, DEAD_LETTERS: DEAD_LETTER_MAPPINGS, FLEET_EVENTS: FLEET_EVENT_MAPPINGS}
 
 
 def index_template(prefix: str, family: str, policy: str | None = None) -> dict[str, Any]:
     """The body of `indices.put_index_template` for one family."""
+    if family == COMMANDS:
+        return {
+            "index_patterns": [command_index(prefix)],
+            "priority": TEMPLATE_PRIORITY,
+            "template": {"mappings": COMMAND_MAPPINGS},
+            "_meta": {"managed_by": "saltmarsh"},
+        }
     settings: dict[str, Any] = {}
     if family == READINGS:
         settings["index.mapping.total_fields.limit"] = READINGS_TOTAL_FIELDS_LIMIT
@@ -206,7 +247,7 @@ def install_policy(client: Elasticsearch, prefix: str, delete_after_days: int) -
 
 
 def install_templates(client: Elasticsearch, prefix: str, delete_after_days: int | None = None) -> None:
-    """Put the policy (if asked) and the three templates; idempotent, so run at every start."""
+    """Put the policy (if asked) and every family's template; idempotent, so run at every start."""
     policy = install_policy(client, prefix, delete_after_days) if delete_after_days else None
     for family in FAMILIES:
         body = index_template(prefix, family, policy)
