@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from saltmarsh.config.commander import load_commander_config
 from saltmarsh.config.sensor import AlertsConfig, AlertThreshold, Bound, device_configs, load_sensor_config
 from saltmarsh.contract.signature import generate_key
 from tests.salt_support import (
@@ -336,3 +337,34 @@ def test_pillar_renders_files_that_hold_it_and_that_the_sensor_loads(tmp_path: P
         AlertThreshold("temperature", Bound.ABOVE, 30.0),
         AlertThreshold("humidity", Bound.BELOW, 20.0),
     )
+
+
+def test_the_commander_gets_a_publish_only_user_and_a_config_that_loads(tmp_path: Path) -> None:
+    root = tmp_path / "sandbox"
+    key = tmp_path / "command.key"
+    key.write_bytes(generate_key()[0])
+    key.chmod(0o600)
+    commander = {"enabled": True, "password": "commander-secret-1", "signing_key_file": str(key)}
+    minion = LocalMinion(tmp_path, "master", grains_for(ROLE_MINIONS["master"][0]))
+    result = minion.call(
+        "state.apply", "saltmarsh.cloud.config", pillar=sandbox_pillar(root, cloud={"commander": commander})
+    )
+    assert result.returncode == 0 and not failed_states(result.data), result.explain()
+    acl = (root / "etc/mosquitto/saltmarsh.acl").read_text()
+    assert "\nuser commander\ntopic write saltmarsh/v1/+/+/cmd\n" in acl
+    assert "commander:commander-secret-1" in (root / "etc/mosquitto/saltmarsh.passwd.src").read_text()
+    cfg = load_commander_config(root / "etc/saltmarsh/commander.toml")
+    assert (cfg.broker.username, cfg.broker.host, cfg.signing_key_file) == ("commander", "127.0.0.1", key)
+    assert cfg.sink.type == "sqlite" and cfg.sink.path == root / "var/lib/saltmarsh/ingester/sink.db"
+    assert cfg.store == root / "var/lib/saltmarsh/commands/rollouts.db"
+    assert (root / "etc/saltmarsh/secrets/commander-broker-password").read_text().strip() == "commander-secret-1"
+    assert "commander-secret-1" not in (root / "etc/saltmarsh/commander.toml").read_text()
+
+
+def test_without_the_commander_no_one_may_publish_a_command(tmp_path: Path) -> None:
+    root = tmp_path / "sandbox"
+    minion = LocalMinion(tmp_path, "master", grains_for(ROLE_MINIONS["master"][0]))
+    result = minion.call("state.apply", "saltmarsh.cloud.config", pillar=sandbox_pillar(root))
+    assert result.returncode == 0 and not failed_states(result.data), result.explain()
+    assert "topic write saltmarsh/v1/+/+/cmd" not in (root / "etc/mosquitto/saltmarsh.acl").read_text()
+    assert not (root / "etc/saltmarsh/commander.toml").exists()

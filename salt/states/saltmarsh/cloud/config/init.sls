@@ -1,10 +1,11 @@
 {#- Cloud Mosquitto (TLS listener for gateways, loopback listener for the ingesters), its hashed
-    passwords and ACL, and one TOML per ingester instance. #}
+    passwords and ACL, one TOML per ingester instance, and the commander's config when enabled. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import saltmarsh, paths with context %}
 {%- from tplroot ~ '/cloud/_cloud.jinja' import cloud, mosquitto, mosquitto_conf, mosquitto_passwd, mosquitto_acl,
       ingester_user, ingester_password, es_api_key, aws_key_id, aws_secret_key, tls, instances,
-      ingester_state_dir, public_sites, public with context %}
+      ingester_state_dir, public_sites, public, commander_user, commander_password, commander_conf,
+      commander_store_dir with context %}
 {%- set group = saltmarsh.user.group %}
 
 include:
@@ -53,6 +54,7 @@ saltmarsh-cloud-config-passwd-source-file-managed:
     - show_changes: false
     - context:
         ingester_user: {{ ingester_user }}
+        commander_user: {{ commander_user | json }}
     - require:
       - file: saltmarsh-cloud-config-mosquitto-dir-file-directory
 
@@ -79,6 +81,7 @@ saltmarsh-cloud-config-acl-file-managed:
     - mode: '0640'
     - context:
         ingester_user: {{ ingester_user }}
+        commander_user: {{ commander_user | json }}
         sites: {{ public_sites | json }}
     - require:
       - file: saltmarsh-cloud-config-mosquitto-dir-file-directory
@@ -116,6 +119,9 @@ saltmarsh-cloud-config-mosquitto-file-managed:
 {%-   do secret_files.append((aws_key_id, 'saltmarsh:cloud:kinesis:access_key_id')) %}
 {%-   do secret_files.append((aws_secret_key, 'saltmarsh:cloud:kinesis:secret_access_key')) %}
 {%- endif %}
+{%- if commander_user %}
+{%-   do secret_files.append((commander_password, 'saltmarsh:cloud:commander:password')) %}
+{%- endif %}
 {%- for path, key in secret_files %}
 
 saltmarsh-cloud-config-{{ path.split('/')[-1] }}-file-managed:
@@ -150,6 +156,7 @@ saltmarsh-cloud-config-ingester-{{ loop.index }}-file-managed:
     - group: {{ group }}
     - mode: '0640'
     - context:
+        tplroot: {{ tplroot }}
         instance: {{ instance | json }}
         settings: {{ public.ingester | json }}
         max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
@@ -168,3 +175,37 @@ saltmarsh-cloud-config-ingester-{{ loop.index }}-file-managed:
     - require:
       - file: saltmarsh-common-config-config-dir-file-directory
 {%- endfor %}
+{%- if commander_user %}
+
+{#- Root's: `saltmarsh cmd` runs as root on the master, beside the signing key. #}
+saltmarsh-cloud-config-commander-store-dir-file-directory:
+  file.directory:
+    - name: {{ commander_store_dir }}
+    - user: root
+    - group: root
+    - mode: '0700'
+    - require:
+      - file: saltmarsh-common-config-state-dir-file-directory
+
+saltmarsh-cloud-config-commander-file-managed:
+  file.managed:
+    - name: {{ commander_conf }}
+    - source: salt://{{ tplroot }}/files/commander.toml.jinja
+    - template: jinja
+    - user: root
+    - group: root
+    - mode: '0600'
+    - context:
+        tplroot: {{ tplroot }}
+        commander: {{ public.commander | json }}
+        settings: {{ public.ingester | json }}
+        elasticsearch: {{ public.elasticsearch | json }}
+        state_dir: {{ ingester_state_dir | json }}
+        es_api_key: {{ es_api_key | json }}
+        store: {{ (commander_store_dir ~ '/rollouts.db') | json }}
+        broker_port: {{ cloud.broker.local_port }}
+        commander_user: {{ commander_user }}
+        password_file: {{ commander_password | json }}
+    - require:
+      - file: saltmarsh-common-config-config-dir-file-directory
+{%- endif %}
