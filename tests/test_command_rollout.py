@@ -45,14 +45,18 @@ def store(tmp_path: Path) -> Iterator[RolloutStore]:
 def test_dispatch_keeps_to_the_rate_and_resends_what_no_hop_answered(store: RolloutStore) -> None:
     ids = store.create(spec(max_per_minute=2), targets(5))
     assert len(set(ids.values())) == 5
+    # 2 a minute is one every 30 s, not both at once.
     first = store.due("r-1", T0)
-    assert [p.target.device for p in first] == ["s000", "s001"] and all(p.first for p in first)
+    assert [p.target.device for p in first] == ["s000"] and all(p.first for p in first)
     store.mark_sent([p.cmd_id for p in first], T0)
     assert store.due("r-1", T0 + 1_000) == []
     store.record("r-1", {"s000": (S.AT_GATEWAY, None, None, T0 + 2_000)})
+    second = store.due("r-1", T0 + 30_000)
+    assert [p.target.device for p in second] == ["s001"]
+    store.mark_sent([p.cmd_id for p in second], T0 + 30_000)
     later = store.due("r-1", T0 + 60_000)
-    # s001 had no answer for 30 s: sent again, with its own cmd_id; and the next two in the rate.
-    assert [(p.target.device, p.first) for p in later] == [("s001", False), ("s002", True), ("s003", True)]
+    # s001 had no answer for 30 s: sent again, with its own cmd_id; and the next one in the rate.
+    assert [(p.target.device, p.first) for p in later] == [("s001", False), ("s002", True)]
     assert next(p.cmd_id for p in later if p.target.device == "s001") == ids["s001"]
 
 
@@ -95,21 +99,21 @@ def test_a_rollout_with_a_fifth_failing_stops_dispatching_at_its_threshold(store
             for p in batch
         }
         store.record("r-1", outcomes)
-        now += 60_000
+        now += 3_000  # 20 a minute: one every 3 s
     summary = store.summary("r-1", now)
     assert summary.status == ABORTED and "abort after 15%" in str(store.reason("r-1"))
     assert sum(summary.counts.values()) == 100 and summary.finished
-    assert summary.counts["canceled"] == 80  # never dispatched: the first minute's 20 ran
-    assert (summary.counts["succeeded"], summary.counts["failed"]) == (16, 4)
+    assert summary.counts["canceled"] == 90  # never dispatched: it stopped at its 10th result
+    assert (summary.counts["succeeded"], summary.counts["failed"]) == (8, 2)
     assert store.due("r-1", now) == []
 
 
 def test_cancel_stops_what_has_not_been_sent(store: RolloutStore) -> None:
     store.create(spec(max_per_minute=2), targets(5))
     store.mark_sent([p.cmd_id for p in store.due("r-1", T0)], T0)
-    assert store.cancel("r-1") == 3
+    assert store.cancel("r-1") == 4
     assert store.status("r-1") == CANCELED and store.due("r-1", T0 + 120_000) == []
-    assert store.summary("r-1", T0).counts == {"sent": 2, "canceled": 3}
+    assert store.summary("r-1", T0).counts == {"sent": 1, "canceled": 4}
 
 
 @pytest.mark.parametrize(
@@ -155,7 +159,7 @@ def test_the_dispatcher_signs_the_same_command_each_time_and_follows_the_sink(st
         resend_s=30,
         clock=lambda: clock[0],
     )
-    store.create(spec(max_per_minute=60, not_after_ms=T0 + 120_000), targets(2))
+    store.create(spec(max_per_minute=120, not_after_ms=T0 + 120_000), targets(2))
     assert dispatcher.step("r-1") == 2
     topic, payload, left = published[0]
     cmd = parse_command(topic, payload)

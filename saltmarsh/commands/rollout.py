@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from saltmarsh.contract.command import new_cmd_id
 from saltmarsh.contract.command_state import CommandState, Hop, Scalar, advances
@@ -178,6 +179,18 @@ def _percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
+def _allowance(max_per_minute: float, rows: Sequence[tuple[Any, ...]], now_ms: int) -> float:
+    """How many more may go now: within the minute's rate, and paced across it, so that
+    `--max-per-minute 120` sends 2 a second rather than 120 at once (an abort threshold must
+    see results before the whole minute's share is out)."""
+    sent = [int(row[-1]) for row in rows if row[-1] is not None]
+    last_minute = sum(1 for at in sent if now_ms - at < 60_000)
+    window_ms = max(1000.0, 60_000 / max_per_minute)  # one send at least per window
+    per_window = max(1, math.floor(max_per_minute * window_ms / 60_000))
+    in_window = sum(1 for at in sent if now_ms - at < window_ms)
+    return min(max_per_minute - last_minute, per_window - in_window)
+
+
 class RolloutStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -271,8 +284,7 @@ class RolloutStore:
         if now_ms >= spec.not_after_ms:
             self._expire_queued(rollout)
             return []
-        sent_last_minute = sum(1 for *_, state, sent in rows if sent is not None and now_ms - sent < 60_000)
-        allowance = math.inf if spec.max_per_minute is None else spec.max_per_minute - sent_last_minute
+        allowance = math.inf if spec.max_per_minute is None else _allowance(spec.max_per_minute, rows, now_ms)
         due: list[Pending] = []
         for cmd_id, minion, site, device, state, sent_ms in rows:
             target = Target(minion, site, device)
