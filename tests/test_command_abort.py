@@ -94,12 +94,13 @@ def test_a_rollout_to_100_devices_a_fifth_failing_stops_at_its_threshold_and_add
         assert store.status("r-abort") == ABORTED, store.summary("r-abort", int(time.time() * 1000))
         assert "abort after 10%" in str(store.reason("r-abort"))
         sent = dispatcher.published_total
+
         # What was sent before the abort still runs and answers: wait for every answer.
-        assert wait_until(
-            lambda: (dispatcher.collect("r-abort"), store.summary("r-abort", int(time.time() * 1000)).finished)[1],
-            60,
-            interval_s=0.5,
-        ), store.summary("r-abort", int(time.time() * 1000))
+        def all_answered() -> bool:
+            dispatcher.collect("r-abort")
+            return store.summary("r-abort", int(time.time() * 1000)).finished
+
+        assert wait_until(all_answered, 60, interval_s=0.5), store.summary("r-abort", int(time.time() * 1000))
     finally:
         client.loop_stop()
         client.disconnect()
