@@ -32,8 +32,14 @@ import osmem_server  # type: ignore[import-untyped]
 import pytest
 from elasticsearch import Elasticsearch
 
+from saltmarsh.commands.rollout import RolloutSpec, RolloutStore, Target
+from saltmarsh.config.commander import load_commander_config
+from saltmarsh.contract.command_state import CommandOutcome, CommandState
+from saltmarsh.contract.mint import mint_cmdres
 from saltmarsh.ops.localfleet.processes import free_port
+from saltmarsh.sinks.base import Delivery
 from saltmarsh.sinks.elasticsearch.plain import PlainJsonNode
+from saltmarsh.sinks.sqlite import SqliteSink
 from tests.kinesis_support import (
     ACCESS_KEY_ID,
     REGION,
@@ -106,6 +112,7 @@ class Fleet:
     osmem: Osmem
     kinesis: Any  # boto3 Kinesis client on moto
     events: EventRecorder
+    commander: Path  # the commander.toml the engine's [commands] reads: its store and sink are next to it
 
     def es(self) -> Elasticsearch:
         return Elasticsearch(self.osmem.url, node_class=PlainJsonNode, request_timeout=10)
@@ -175,6 +182,7 @@ def fleet(
         moto = cleanup.enter_context(start_moto(work / "moto"))
         kinesis = moto.client()
         create_stream(kinesis, STREAM, 1)
+        commander = write_commander(work)
         relay_options = {
             "elasticsearch": {
                 "hosts": [osmem.url],
@@ -201,6 +209,7 @@ def fleet(
             "flush_interval_ms": 100,
             "health_interval_s": 1.0,
             "sink_retry_s": 0.5,
+            "commands": {"commander_config": str(commander), "poll_s": 0.2},
         }
         suffix = uuid.uuid4().hex[:6]
         master = salt_factories.salt_master_daemon(
@@ -231,7 +240,23 @@ def fleet(
             },
         )
         with master.started(), minion.started():
-            yield Fleet(master, minion, osmem, kinesis, event_listener)
+            yield Fleet(master, minion, osmem, kinesis, event_listener, commander)
+
+
+def write_commander(work: Path) -> Path:
+    """The master's commander.toml, for the engine's [commands]; no rollout store until a test makes one."""
+    from saltmarsh.contract.signature import generate_key
+
+    key = work / "command.key"
+    key.write_bytes(generate_key()[0])
+    key.chmod(0o600)
+    config = work / "commander.toml"
+    config.write_text(
+        f'signing_key_file = "{key}"\nstore = "{work / "rollouts.db"}"\n'
+        '[broker]\nhost = "127.0.0.1"\nport = 1\n'
+        f'[sink]\ntype = "sqlite"\npath = "{work / "sink.db"}"\n'
+    )
+    return config
 
 
 def by_tag_prefix(prefix: str) -> dict[str, Any]:
@@ -389,3 +414,54 @@ def test_the_saltmarsh_runner_targets_with_the_masters_own_matcher(fleet: Fleet,
     assert "rollout r-runner: set_interval to 1 devices" in ret.stdout, ret.stdout
     assert f"  marsh/{minion} (minion {minion}): " in ret.stdout, ret.stdout
     assert not store.exists()  # a dry run keeps nothing
+
+
+def test_a_terminal_command_state_is_announced_on_the_masters_bus(fleet: Fleet) -> None:
+    """A device's SUCCEEDED, written to the sink as an ingester writes it, comes out of the engine
+    as `saltmarsh/cmd/<rollout>/succeeded`, once, with the target and the time from send to result."""
+    commander = load_commander_config(fleet.commander)
+    rollout, minion, now_ms = f"r-salt-{uuid.uuid4().hex[:6]}", fleet.minion.id, int(time.time() * 1000)
+    started = time.time()
+    store = RolloutStore.open(commander.store)
+    try:
+        spec = RolloutSpec(rollout, "identify", {}, minion, "glob", now_ms, now_ms + 600_000, 30.0)
+        cmd_id = store.create(spec, [Target(minion, "marsh", minion)])[minion]
+        store.mark_sent([cmd_id], now_ms)
+    finally:
+        store.close()
+    outcome = CommandOutcome(cmd_id, rollout, CommandState.SUCCEEDED)
+    env = mint_cmdres(device=minion, site="marsh", boot="b1", seq=1, ts_ms=now_ms + 1_000, outcome=outcome)
+    assert commander.sink.path is not None
+    sink = SqliteSink(commander.sink.path)
+    try:
+        sink.write([Delivery(env, received_ms=now_ms + 1_500)], [])
+    finally:
+        sink.close()
+
+    tag = f"saltmarsh/cmd/{rollout}/succeeded"
+
+    def announced() -> list[Any]:
+        return fleet.events.get_events([(fleet.master.id, f"saltmarsh/cmd/{rollout}/*")], after_time=started)
+
+    wait_for(tag, lambda: len(announced()) == 1, timeout_s=30, every_s=0.1)
+    [event] = announced()
+    assert event.tag == tag
+    assert event.data == {
+        "rollout": rollout,
+        "cmd_id": cmd_id,
+        "site": "marsh",
+        "device": minion,
+        "minion": minion,
+        "op": "identify",
+        "state": "succeeded",
+        "hop": None,
+        "reason": None,
+        "send_to_result_s": 1.5,
+    }
+    wait_for(
+        "a health event counting it",
+        lambda: any(h.get("cmd_announced_total", 0) >= 1 for h in fleet.health_events(after=started)),
+        timeout_s=30,
+        every_s=0.2,
+    )
+    assert len(announced()) == 1  # polled since, and not fired again
