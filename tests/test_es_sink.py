@@ -420,3 +420,83 @@ def test_a_command_outcome_is_stored_with_its_command(open_sink: Any, es_client:
     (hit,) = es_client.search(index=f"{es_prefix}-readings-*", query={"match_all": {}})["hits"]["hits"]
     assert hit["_source"]["saltmarsh"]["command"] == outcome.to_json()
     assert hit["_source"]["event"]["action"] == "failed"
+
+
+def cmdres(seq: int, state: CommandState) -> Delivery:
+    outcome = CommandOutcome(
+        "01HF7YAT00XGHYZ3KT8V94F16P",
+        "r-1",
+        state,
+        reason="superseded" if state is CommandState.CANCELED else None,
+        result={"tries": seq} if state is CommandState.SUCCEEDED else {},
+    )
+    env = mint_cmdres(device="probe-1", site="marsh-1", boot="b1", seq=seq, ts_ms=FEB_MS + seq, outcome=outcome)
+    return Delivery(env, FEB_MS + seq + 10)
+
+
+STATE_ID = "01HF7YAT00XGHYZ3KT8V94F16P/probe-1"
+
+
+def test_a_targets_state_is_versioned_by_rank_so_a_later_lower_or_equal_one_is_ignored(
+    open_sink: Any, es_client: Elasticsearch, es_prefix: str
+) -> None:
+    sink = open_sink()
+    S = CommandState
+    # (outcome, the state the cluster holds after it): a late DELIVERED and a CANCELED that
+    # crossed the result are 409s, counted as stale, and each message is still stored once.
+    steps = [
+        (S.RUNNING, S.RUNNING),
+        (S.DELIVERED, S.RUNNING),
+        (S.TIMED_OUT, S.TIMED_OUT),
+        (S.SUCCEEDED, S.SUCCEEDED),
+        (S.CANCELED, S.SUCCEEDED),
+        (S.RUNNING, S.SUCCEEDED),
+    ]
+    for seq, (state, held) in enumerate(steps, start=1):
+        assert sink.write([cmdres(seq, state)], []) == WriteResult(1, 0, 0), state
+        stored = es_client.get(index=f"{es_prefix}-commands", id=STATE_ID)
+        assert (stored["_source"]["state"], stored["_version"]) == (held.value, held.rank), state
+    assert (sink.command_states_stored, sink.command_states_stale) == (3, 3)
+    (record,) = sink.command_states("r-1")
+    assert (record.state, record.reported_by, record.result_json) == ("succeeded", "probe-1/b1/4", '{"tries":4}')
+    assert count(es_client, f"{es_prefix}-readings-*") == len(steps)
+    # One index for every rollout, mapped by our template, not guessed.
+    template = es_client.indices.get_index_template(name=f"{es_prefix}-commands")["index_templates"][0]
+    assert template["index_template"]["index_patterns"] == [f"{es_prefix}-commands"]
+    props = es_client.indices.get_mapping(index=f"{es_prefix}-commands")[f"{es_prefix}-commands"]["mappings"]
+    types = {name: spec.get("type", "object") for name, spec in props["properties"].items()}
+    assert types == {
+        **dict.fromkeys(("cmd_id", "device", "rollout", "site", "state", "hop", "reported_by"), "keyword"),
+        **dict.fromkeys(("rank", "ts_ms", "received_ms"), "long"),
+        "final": "boolean",
+        "reason": "text",
+        "result": "object",
+    }
+    assert props["properties"]["reason"]["fields"]["keyword"]["type"] == "keyword"
+    assert props["properties"]["result"]["enabled"] is False
+
+
+def test_a_busy_cluster_gets_only_the_refused_command_state_again(
+    open_sink: Any, proxy: FaultProxy, es_client: Elasticsearch, es_prefix: str
+) -> None:
+    sink = open_sink(proxy, retry_max=3)
+    proxy.refuse_items(429, times=2, ids={STATE_ID})
+    assert sink.write([cmdres(1, CommandState.SUCCEEDED)], []) == WriteResult(1, 0, 0)
+    assert proxy.bulk_item_counts == [2, 1, 1]  # the message and its state in one request
+    assert es_client.get(index=f"{es_prefix}-commands", id=STATE_ID)["_source"]["state"] == "succeeded"
+    assert (sink.command_states_stored, sink.command_states_stale) == (1, 0)
+
+
+def test_a_refused_command_state_fails_the_batch_and_dead_letters_nothing(
+    open_sink: Any, proxy: FaultProxy, es_client: Elasticsearch, es_prefix: str
+) -> None:
+    sink = open_sink(proxy)
+    proxy.refuse_items(400, times=1, ids={STATE_ID})
+    held = [cmdres(1, CommandState.RUNNING), cmdres(2, CommandState.SUCCEEDED)]
+    with pytest.raises(SinkUnavailable, match=f"refused 1 command states, e.g. {STATE_ID}: 400"):
+        sink.write(held, [])
+    assert count(es_client, f"{es_prefix}-readings-*") == 2  # stored, but the batch stays unacked
+    proxy.heal()
+    assert sink.write(held, []) == WriteResult(written=0, duplicates=2, dead_letters=0)
+    assert [r.state for r in sink.command_states("r-1")] == ["succeeded"]
+    assert count(es_client, f"{es_prefix}-deadletter-*") == 0
