@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from saltmarsh.commands.rollout import RolloutSpec
 from saltmarsh.config.broker import BrokerConfig
 from saltmarsh.mqtt.paho import connect_client, make_client
 
@@ -68,3 +70,18 @@ def publish_all(port: int, messages: list[tuple[str, bytes]], client_id: str = "
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def rollout_spec(created_ms: int, **changes: Any) -> RolloutSpec:
+    """A rollout of set_interval to the fleet's sensors, created at `created_ms`, 10 minutes to run."""
+    fields: dict[str, Any] = {
+        "rollout": "r-1",
+        "op": "set_interval",
+        "args": {"interval_s": 30.0},
+        "target": "G@roles:sensor",
+        "target_type": "compound",
+        "created_ms": created_ms,
+        "not_after_ms": created_ms + 600_000,
+        "run_timeout_s": 10.0,
+    }
+    return RolloutSpec(**(fields | changes))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from saltmarsh.commands.dispatch import collect
-from saltmarsh.commands.rollout import SCHEMA, RolloutSpec, RolloutStore, Target
+from saltmarsh.commands.rollout import SCHEMA, RolloutStore, Target
 from saltmarsh.commands.states import state_reader
 from saltmarsh.config.commander import load_commander_config
 from saltmarsh.config.relay import CommandsConfig
@@ -23,6 +23,7 @@ from saltmarsh.contract.mint import mint_cmdres
 from saltmarsh.relay.commands import CommandAnnouncer
 from saltmarsh.sinks.base import Delivery
 from saltmarsh.sinks.sqlite import SqliteSink
+from tests.support import rollout_spec
 
 T0 = 1_700_000_000_000
 S = CommandState
@@ -33,13 +34,14 @@ class FakeFirer:
     """The master's bus as the announcer sees it; `fail` makes the next fires raise or refuse."""
 
     fired: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    fail: list[str] = field(default_factory=list)  # "raise" or "refuse", one per fire, in order
+    fail: list[str] = field(default_factory=list)  # "raise", "refuse" or "ok", one per fire, in order
     destroyed: int = 0
 
     def fire_event(self, data: dict[str, Any], tag: str, timeout: int = 1000) -> bool:
-        if self.fail:
-            if self.fail.pop(0) == "raise":
-                raise OSError("the master's publisher is gone")
+        how = self.fail.pop(0) if self.fail else "ok"
+        if how == "raise":
+            raise OSError("the master's publisher is gone")
+        if how == "refuse":
             return False
         self.fired.append((tag, data))
         return True
@@ -66,19 +68,10 @@ class Master:
 
     def rollout(self, n: int, rollout: str = "r-1", *, sent: int | None = None, **changes: Any) -> dict[str, str]:
         """A rollout to `n` devices, the first `sent` of them (all by default) published at T0."""
-        fields: dict[str, Any] = {
-            "rollout": rollout,
-            "op": "set_interval",
-            "args": {"interval_s": 30.0},
-            "target": "G@roles:sensor",
-            "target_type": "compound",
-            "created_ms": T0,
-            "not_after_ms": T0 + 600_000,
-            "run_timeout_s": 10.0,
-        }
         store = RolloutStore.open(self.store_path)
         try:
-            ids = store.create(RolloutSpec(**(fields | changes)), [Target(f"m-{d}", "marsh", d) for d in devices(n)])
+            spec = rollout_spec(T0, rollout=rollout, **changes)
+            ids = store.create(spec, [Target(f"m-{d}", "marsh", d) for d in devices(n)])
             store.mark_sent([ids[d] for d in devices(n)[:sent]], T0)
         finally:
             store.close()
@@ -287,14 +280,7 @@ def test_a_failing_bus_leaves_its_targets_for_the_next_poll(
 def test_a_bus_failing_mid_rollout_keeps_what_it_took(master: Master, announcer: CommandAnnouncer) -> None:
     ids = master.rollout(3)
     master.report(ids, ("s000", S.SUCCEEDED), ("s001", S.SUCCEEDED), ("s002", S.SUCCEEDED))
-    fire = master.firer.fire_event
-    calls = [0]
-
-    def second_fails(data: dict[str, Any], tag: str, timeout: int = 1000) -> bool:
-        calls[0] += 1
-        return False if calls[0] == 2 else fire(data, tag, timeout)
-
-    master.firer.fire_event = second_fails  # type: ignore[method-assign]
+    master.firer.fail = ["ok", "refuse"]
     assert announcer.poll() == 1
     assert announcer.poll() == 2
     assert [data["device"] for _, data in master.firer.fired] == ["s000", "s001", "s002"]  # each once

@@ -12,23 +12,14 @@ import pytest
 from saltmarsh.commands.rollout import ABORTED, CANCELED, RolloutSpec, RolloutStore, Target
 from saltmarsh.contract.command_state import CommandState
 from saltmarsh.contract.errors import ConfigError
+from tests.support import rollout_spec
 
 T0 = 1_700_000_000_000
 S = CommandState
 
 
 def spec(**changes: Any) -> RolloutSpec:
-    fields: dict[str, Any] = {
-        "rollout": "r-1",
-        "op": "set_interval",
-        "args": {"interval_s": 30.0},
-        "target": "G@roles:sensor",
-        "target_type": "compound",
-        "created_ms": T0,
-        "not_after_ms": T0 + 600_000,
-        "run_timeout_s": 10.0,
-    }
-    return RolloutSpec(**(fields | changes))
+    return rollout_spec(T0, **changes)
 
 
 def targets(n: int) -> list[Target]:

@@ -179,18 +179,18 @@ def test_bad_args_or_a_sensors_op_are_rejected_naming_the_field(
     assert gateway.sender.drain_rate_limit == 10
 
 
-def _backlog(gateway: Gateway, messages: int) -> None:
+def _backlog(gateway: Gateway, messages: int) -> FakeUplink:
+    """`messages` spooled, then a new uplink: all of them backlog."""
     records = [(f"saltmarsh/v1/{SITE}/pi-1/reading", b"x" * 8) for _ in range(messages)]
     for start in range(0, messages, 50):
         gateway.spool.append([(Lane.BULK, records[start : start + 50])])
     uplink = FakeUplink()
     gateway.sender.attach(cast(WireClient, uplink), ConnAck(False, 0, 65535))
-    gateway.uplink = uplink  # type: ignore[attr-defined]
+    return uplink
 
 
 def test_flush_backlog_now_drains_past_the_bucket_then_the_limit_applies_again(gateway: Gateway) -> None:
-    _backlog(gateway, 200)
-    uplink = cast(FakeUplink, gateway.uplink)  # type: ignore[attr-defined]
+    uplink = _backlog(gateway, 200)
     gateway.sender.pump(1000.0)
     assert uplink.published == 10  # the bucket's burst, and the clock stands still
     gateway.send(command("flush_backlog_now"))
