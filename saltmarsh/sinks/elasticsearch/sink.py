@@ -371,27 +371,30 @@ class ElasticsearchSink:
     def stored_keys(self) -> Iterator[StoredKey]:
         """Every stored message key in (device, boot, seq) order, one page of search_after at a time."""
         pattern = index_pattern(self.prefix, READINGS)
-        search_after: list[Any] | None = None
         try:
             self._refresh(READINGS)
-            while True:
-                response = self.client.search(
-                    index=pattern,
-                    size=self.audit_page_size,
-                    sort=AUDIT_SORT,
-                    search_after=search_after,
-                    source_includes=["device.id", "saltmarsh.boot", "saltmarsh.seq", "@timestamp"],
-                    track_total_hits=False,
-                    allow_no_indices=True,
-                )
-                hits = response["hits"]["hits"]
-                for hit in hits:
-                    yield _stored_key(hit["_source"])
-                if len(hits) < self.audit_page_size:
-                    return
-                search_after = hits[-1]["sort"]
+            for hit in self._pages(
+                index=pattern,
+                sort=AUDIT_SORT,
+                source_includes=["device.id", "saltmarsh.boot", "saltmarsh.seq", "@timestamp"],
+                allow_no_indices=True,
+            ):
+                yield _stored_key(hit["_source"])
         except (ApiError, TransportError) as err:
             raise SinkUnavailable(f"elasticsearch audit failed: {err}"[:500]) from err
+
+    def _pages(self, **search: Any) -> Iterator[dict[str, Any]]:
+        """Every hit of a sorted search, one page of search_after at a time (the callers map errors)."""
+        search_after: list[Any] | None = None
+        while True:
+            response = self.client.search(
+                size=self.audit_page_size, search_after=search_after, track_total_hits=False, **search
+            )
+            hits = response["hits"]["hits"]
+            yield from hits
+            if len(hits) < self.audit_page_size:
+                return
+            search_after = hits[-1]["sort"]
 
     def dead_letter_counts(self) -> dict[str, int]:
         try:
@@ -416,27 +419,15 @@ class ElasticsearchSink:
         """
         index = command_index(self.prefix)
         query: dict[str, Any] = {"match_all": {}} if rollout is None else {"term": {"rollout": rollout}}
-        records: list[CommandRecord] = []
-        search_after: list[Any] | None = None
         try:
             # Writes use refresh=false; a reader should see every outcome acknowledged so far. A
             # read-only role may not refresh: what the cluster's own refresh (1 s) made visible will do.
             with contextlib.suppress(AuthorizationException):
                 self.client.indices.refresh(index=index)
-            while True:
-                response = self.client.search(
-                    index=index,
-                    size=self.audit_page_size,
-                    query=query,
-                    sort=COMMAND_SORT,
-                    search_after=search_after,
-                    track_total_hits=False,
-                )
-                hits = response["hits"]["hits"]
-                records.extend(CommandRecord.from_doc(hit["_source"]) for hit in hits)
-                if len(hits) < self.audit_page_size:
-                    return records
-                search_after = hits[-1]["sort"]
+            return [
+                CommandRecord.from_doc(hit["_source"])
+                for hit in self._pages(index=index, query=query, sort=COMMAND_SORT)
+            ]
         except NotFoundError:
             return []
         except TransportError as err:
