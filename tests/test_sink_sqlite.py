@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import multiprocessing
 import random
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -282,3 +284,29 @@ def test_a_batch_that_fails_midway_for_any_reason_leaves_no_open_transaction(sin
     with pytest.raises(UnicodeEncodeError):
         sink.write([Delivery(reading(seq=1), NOW_MS, None), broken], [])
     assert sink.write(deliveries("probe-1", range(1, 3)), []) == WriteResult(2, 0, 0)
+
+
+def _open_at_once(path: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        SqliteSink(Path(path)).close()
+        results.put("ok")
+    except SinkUnavailable as err:
+        results.put(str(err))
+
+
+def test_ingesters_opening_a_new_sink_at_once_all_open_it(tmp_path: Path) -> None:
+    """Switching a new file to WAL bypasses SQLite's busy handler; before the sink waited it out,
+    about one start in four of three ingesters at once lost one of them to "database is locked"."""
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for attempt in range(20):
+        path = tmp_path / f"sink-{attempt}.db"
+        barrier, results = context.Barrier(3), context.Queue()
+        openers = [context.Process(target=_open_at_once, args=(str(path), barrier, results)) for _ in range(3)]
+        for opener in openers:
+            opener.start()
+        for opener in openers:
+            opener.join(30)
+        failures += [r for r in (results.get(timeout=5) for _ in openers) if r != "ok"]
+    assert failures == []
