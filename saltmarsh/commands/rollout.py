@@ -30,6 +30,7 @@ from typing import Any
 from saltmarsh.contract.command import new_cmd_id
 from saltmarsh.contract.command_state import CommandState, Hop, Scalar, advances
 from saltmarsh.contract.errors import ConfigError
+from saltmarsh.runtime.sqlite_wait import execute_waiting
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -191,6 +192,10 @@ def _allowance(max_per_minute: float, rows: Sequence[tuple[Any, ...]], now_ms: i
     return min(max_per_minute - last_minute, per_window - in_window)
 
 
+# `saltmarsh cmd` and the relay engine share the store on the master.
+BUSY_TIMEOUT_S = 5.0
+
+
 class RolloutStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -200,8 +205,8 @@ class RolloutStore:
         """The store in `path` (created if need be); ":memory:" for one that keeps nothing."""
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        execute_waiting(conn, "PRAGMA journal_mode=WAL", BUSY_TIMEOUT_S)
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
         _add_announced(conn)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from saltmarsh.contract.errors import SinkUnavailable
+from saltmarsh.runtime.sqlite_wait import execute_waiting
 from saltmarsh.sinks.base import DeadLetter, Delivery, StoredKey, WriteResult
 from saltmarsh.sinks.command_state import CommandRecord, command_records
 
@@ -193,23 +193,6 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
                 raise
 
 
-def _execute_waiting(conn: sqlite3.Connection, statement: str, timeout_s: float) -> None:
-    """`statement`, tried again while the file is locked, for up to `timeout_s`.
-
-    Switching a new file to WAL takes an exclusive lock without SQLite's busy handler: two
-    ingesters opening a new sink at once fail one at once with "database is locked" otherwise.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            conn.execute(statement)
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-
-
 class SqliteSink:
     """Sink and AuditSource over one SQLite database file."""
 
@@ -233,7 +216,7 @@ class SqliteSink:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
                 for pragma in PRAGMAS:
-                    _execute_waiting(self._conn, pragma, timeout_s)
+                    execute_waiting(self._conn, pragma, timeout_s)
                 self._conn.executescript(SCHEMA)
                 _add_missing_columns(self._conn)
         except (OSError, sqlite3.Error) as err:
