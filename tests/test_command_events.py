@@ -216,18 +216,20 @@ def test_the_stores_own_terminal_states_fire_too(master: Master, announcer: Comm
     assert master.firer.tags() == ["saltmarsh/cmd/r-2/canceled"] * 2
     assert {data["reason"] for _, data in master.firer.fired} == {"canceled"}
 
-    # Past the deadline and the run timeout, with no result: the announcer times them out itself.
+    # Past the deadline and the run timeout, with no hop's answer: the announcer expires them at
+    # the cloud itself.
     master.now_s = (T0 + 600_000 + 10_000) / 1000
     assert announcer.poll() == 3
-    assert sorted(master.firer.tags()[2:]) == ["saltmarsh/cmd/r-1/timed_out"] * 2 + ["saltmarsh/cmd/r-2/timed_out"]
-    timed_out = master.firer.fired[2][1]
-    assert timed_out["send_to_result_s"] == 610.0
+    assert sorted(master.firer.tags()[2:]) == ["saltmarsh/cmd/r-1/expired"] * 2 + ["saltmarsh/cmd/r-2/expired"]
+    expired = master.firer.fired[2][1]
+    assert (expired["hop"], expired["send_to_result_s"]) == ("cloud", 610.0)
 
 
 def test_a_late_result_after_a_timeout_is_announced_in_its_new_state(
     master: Master, announcer: CommandAnnouncer
 ) -> None:
     ids = master.rollout(1)
+    master.report(ids, ("s000", S.AT_GATEWAY))
     master.now_s = (T0 + 700_000) / 1000
     assert announcer.poll() == 1 and master.firer.tags() == ["saltmarsh/cmd/r-1/timed_out"]
     store = master.store()
@@ -317,7 +319,7 @@ def test_an_unreadable_sink_is_counted_and_the_stores_own_states_still_go(
     finally:
         store.close()
     master.sink_path.write_bytes(b"not a database, a half-copied backup" * 100)
-    master.now_s = (T0 + 700_000) / 1000  # past every deadline: nothing is timed out on states unseen
+    master.now_s = (T0 + 700_000) / 1000  # past every deadline: nothing is given up on states unseen
     assert announcer.poll() == 1
     assert master.firer.tags() == ["saltmarsh/cmd/r-3/canceled"]
     assert announcer.counters.errors_total == 3  # r-1, r-2 and r-3 each tried the sink
@@ -325,11 +327,11 @@ def test_an_unreadable_sink_is_counted_and_the_stores_own_states_still_go(
 
     master.sink_path.unlink()
     master.report(ids, ("s000", S.SUCCEEDED))
-    assert announcer.poll() == 3  # the result, and the rest timed out now that the sink is read
+    assert announcer.poll() == 3  # the result, and the rest expired now that the sink is read
     assert sorted(master.firer.tags()[1:]) == [
+        "saltmarsh/cmd/r-1/expired",
         "saltmarsh/cmd/r-1/succeeded",
-        "saltmarsh/cmd/r-1/timed_out",
-        "saltmarsh/cmd/r-2/timed_out",
+        "saltmarsh/cmd/r-2/expired",
     ]
 
 
@@ -382,7 +384,7 @@ def test_a_store_from_before_the_column_does_not_replay_its_history(master: Mast
     try:
         master.now_s = (T0 + 700_000) / 1000
         assert announcer.poll() == 1
-        assert master.firer.tags() == ["saltmarsh/cmd/r-old/timed_out"]
+        assert master.firer.tags() == ["saltmarsh/cmd/r-old/expired"]
         assert master.firer.fired[0][1]["device"] == "waiting"
     finally:
         announcer.close()

@@ -78,6 +78,50 @@ def test_a_deadline_expires_what_was_never_sent_at_the_cloud(store: RolloutStore
     assert {state for _, _, state in store.targets("r-1")} == {"sent", "expired"}
 
 
+@pytest.mark.parametrize(
+    ("answered", "verdict", "hop"),
+    [
+        (None, S.EXPIRED, "cloud"),  # no hop ever answered: the cloud broker dropped it at its expiry
+        (S.AT_GATEWAY, S.TIMED_OUT, None),
+        (S.DELIVERED, S.TIMED_OUT, None),
+        (S.RUNNING, S.TIMED_OUT, None),
+    ],
+)
+def test_past_the_deadline_and_run_timeout_the_master_names_where_it_stopped(
+    store: RolloutStore, answered: CommandState | None, verdict: CommandState, hop: str | None
+) -> None:
+    store.create(spec(not_after_ms=T0 + 60_000, run_timeout_s=10), targets(1))
+    store.mark_sent([p.cmd_id for p in store.due("r-1", T0)], T0)
+    if answered is not None:
+        store.record("r-1", {"s000": (answered, None, None, T0 + 1_000)})
+    assert store.time_out("r-1", T0 + 69_999) == 0  # the op may still be running at the deadline
+    assert store.time_out("r-1", T0 + 70_000) == 1
+    [row] = store.unannounced("r-1")
+    assert (row.state, row.hop) == (verdict, hop)
+
+
+@pytest.mark.parametrize(
+    ("late", "stands"),
+    [
+        # The gateway took it just before its uplink went, and its outcome comes late.
+        ((S.SUCCEEDED, None), ("succeeded", None)),
+        ((S.EXPIRED, "gateway"), ("expired", "gateway")),
+        # Non-terminal news and another guess leave the verdict as it is.
+        ((S.AT_GATEWAY, None), ("expired", "cloud")),
+        ((S.TIMED_OUT, None), ("expired", "cloud")),
+    ],
+)
+def test_the_masters_expired_at_the_cloud_gives_way_to_an_outcome_from_further_down(
+    store: RolloutStore, late: tuple[CommandState, str | None], stands: tuple[str, str | None]
+) -> None:
+    store.create(spec(not_after_ms=T0 + 60_000, run_timeout_s=10), targets(1))
+    store.mark_sent([p.cmd_id for p in store.due("r-1", T0)], T0)
+    store.time_out("r-1", T0 + 70_000)
+    store.record("r-1", {"s000": (late[0], late[1], None, T0 + 80_000)})
+    [row] = store.unannounced("r-1")
+    assert (row.state.value, row.hop) == stands
+
+
 def test_a_rollout_with_a_fifth_failing_stops_dispatching_at_its_threshold(store: RolloutStore) -> None:
     """100 devices, every fifth fails; --abort-after 15% once 10 results are in."""
     store.create(spec(max_per_minute=20, abort_after_pct=15, abort_min=10), targets(100))

@@ -8,7 +8,11 @@ status` prints (the count per state, the oldest pending age, p50 and p95 from se
 
 The master is the durable owner of a command until a gateway holds it: a target stays SENT,
 published again every `resend_s`, until an outcome from further down arrives (AT_GATEWAY or
-later). Past its deadline a target that was never published is EXPIRED(hop=cloud), here.
+later). Past its deadline a target that was never published is EXPIRED(hop=cloud), here; so is
+one published that no hop answered by the deadline plus the op's run timeout: the cloud broker
+drops a command at its message expiry, so a gateway whose uplink stayed cut never got it. That
+second verdict is the master's inference, as TIMED_OUT is: a gateway that did take the command
+just before its uplink went may still report, and an outcome from further down replaces it.
 States only move forward, by the contract's rank rule.
 
 Each target also keeps the terminal state last announced on the master's bus (`announced`,
@@ -172,6 +176,14 @@ def _add_announced(conn: sqlite3.Connection) -> None:
     conn.execute(ANNOUNCED_INDEX)
 
 
+def _replaces(stored: CommandState, stored_hop: str | None, incoming: CommandState) -> bool:
+    """The rank rule, but for the master's own EXPIRED(hop=cloud): only a guess, like TIMED_OUT,
+    that a terminal outcome from further down replaces."""
+    if stored is CommandState.EXPIRED and stored_hop == Hop.CLOUD.value:
+        return incoming.terminal and incoming is not CommandState.TIMED_OUT
+    return advances(stored, incoming)
+
+
 def _percentile(values: Sequence[float], pct: float) -> float | None:
     """Nearest rank, as the benches report it."""
     if not values:
@@ -320,11 +332,16 @@ class RolloutStore:
 
     def record(self, rollout: str, outcomes: Mapping[str, tuple[CommandState, str | None, str | None, int]]) -> None:
         """Outcomes from further down, by device: (state, hop, reason, when); only forward."""
-        rows = dict(self._conn.execute("SELECT device, state FROM targets WHERE rollout = ?", (rollout,)).fetchall())
+        rows = {
+            device: (state, hop)
+            for device, state, hop in self._conn.execute(
+                "SELECT device, state, hop FROM targets WHERE rollout = ?", (rollout,)
+            )
+        }
         updates = []
         for device, (state, hop, reason, when_ms) in outcomes.items():
             stored = rows.get(device)
-            if stored is None or not advances(CommandState(stored), state):
+            if stored is None or not _replaces(CommandState(stored[0]), stored[1], state):
                 continue
             updates.append((state.value, hop, reason, when_ms if state.terminal else None, rollout, device))
         if updates:
@@ -349,18 +366,23 @@ class RolloutStore:
             self._stop(rollout, ABORTED, why)
 
     def time_out(self, rollout: str, now_ms: int) -> int:
-        """No result by the deadline plus the op's run timeout: TIMED_OUT (a late result still
-        replaces it). Returns how many."""
+        """No result by the deadline plus the op's run timeout: EXPIRED(hop=cloud) where no hop
+        ever answered, TIMED_OUT where one did (either replaced by a late outcome from further
+        down). Returns how many."""
         spec = self.spec(rollout)
         if now_ms < spec.not_after_ms + spec.run_timeout_s * 1000:
             return 0
-        waiting = tuple(s.value for s in CommandState if not s.terminal and s is not CommandState.QUEUED)
-        marks = ", ".join("?" * len(waiting))
+        held = tuple(s.value for s in CommandState if not s.terminal and s.rank > CommandState.SENT.rank)
+        marks = ", ".join("?" * len(held))
         with self._write() as conn:
             before = conn.total_changes
             conn.execute(
+                "UPDATE targets SET state = ?, hop = ?, result_ms = ? WHERE rollout = ? AND state = ?",
+                (CommandState.EXPIRED.value, Hop.CLOUD.value, now_ms, rollout, CommandState.SENT.value),
+            )
+            conn.execute(
                 f"UPDATE targets SET state = ?, result_ms = ? WHERE rollout = ? AND state IN ({marks})",
-                (CommandState.TIMED_OUT.value, now_ms, rollout, *waiting),
+                (CommandState.TIMED_OUT.value, now_ms, rollout, *held),
             )
             return conn.total_changes - before
 
