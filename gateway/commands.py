@@ -36,12 +36,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.command_store import RUNNING, SUPERSEDED, CommandStore, Held
 from saltmarsh.commands.executor import CommandExecutor
-from saltmarsh.commands.journal import JournalError
 from saltmarsh.commands.trust import Refused, count_refusal, trusted_command
 from saltmarsh.contract.command import REMAINING_PROPERTY
 from saltmarsh.contract.command_state import CommandOutcome, CommandState, Hop
 from saltmarsh.contract.envelope import parse
-from saltmarsh.contract.errors import SpoolError, ValidationError
+from saltmarsh.contract.errors import JournalError, SpoolError, ValidationError
 from saltmarsh.contract.mint import mint_cmdres
 from saltmarsh.contract.topics import BROADCAST, Channel
 from saltmarsh.mqtt.codec import properties, user_property

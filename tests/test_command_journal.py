@@ -22,8 +22,8 @@ from saltmarsh.commands.journal import (
     CommandJournal,
     Decision,
     JournalEntry,
-    JournalError,
 )
+from saltmarsh.contract.errors import JournalError
 from tests import command_journal_crash as crash
 
 CMD = "01J9Z3M4X6QK8V2B7N5T0R1WYA"  # a ULID

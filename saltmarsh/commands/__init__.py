@@ -15,7 +15,6 @@ from saltmarsh.commands.journal import (
     CommandJournal,
     Decision,
     JournalEntry,
-    JournalError,
 )
 
 __all__ = [
@@ -25,5 +24,4 @@ __all__ = [
     "CommandJournal",
     "Decision",
     "JournalEntry",
-    "JournalError",
 ]

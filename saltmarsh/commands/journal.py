@@ -40,6 +40,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from saltmarsh.contract.errors import JournalError
+
 log = logging.getLogger(__name__)
 
 INTERRUPTED_RESULT: Mapping[str, Any] = MappingProxyType({"state": "FAILED", "reason": "interrupted"})
@@ -83,10 +85,6 @@ _TOTALS = ("duplicates_total", "interrupted_total", "pruned_total")
 
 # One encoder instance: json.dumps builds a new JSONEncoder on every call with non-default args.
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
-class JournalError(Exception):
-    """The journal cannot be opened or written; the message names the file."""
 
 
 class Decision(StrEnum):

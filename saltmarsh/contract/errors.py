@@ -63,6 +63,10 @@ class SpoolError(SaltmarshError):
     """The disk spool could not be opened or written."""
 
 
+class JournalError(SaltmarshError):
+    """A device's command journal cannot be opened or written; the message names the file."""
+
+
 class DriverError(SaltmarshError):
     """A sensor driver cannot start: hardware or library missing, or its input file is unusable."""
 
