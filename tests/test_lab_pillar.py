@@ -18,11 +18,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from saltmarsh.contract.signature import load_private_key, public_key_b64
 from saltmarsh.ops.lab.ca import LabCA
 from saltmarsh.ops.lab.fleet import Fleet, generated_fleet
-from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabPillar, LabSettings, write_lab_pillar
+from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabPillar, LabSettings, write_command_key, write_lab_pillar
 
 REPO_PILLAR = Path(__file__).resolve().parent.parent / "pillar"
+PUBLIC_KEY = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik="
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
     root = tmp_path_factory.mktemp("lab-pillar")
     fleet = generated_fleet(2, 2)
     ca = LabCA()
-    return Written(root, fleet, ca, write_lab_pillar(root, fleet, LabSettings(venv="/v"), ca))
+    settings = LabSettings(venv="/v", command_public_key=PUBLIC_KEY)
+    return Written(root, fleet, ca, write_lab_pillar(root, fleet, settings, ca))
 
 
 def test_the_files_are_the_ones_top_sls_assigns(written: Written) -> None:
@@ -129,8 +132,8 @@ def test_every_password_is_fresh_and_distinct(written: Written) -> None:
         for keys, value in leaves(yaml.safe_load(path.read_text()))
         if keys[-1].endswith("password") or keys[-1] in ("api_key", "secret_access_key")
     ]
-    # ingester, elasticsearch, kinesis; per site a forwarder, an uplink and two sensor passwords.
-    assert len(passwords) == 3 + 2 * 4
+    # ingester, commander, elasticsearch, kinesis; per site a forwarder, an uplink and two sensors.
+    assert len(passwords) == 4 + 2 * 4
     assert len(set(passwords)) == len(passwords)
     assert all(isinstance(p, str) and len(p) >= 32 for p in passwords)
     assert set(passwords) <= set(written.pillar.secrets)
@@ -157,7 +160,7 @@ def test_secret_files_hold_the_keys_of_the_repo_placeholders(written: Written) -
     lab, repo = written.root / "secrets", REPO_PILLAR / "secrets"
     sites = ("saltmarsh", "sites")
     assert keys(lab / "cloud.sls", "saltmarsh", "cloud") == keys(repo / "cloud.sls", "saltmarsh", "cloud")
-    for section in ("broker", "ingester", "elasticsearch", "kinesis"):
+    for section in ("broker", "ingester", "commander", "elasticsearch", "kinesis"):
         assert keys(lab / "cloud.sls", "saltmarsh", "cloud", section) == keys(
             repo / "cloud.sls", "saltmarsh", "cloud", section
         )
@@ -264,3 +267,32 @@ def test_the_cloud_pillar_names_the_labs_sink(
     cloud = yaml.safe_load((tmp_path / "cloud.sls").read_text())["saltmarsh"]["cloud"]
     assert cloud["ingester"].get("sink", {}).get("type") == sink_type
     assert cloud["elasticsearch"] == elasticsearch
+
+
+# -- the command key --------------------------------------------------------------------------------
+
+
+def test_every_minion_trusts_the_command_key_and_the_master_may_send(written: Written) -> None:
+    for relative in ["cloud.sls", "sites/site01.sls", "sites/site02.sls"]:
+        assert written.load(relative)["saltmarsh"]["commands"] == {"public_keys": [PUBLIC_KEY]}, relative
+    assert written.load("cloud.sls")["saltmarsh"]["cloud"]["commander"] == {"enabled": True}
+    password = written.load("secrets/cloud.sls")["saltmarsh"]["cloud"]["commander"]["password"]
+    assert password in written.pillar.secrets
+
+
+def test_without_a_key_nothing_is_trusted_and_no_commander_runs(tmp_path: Path) -> None:
+    write_lab_pillar(tmp_path, generated_fleet(1, 1), LabSettings(venv="/v"), LabCA())
+    cloud = yaml.safe_load((tmp_path / "cloud.sls").read_text())["saltmarsh"]
+    assert (cloud["commands"], cloud["cloud"]["commander"]) == ({"public_keys": []}, {"enabled": False})
+
+
+def test_the_command_key_is_root_only_matches_its_public_half_and_is_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "etc.upper" / "saltmarsh" / "command.key"
+    public, secret_line = write_command_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    pem = path.read_bytes()
+    assert public_key_b64(load_private_key(pem).public_key()) == public
+    assert secret_line in pem.decode() and secret_line not in public
+    with pytest.raises(FileExistsError):  # a new key would strand every device that trusts the old one
+        write_command_key(path)
+    assert path.read_bytes() == pem

@@ -9,6 +9,9 @@ saltmarsh:
         -----END PRIVATE KEY-----
     ingester:
       password: example-ingester-placeholder-password
+    # The commander's broker user (saltmarsh:cloud:commander, when enabled on the master).
+    commander:
+      password: example-commander-placeholder-password
     elasticsearch:
       api_key: example-elasticsearch-placeholder-api-key
     kinesis:

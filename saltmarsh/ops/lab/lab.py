@@ -27,7 +27,7 @@ from saltmarsh.ops.lab import network
 from saltmarsh.ops.lab.ca import LabCA
 from saltmarsh.ops.lab.fleet import REPO, Fleet, fleet_document, parse_fleet
 from saltmarsh.ops.lab.node import NodeDirs, enter_argv, keep, reap_started, start_anchor
-from saltmarsh.ops.lab.pillar import ELASTICSEARCH_URL, LabSettings, write_lab_pillar
+from saltmarsh.ops.lab.pillar import COMMAND_KEY, ELASTICSEARCH_URL, LabSettings, write_command_key, write_lab_pillar
 from saltmarsh.ops.lab.saltctl import BIN, SVC_STATE_DIR, Master, StateRun, apply_role, start_daemon, write_salt_configs
 from saltmarsh.ops.lab.state import SINKS, LabState
 from saltmarsh.ops.localfleet.processes import wait_until
@@ -150,6 +150,7 @@ class Lab:
         self.pillar_root.mkdir(parents=True, exist_ok=True)
         ca = LabCA()
         ca.save(self.base / "ca")
+        command_public_key, command_secret = write_command_key(self.dirs(fleet.master.id).path(COMMAND_KEY))
         settings = LabSettings(
             str(BIN.parent),
             self.state.service_user,
@@ -157,8 +158,10 @@ class Lab:
             swarm=self.state.swarm,
             sink=self.state.sink,
             alert_above_temperature=clean_signal(time.time(), DriverConfig())["temperature"],
+            command_public_key=command_public_key,
         )
         pillar = write_lab_pillar(self.pillar_root / "pillar", fleet, settings, ca)
+        pillar.secrets.append(command_secret)
         secrets_path = self.base / SECRETS_FILE
         secrets_path.write_text("\n".join(pillar.secrets) + "\n")
         secrets_path.chmod(0o600)

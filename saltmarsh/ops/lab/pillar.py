@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saltmarsh.contract.signature import generate_key
 from saltmarsh.ops.lab.ca import LabCA
 from saltmarsh.ops.lab.fleet import Fleet
 from saltmarsh.ops.localfleet.fleet import SENSOR_PLACES
@@ -31,6 +32,7 @@ RELAY_ENGINE = {
     "config": {"elasticsearch": {"hosts": [ELASTICSEARCH_URL], "plain_json": True}, "health_interval_s": 3},
 }
 SITE_BROKER_PORT = 1883
+COMMAND_KEY = "/etc/saltmarsh/command.key"  # the formula's default signing_key_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,9 @@ class LabSettings:
     alert_above_temperature: float | None = None
     swarm: int = 0  # each sensor node a swarm host of this many simulated devices; 0: one device
     sink: str = "sqlite"  # the ingester's: "elasticsearch" writes to the emulator in the cloud node
+    # The public half of the lab's command key (the private half is a root-only file in the master
+    # node, `write_command_key`): every device and gateway trusts it.
+    command_public_key: str | None = None
 
     def pillar(self) -> dict[str, Any]:
         manage = self.service_user != "root"
@@ -63,6 +68,7 @@ class LabSettings:
             # plan of several kills doubles the silence each time, so it stops at 20 s, not 600.
             "confirmations": {"overtaken_s": 3, "silence_s": 10, "silence_max_s": 20},
             "gateway": {"beacons": {"interval_s": self.beacon_interval_s, "spool_interval_s": self.beacon_interval_s}},
+            "commands": {"public_keys": [self.command_public_key] if self.command_public_key else []},
         }
 
 
@@ -141,6 +147,8 @@ def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA)
                     "broker": {"ca_cert": ca.cert_pem, "tls_cert": broker.cert_pem},
                     **_sink_pillar(settings.sink),
                     "kinesis": {"enabled": False},
+                    # `saltmarsh cmd` on the master, which is the cloud node: it reads the sink there.
+                    "commander": {"enabled": settings.command_public_key is not None},
                 },
             }
         },
@@ -152,6 +160,7 @@ def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA)
                 "cloud": {
                     "broker": {"tls_key": pillar._key(broker.key_pem)},
                     "ingester": {"password": pillar._password()},
+                    "commander": {"password": pillar._password()},
                     "elasticsearch": {"api_key": pillar._password()},
                     "kinesis": {
                         "access_key_id": "LABKEY" + secrets.token_hex(6).upper(),
@@ -201,6 +210,18 @@ def write_lab_pillar(root: Path, fleet: Fleet, settings: LabSettings, ca: LabCA)
                 secret=True,
             )
     return pillar
+
+
+def write_command_key(path: Path) -> tuple[str, str]:
+    """The fleet's command signing key, made as `saltmarsh cmd keygen` would, at `path` (where the
+    master node's COMMAND_KEY lives on the host), mode 0600 from the first byte. Returns the public
+    key, for pillar, and a line of the private one, for the secrets no log may show."""
+    private_pem, public = generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(private_pem)
+    return public, private_pem.decode().strip().splitlines()[1]
 
 
 def _sink_pillar(sink: str) -> dict[str, Any]:
