@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -192,6 +193,121 @@ def test_command_targets_are_the_minions_salt_previews(lab: Lab, tgt: str, tgt_t
     for minion, site, device in got["targets"]:
         node = lab.fleet.node(minion)
         assert (site, device) == (node.site, minion) and node.has(role), (minion, site, device)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+# The cloud broker drops a client whose keepalive (the forwarder's uplink: 30 s) lapses by half
+# again; only then does it hold a command for the session instead of writing it to a dead socket.
+BROKER_SEES_THE_CUT_S = 30 * 1.5 + 5
+
+
+def saltmarsh_cmd(lab: Lab, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """`saltmarsh cmd ...` as the operator runs it on the master."""
+    return run_in(lab.anchor(lab.fleet.master.id), [str(BIN / "saltmarsh"), "cmd", *args], timeout_s=timeout_s)
+
+
+# Read inside the node: the host's view of a SQLite file in a node's upper layer is another inode
+# to POSIX locks, and WAL breaks between the two (saltmarsh.ops.lab.sink_reader).
+READ_ROWS = """
+import json, sqlite3, sys
+conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=10)
+print(json.dumps(conn.execute(sys.argv[2], sys.argv[3:]).fetchall()))
+"""
+
+
+def node_rows(lab: Lab, node: str, db: str, query: str, *params: str) -> list[list[Any]]:
+    done = run_in(lab.anchor(node), [sys.executable, "-c", READ_ROWS, db, query, *params], timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    rows: list[list[Any]] = json.loads(done.stdout)
+    return rows
+
+
+def rollout_rows(lab: Lab, rollout: str) -> list[tuple[str, str, str, str | None]]:
+    """(device, cmd_id, state, hop) per target, from the master's rollout store."""
+    master = lab.fleet.master.id
+    store = node_toml(lab, master, "/etc/saltmarsh/commander.toml")["store"]
+    query = "SELECT device, cmd_id, state, hop FROM targets WHERE rollout = ? ORDER BY device"
+    return [(d, c, s, h) for d, c, s, h in node_rows(lab, master, store, query, rollout)]
+
+
+def journaled(lab: Lab, device: str) -> dict[str, str]:
+    """What the device's command journal says it ran: cmd_id -> its result."""
+    journal = node_toml(lab, device, "/etc/saltmarsh/sensor.toml")["state_dir"] + "/commands.db"
+    return dict(node_rows(lab, device, journal, "SELECT cmd_id, result_json FROM command_journal"))
+
+
+def test_a_command_to_a_cut_off_site_runs_when_its_link_returns_or_expires_at_the_cloud(lab: Lab) -> None:
+    site01 = "G@roles:sensor and G@site:site01"
+    (device,) = [n.id for n in lab.fleet.with_role("sensor", "site01")]
+    link = network.uplink_of(lab.fleet, lab.prefix, lab.fleet.gateway_of("site01").id)
+    network.run(network.link_state_commands(link, up=False))
+    try:
+        time.sleep(BROKER_SEES_THE_CUT_S)
+        for rollout, expires in (("r-lab-back", "150s"), ("r-lab-gone", "5s")):
+            sent = saltmarsh_cmd(
+                lab, "send", site01, "identify", "--tgt-type", "compound", "--expires-in", expires,
+                "--run-timeout", "3", "--rollout", rollout,
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            assert f"rollout {rollout}: identify to 1 devices" in sent.stdout
+            assert "sent 1" in sent.stdout  # published: the master holds it until a hop answers
+        time.sleep(5 + 3 + 1)  # past r-lab-gone's deadline and run timeout, still cut off
+    finally:
+        network.run(network.link_state_commands(link, up=True))
+
+    back = saltmarsh_cmd(lab, "status", "r-lab-back", "--watch", "--interval", "1", timeout_s=150)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "rollout r-lab-back: finished, 1 targets" in back.stdout and "succeeded 1" in back.stdout
+    gone = saltmarsh_cmd(lab, "status", "r-lab-gone")
+    assert gone.returncode == 1 and "expired 1" in gone.stdout, gone.stdout + gone.stderr
+    [(_, back_id, _, _)] = rollout_rows(lab, "r-lab-back")
+    # The cloud broker dropped it at its message expiry, so the gateway never held it.
+    [(got_device, gone_id, state, hop)] = rollout_rows(lab, "r-lab-gone")
+    assert (got_device, state, hop) == (device, "expired", "cloud")
+    ran = journaled(lab, device)
+    assert back_id in ran and '"succeeded"' in ran[back_id]
+    assert gone_id not in ran
+
+
+def test_a_send_stopped_midway_is_resumed_to_the_end(lab: Lab) -> None:
+    sensors = sorted(n.id for n in lab.fleet.with_role("sensor"))
+    # One every 10 s: Ctrl-C after the first leaves the rest queued.
+    argv = ["send", "roles:sensor", "read_now", "--tgt-type", "grain", "--max-per-minute", "6"]
+    argv += ["--rollout", "r-lab-resume"]
+    sending = subprocess.Popen(
+        enter_argv(lab.anchor(lab.fleet.master.id), [str(BIN / "saltmarsh"), "cmd", *argv]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while [s for _, _, s, _ in rollout_rows(lab, "r-lab-resume")].count("queued") != len(sensors) - 1:
+            assert time.monotonic() < deadline and sending.poll() is None, sending.communicate()
+            time.sleep(0.2)
+        sending.send_signal(signal.SIGINT)
+        _, err = sending.communicate(timeout=30)
+    finally:
+        if sending.poll() is None:
+            sending.kill()
+            sending.wait()
+    assert sending.returncode == 130, err
+    assert "saltmarsh cmd resume r-lab-resume" in err
+    assert [s for _, _, s, _ in rollout_rows(lab, "r-lab-resume")].count("queued") == len(sensors) - 1
+
+    resumed = saltmarsh_cmd(lab, "resume", "r-lab-resume", "--watch")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"succeeded {len(sensors)}" in resumed.stdout
+    rows = rollout_rows(lab, "r-lab-resume")
+    assert [(d, s) for d, _, s, _ in rows] == [(d, "succeeded") for d in sensors]
+    for device, cmd_id, _, _ in rows:
+        assert cmd_id in journaled(lab, device), device  # each ran, once, under its own id
+
+    canceled = saltmarsh_cmd(lab, "cancel", "r-lab-resume")
+    assert canceled.returncode == 0 and "0 targets not yet sent are canceled" in canceled.stdout
+    again = saltmarsh_cmd(lab, "resume", "r-lab-resume")
+    assert again.returncode == 1 and "is canceled" in again.stderr
 
 
 # -- security -----------------------------------------------------------------------------------

@@ -1,15 +1,19 @@
-"""`saltmarsh cmd keygen | send | status | cancel`: commands to the fleet, from the master.
+"""`saltmarsh cmd keygen | send | resume | status | cancel`: commands to the fleet, from the master.
 
     saltmarsh cmd keygen --key /etc/saltmarsh/command.key
     saltmarsh cmd send 'G@roles:sensor and G@site:brisbane' set_interval interval_s=30 \\
         --tgt-type compound --expires-in 10m --max-per-minute 60 --abort-after 20 --watch
+    saltmarsh cmd resume r-01jd7y... [--watch]
     saltmarsh cmd status r-01jd7y... [--watch]
     saltmarsh cmd cancel r-01jd7y...
 
 `send` resolves the target with Salt's own matcher on this master (`saltmarsh.commands.targeting`),
 keeps the explicit list with the rollout, then publishes within the rate until every target is
-sent (and with `--watch`, follows it until every target has a final state). `status` reads each
-target's state from the sink. Exit codes as every verb: 0 all went well (every target
+sent (and with `--watch`, follows it until every target has a final state). A `send` stopped
+before every target was sent (Ctrl-C, a lost session) leaves them QUEUED in the rollout store:
+`resume` goes on dispatching it, with the same command ids and the same deadline. `status` reads
+each target's state from the sink, and past the deadline gives the master's own verdict on what
+never came back (EXPIRED at the cloud, or TIMED_OUT). Exit codes as every verb: 0 all went well (every target
 succeeded), 1 something did not (a target failed, was rejected, expired, timed out or was
 canceled), 2 bad input (the message names the option or the field).
 """
@@ -55,7 +59,9 @@ def format_summary(summary: Summary, *, op: str = "", target: str = "", reason: 
     order = [s.value for s in CommandState]
     counts = "  ".join(f"{state} {summary.counts[state]}" for state in order if state in summary.counts)
     what = f" ({op} to {target})" if op else ""
-    lines = [f"rollout {summary.rollout}: {summary.status}, {summary.targets} targets{what}", f"  {counts or 'none'}"]
+    # A rollout still open for dispatch whose every target has a final state is done with.
+    status = "finished" if summary.finished and summary.status == DISPATCHING else summary.status
+    lines = [f"rollout {summary.rollout}: {status}, {summary.targets} targets{what}", f"  {counts or 'none'}"]
     if reason:
         lines.append(f"  {reason}")
     timing = []
@@ -177,6 +183,9 @@ def _dispatch(cfg: CommanderConfig, store: RolloutStore, rollout: str, *, watch:
             if not watch and not queued:
                 break
             time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        print(f"\nstopped: what is not sent stays queued; `saltmarsh cmd resume {rollout}` goes on", file=sys.stderr)
+        raise
     finally:
         print(file=sys.stderr)
         close()
@@ -198,13 +207,29 @@ def cmd_status(args: argparse.Namespace) -> int:
         spec = store.spec(args.rollout)
         while True:
             collect(store, args.rollout, read(args.rollout))
-            summary = store.summary(args.rollout, int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
+            store.time_out(args.rollout, now_ms)
+            summary = store.summary(args.rollout, now_ms)
             text = format_summary(summary, op=spec.op, target=spec.target, reason=store.reason(args.rollout))
             if not args.watch or summary.finished:
                 print(text)
                 return _exit_code(summary)
             print("\033[2J\033[H" + text, flush=True)
             time.sleep(args.interval)
+    finally:
+        store.close()
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    cfg = load_commander_config(Path(args.config))
+    store = RolloutStore.open(cfg.store)
+    try:
+        status = store.status(args.rollout)
+        if status != DISPATCHING:
+            why = store.reason(args.rollout)
+            print(f"rollout {args.rollout} is {status} ({why}): nothing to resume", file=sys.stderr)
+            return 1
+        return _dispatch(cfg, store, args.rollout, watch=args.watch)
     finally:
         store.close()
 
@@ -245,6 +270,12 @@ def add_cmd_parser(verbs: Any) -> None:
     send.add_argument("--dry-run", action="store_true", help="resolve and list the targets, send nothing")
     send.add_argument("--config", default=str(DEFAULT_CONFIG), help=config_help)
     send.set_defaults(func=cmd_send)
+
+    resume = cmd_verbs.add_parser("resume", help="go on dispatching a rollout whose send was stopped")
+    resume.add_argument("rollout")
+    resume.add_argument("--watch", action="store_true", help="follow it until every target has a final state")
+    resume.add_argument("--config", default=str(DEFAULT_CONFIG), help=config_help)
+    resume.set_defaults(func=cmd_resume)
 
     status = cmd_verbs.add_parser("status", help="a rollout's count per state, oldest pending, p50/p95 latency")
     status.add_argument("rollout")
