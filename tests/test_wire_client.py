@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
 import subprocess
 import time
@@ -131,6 +133,24 @@ def test_dead_broker_raises_connection_error(broker_factory: BrokerFactory) -> N
         WireClient("127.0.0.1", broker.port, "late", clean_start=True).connect(timeout_s=1)
 
 
+def test_a_frozen_broker_under_a_steady_flow_is_noticed_within_two_keepalives(broker_factory: BrokerFactory) -> None:
+    """Its kernel takes every write, so only the silence tells: the client pings, and no PINGRESP comes."""
+    broker = broker_factory("frozen")
+    wire = client(broker.port, "steady", keepalive_s=1)
+    assert broker.process is not None
+    os.kill(broker.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="no PINGRESP within 1 s"):
+            while time.monotonic() - started < 10:
+                wire.publish(b"t", b"x")
+                wire.flush()
+                wire.poll(0.05)
+        assert time.monotonic() - started < 3.0  # a ping after 0.75 s of silence, then 1 s for its answer
+    finally:
+        os.kill(broker.process.pid, signal.SIGCONT)
+
+
 def test_session_takeover_is_a_connection_error(broker: Mosquitto) -> None:
     first = client(broker.port, "same-id")
     client(broker.port, "same-id")
@@ -192,6 +212,24 @@ def test_tls(broker_factory: BrokerFactory, tls_files: tuple[Path, Path, Path]) 
 
     with pytest.raises(ssl.SSLCertVerificationError):
         client(broker.port, "untrusting", tls_context=ssl.create_default_context())
+
+
+def test_one_poll_reads_every_small_tls_record_that_is_waiting(
+    broker_factory: BrokerFactory, tls_files: tuple[Path, Path, Path]
+) -> None:
+    """Mosquitto writes each packet as its own TLS record, and a TLS recv returns one record. A
+    poll that stopped after a few records read a few PUBACKs a poll: a forwarder reading its
+    uplink once a cycle fell behind its own acks after an outage, and stayed 40 s behind (the lab
+    saw it as commands held 45 s late)."""
+    ca_cert, cert, key = tls_files
+    broker = broker_factory("tls-records", extra_lines=(f"cafile {ca_cert}", f"certfile {cert}", f"keyfile {key}"))
+    pub = client(broker.port, "records", tls_context=ssl.create_default_context(cafile=str(ca_cert)))
+    ids = [pub.publish(b"r/t", b"x") for _ in range(2000)]
+    while pub.pending_out_bytes:
+        pub.flush()
+    time.sleep(1.0)  # every PUBACK is in our socket's buffer now
+    _, pubacks = pub.poll(0)
+    assert sorted(packet_id for packet_id, _ in pubacks) == sorted(ids)
 
 
 def test_a_clean_close_keeps_the_last_acks_even_with_unread_input(broker: Mosquitto) -> None:

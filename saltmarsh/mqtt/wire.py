@@ -45,7 +45,10 @@ from saltmarsh.mqtt.codec import (
 __all__ = ["ConnAck", "Publish", "WireClient", "WireError"]
 
 _RECV_BYTES = 256 * 1024
-_MAX_RECVS_PER_POLL = 8  # bounds one poll's work so that a busy peer cannot starve the other socket
+# Bounds one poll's work, so that a busy peer cannot starve the other socket. In bytes, not
+# reads: over TLS one read returns one record, and Mosquitto writes each packet as its own record,
+# so a bound of 8 reads was 8 PUBACKs a poll, less than a site's own rate.
+_MAX_BYTES_PER_POLL = 8 * _RECV_BYTES
 
 
 CLOSE_LINGER_S = 1.0  # how long a clean `close` waits for the broker to hang up after our DISCONNECT
@@ -91,6 +94,7 @@ class WireClient:
         self._inflight: set[int] = set()
         self._next_id = 1
         self._last_write = 0.0
+        self._last_read = 0.0
         self._ping_sent_at: float | None = None
         self._gone: str | None = None  # why the connection ended, once a read saw it end
         # Packets that arrived while connect or subscribe waited for their answer; the next
@@ -120,7 +124,7 @@ class WireClient:
         self._ping_sent_at = None
         self._gone = None
         self._early_publishes, self._early_pubacks = [], []
-        self._last_write = time.monotonic()
+        self._last_write = self._last_read = time.monotonic()
         self._out += encode_connect(
             self.client_id,
             clean_start=self._clean_start,
@@ -299,7 +303,8 @@ class WireClient:
         chunks = [self._in] if self._in else []
         # One TLS record per recv at most, so a short read there does not mean "drained".
         short_read_drains = not isinstance(sock, ssl.SSLSocket)
-        for _ in range(_MAX_RECVS_PER_POLL):
+        total = 0
+        while total < _MAX_BYTES_PER_POLL:
             try:
                 size = sock.recv_into(self._buf)
             except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
@@ -312,6 +317,8 @@ class WireClient:
                 self._gone = "connection closed by the broker"
                 break
             chunks.append(self._view[:size].tobytes())
+            total += size
+            self._last_read = time.monotonic()
             if short_read_drains and size < _RECV_BYTES:
                 break
         data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
@@ -337,7 +344,10 @@ class WireClient:
             if now - self._ping_sent_at > self._keepalive_s:
                 self._close_socket()
                 raise ConnectionError(f"{self.host}:{self.port}: no PINGRESP within {self._keepalive_s} s")
-        elif now - self._last_write >= self._keepalive_s * 0.75:
+        # Silence either way: a client that publishes all the time still pings once it hears
+        # nothing back, or a link cut under a steady flow (whose writes the kernel takes and
+        # retransmits for minutes) would never be noticed.
+        elif now - min(self._last_write, self._last_read) >= self._keepalive_s * 0.75:
             self._out += PINGREQ_PACKET
             self._ping_sent_at = now
             self.flush()
