@@ -49,6 +49,12 @@ def test_dispatch_keeps_to_the_rate_and_resends_what_no_hop_answered(store: Roll
     # s001 had no answer for 30 s: sent again, with its own cmd_id; and the next one in the rate.
     assert [(p.target.device, p.first) for p in later] == [("s001", False), ("s002", True)]
     assert next(p.cmd_id for p in later if p.target.device == "s001") == ids["s001"]
+    store.mark_sent([p.cmd_id for p in later], T0 + 60_000)
+    # Counted from the last send: not again every step, and once more 30 s on.
+    assert [p.target.device for p in store.due("r-1", T0 + 61_000)] == []
+    assert [(p.target.device, p.first) for p in store.due("r-1", T0 + 90_000)] == [
+        ("s001", False), ("s002", False), ("s003", True),
+    ]  # fmt: skip
 
 
 def test_states_only_move_forward_and_the_summary_adds_up(store: RolloutStore) -> None:

@@ -29,7 +29,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from saltmarsh.contract.command import new_cmd_id
 from saltmarsh.contract.command_state import CommandState, Hop, Scalar, advances
@@ -68,7 +67,7 @@ CREATE TABLE IF NOT EXISTS targets (
 ) WITHOUT ROWID;
 """
 
-# Added after the first stores were made; `_add_announced` gives older stores the column. The
+# Added after the first stores were made; `_add_columns` gives older stores the column. The
 # partial index holds only the targets not yet announced in their present state, so finding the
 # rollouts to poll costs nothing once every target is announced.
 ANNOUNCED_INDEX = "CREATE INDEX IF NOT EXISTS targets_unannounced ON targets (rollout) WHERE announced IS NOT state"
@@ -155,20 +154,38 @@ class Unannounced:
         return max(0, self.result_ms - self.sent_ms) / 1000
 
 
-def _add_announced(conn: sqlite3.Connection) -> None:
-    """Give a store made before the column its `announced` column. Its terminal targets count as
-    announced: an upgrade must not replay a store's history onto the bus for reactors to act on."""
-    if "announced" not in {row[1] for row in conn.execute("PRAGMA table_info(targets)")}:
+def _added_columns() -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
+    """The columns added after the first stores were made: (name, type, how an older store's rows
+    are filled, its parameters)."""
+    terminal = tuple(s.value for s in CommandState if s.terminal)
+    return (
+        # Its terminal targets count as announced: an upgrade must not replay a store's history
+        # onto the bus for reactors to act on.
+        (
+            "announced",
+            "TEXT",
+            f"UPDATE targets SET announced = state WHERE state IN ({', '.join('?' * len(terminal))})",
+            terminal,
+        ),
+        # When each was last published, for the resend; `sent_ms` keeps the first, for the latency.
+        ("last_sent_ms", "INTEGER", "UPDATE targets SET last_sent_ms = sent_ms", ()),
+    )
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Give a store made before them the columns added since."""
+
+    def missing() -> list[tuple[str, str, str, tuple[str, ...]]]:
+        present = {row[1] for row in conn.execute("PRAGMA table_info(targets)")}
+        return [column for column in _added_columns() if column[0] not in present]
+
+    if missing():
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Checked again under the write lock: the CLI and the relay may open the store at once.
-            if "announced" not in {row[1] for row in conn.execute("PRAGMA table_info(targets)")}:
-                conn.execute("ALTER TABLE targets ADD COLUMN announced TEXT")
-                terminal = tuple(s.value for s in CommandState if s.terminal)
-                conn.execute(
-                    f"UPDATE targets SET announced = state WHERE state IN ({', '.join('?' * len(terminal))})",
-                    terminal,
-                )
+            for name, kind, fill, params in missing():
+                conn.execute(f"ALTER TABLE targets ADD COLUMN {name} {kind}")
+                conn.execute(fill, params)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -192,11 +209,12 @@ def _percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-def _allowance(max_per_minute: float, rows: Sequence[tuple[Any, ...]], now_ms: int) -> float:
+def _allowance(max_per_minute: float, first_sent_ms: Sequence[int | None], now_ms: int) -> float:
     """How many more may go now: within the minute's rate, and paced across it, so that
     `--max-per-minute 120` sends 2 a second rather than 120 at once (an abort threshold must
-    see results before the whole minute's share is out)."""
-    sent = [int(row[-1]) for row in rows if row[-1] is not None]
+    see results before the whole minute's share is out). Resends do not count: the rate is of
+    targets reached."""
+    sent = [int(at) for at in first_sent_ms if at is not None]
     last_minute = sum(1 for at in sent if now_ms - at < 60_000)
     window_ms = max(1000.0, 60_000 / max_per_minute)  # one send at least per window
     per_window = max(1, math.floor(max_per_minute * window_ms / 60_000))
@@ -221,7 +239,7 @@ class RolloutStore:
         execute_waiting(conn, "PRAGMA journal_mode=WAL", BUSY_TIMEOUT_S)
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(SCHEMA)
-        _add_announced(conn)
+        _add_columns(conn)
         return cls(conn)
 
     @contextmanager
@@ -295,17 +313,19 @@ class RolloutStore:
         if self.status(rollout) != DISPATCHING:
             return []
         rows = self._conn.execute(
-            "SELECT cmd_id, minion, site, device, state, sent_ms FROM targets WHERE rollout = ? ORDER BY device",
+            "SELECT cmd_id, minion, site, device, state, sent_ms, last_sent_ms FROM targets"
+            " WHERE rollout = ? ORDER BY device",
             (rollout,),
         ).fetchall()
         if now_ms >= spec.not_after_ms:
             self._expire_queued(rollout)
             return []
-        allowance = math.inf if spec.max_per_minute is None else _allowance(spec.max_per_minute, rows, now_ms)
+        first_sent = [row[5] for row in rows]
+        allowance = math.inf if spec.max_per_minute is None else _allowance(spec.max_per_minute, first_sent, now_ms)
         due: list[Pending] = []
-        for cmd_id, minion, site, device, state, sent_ms in rows:
+        for cmd_id, minion, site, device, state, _, last_sent_ms in rows:
             target = Target(minion, site, device)
-            if state == CommandState.SENT.value and now_ms - int(sent_ms) >= resend_s * 1000:
+            if state == CommandState.SENT.value and now_ms - int(last_sent_ms) >= resend_s * 1000:
                 due.append(Pending(cmd_id, target, first=False))
             elif state == CommandState.QUEUED.value and allowance >= 1:
                 allowance -= 1
@@ -320,12 +340,14 @@ class RolloutStore:
             )
 
     def mark_sent(self, cmd_ids: Sequence[str], now_ms: int) -> None:
-        """Published: SENT from now (a resend keeps its first time, for the latency)."""
+        """Published: SENT from now (a resend keeps its first time, for the latency, and is the
+        last one the next resend counts from)."""
         with self._write() as conn:
             conn.executemany(
-                "UPDATE targets SET state = ?, sent_ms = COALESCE(sent_ms, ?) WHERE cmd_id = ? AND state IN (?, ?)",
+                "UPDATE targets SET state = ?, sent_ms = COALESCE(sent_ms, ?), last_sent_ms = ?"
+                " WHERE cmd_id = ? AND state IN (?, ?)",
                 [
-                    (CommandState.SENT.value, now_ms, c, CommandState.QUEUED.value, CommandState.SENT.value)
+                    (CommandState.SENT.value, now_ms, now_ms, c, CommandState.QUEUED.value, CommandState.SENT.value)
                     for c in cmd_ids
                 ],
             )
