@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only ceiling,forwarder,...]`: run benches, print ratios and targets."""
+"""`python -m bench [--quick] [--only ceiling,forwarder,...] [--outage-s S]`: run benches, print ratios and targets."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from bench.options import BenchOptions
 from bench.results import RESULTS_MD, BenchReport, load_reports, render_markdown, render_report, save_reports
 from bench.scenarios import (
     ceiling,
+    commands,
     drain,
     es,
     forwarder,
@@ -39,6 +40,7 @@ BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
     relay.NAME: relay.run,
     powercut.NAME: powercut.run,
     lab_scale.NAME: lab_scale.run,
+    commands.NAME: commands.run,
 }
 
 
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHES)}")
     parser.add_argument("--runs", type=int, default=None, help="runs per figure (default 3, or 1 with --quick)")
     parser.add_argument("--keep-files", action="store_true", help="keep each run's temporary directory")
+    parser.add_argument(
+        "--outage-s", type=float, default=None, help="the gateway outage of the commands bench (default 300, quick 10)"
+    )
     parser.add_argument("--render", action="store_true", help="run nothing; rewrite RESULTS.md from results.json")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target of a bench run here is missed")
     return parser.parse_args(argv)
@@ -68,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown bench {unknown[0]!r}; choose from {', '.join(BENCHES)}", file=sys.stderr)
         return 2
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
-    options = BenchOptions(quick=args.quick, runs=max(1, runs), keep_files=args.keep_files)
+    if args.outage_s is not None and not args.outage_s > 0:
+        print(f"--outage-s {args.outage_s}: must be a positive number of seconds", file=sys.stderr)
+        return 2
+    options = BenchOptions(quick=args.quick, runs=max(1, runs), keep_files=args.keep_files, outage_s=args.outage_s)
     reports = load_reports()
     failed = []
     for name in chosen:

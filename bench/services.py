@@ -13,12 +13,15 @@ on the broker's PUBACK) is the one-line change
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from bench.lab import Lab
 from bench.reading import SITE
+from saltmarsh.config.sensor import swarm_device_id
 from saltmarsh.ops.localfleet.configs import ConfigDoc, broker_table, forwarder_config, ingester_config, sensor_config
 from saltmarsh.ops.localfleet.processes import ServiceProcess
+from saltmarsh.runtime.status import read_statuses
 
 GATEWAY_ID = "gw1"
 INGESTER_ID = "ing1"
@@ -27,7 +30,10 @@ READY_TIMEOUT_S = 30.0
 ACKNOWLEDGEMENT: Mapping[str, object] = {}
 
 
-def forwarder_doc(lab: Lab, gateway_port: int, cloud_port: int, drain_rate_limit: float) -> ConfigDoc:
+def forwarder_doc(
+    lab: Lab, gateway_port: int, cloud_port: int, drain_rate_limit: float, settings: Mapping[str, object] | None = None
+) -> ConfigDoc:
+    """`settings` are more keys of its own (a `[commands]` table), over the ones every bench gives."""
     return forwarder_config(
         gateway_id=GATEWAY_ID,
         site=SITE,
@@ -39,14 +45,21 @@ def forwarder_doc(lab: Lab, gateway_port: int, cloud_port: int, drain_rate_limit
         spool_quota_bytes=20_000_000_000,
         drain_rate_limit=drain_rate_limit,
         **ACKNOWLEDGEMENT,
+        **(settings or {}),
     )
 
 
 def start_forwarder(
-    lab: Lab, gateway_port: int, cloud_port: int, drain_rate_limit: float, wait_uplink: bool = True
+    lab: Lab,
+    gateway_port: int,
+    cloud_port: int,
+    drain_rate_limit: float,
+    wait_uplink: bool = True,
+    *,
+    settings: Mapping[str, object] | None = None,
 ) -> ServiceProcess:
     """`python -m gateway`, returned once connected locally (and to the uplink, with `wait_uplink`)."""
-    config = lab.config("forwarder", forwarder_doc(lab, gateway_port, cloud_port, drain_rate_limit))
+    config = lab.config("forwarder", forwarder_doc(lab, gateway_port, cloud_port, drain_rate_limit, settings))
     forwarder = lab.service("forwarder", "gateway", config)
     key = "uplink_connected" if wait_uplink else "local_connected"
     lab.wait_status(
@@ -59,7 +72,10 @@ def start_forwarder(
     return forwarder
 
 
-def sensor_doc(lab: Lab, gateway_port: int, device: str, interval_s: float) -> ConfigDoc:
+def sensor_doc(
+    lab: Lab, gateway_port: int, device: str, interval_s: float, settings: Mapping[str, object] | None = None
+) -> ConfigDoc:
+    """`settings` are more keys of its own (`[swarm]`, `[commands]`), over the ones every bench gives."""
     return sensor_config(
         device=device,
         site=SITE,
@@ -72,6 +88,7 @@ def sensor_doc(lab: Lab, gateway_port: int, device: str, interval_s: float) -> C
         location={"lat": -27.4698, "lon": 153.0251, "place": "garden"},
         driver={"type": "simulated", "seed": 7},
         **ACKNOWLEDGEMENT,
+        **(settings or {}),
     )
 
 
@@ -81,6 +98,28 @@ def start_sensor(lab: Lab, gateway_port: int, device: str, interval_s: float) ->
     sensor = lab.service(name, "sensor", lab.config(name, sensor_doc(lab, gateway_port, device, interval_s)))
     lab.wait_status("sensor", device, lambda c: bool(c.get("connected")), READY_TIMEOUT_S, sensor.alive)
     return sensor
+
+
+def start_swarm(
+    lab: Lab, gateway_port: int, host: str, devices: int, *, interval_s: float, settings: Mapping[str, object]
+) -> ServiceProcess:
+    """One sensor process running `devices` simulated devices (`[swarm]`), returned once every one
+    of them is connected to the gateway broker; `settings` as for `sensor_doc`."""
+    name = f"sensor-{host}"
+    doc = sensor_doc(lab, gateway_port, host, interval_s, {"swarm": {"devices": devices}, **settings})
+    swarm = lab.service(name, "sensor", lab.config(name, doc))
+    expected = {swarm_device_id(host, n) for n in range(1, devices + 1)}
+    deadline = time.monotonic() + READY_TIMEOUT_S + devices * 0.5  # each device opens its own spool
+    while time.monotonic() < deadline:
+        connected = {
+            s.instance for s in read_statuses(lab.status_dir) if s.service == "sensor" and s.counters.get("connected")
+        }
+        if expected <= connected:
+            return swarm
+        if not swarm.alive():
+            raise RuntimeError(f"{name} exited; see {lab.logs}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{name}: not every one of its {devices} devices connected; see {lab.logs}")
 
 
 def start_ingester(lab: Lab, cloud_port: int, sink: Mapping[str, object]) -> ServiceProcess:

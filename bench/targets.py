@@ -79,6 +79,16 @@ TARGETS = (
         "MB",
     ),
     Target("drain after a 5 min sink outage", "sink_outage", "drain time after a 5 min outage", "<=", 120.0, "s"),
+    Target(
+        "commands run twice, at 10 and 100/s and across a gateway outage",
+        "commands",
+        "ours run twice",
+        "<=",
+        0,
+        "commands",
+    ),
+    Target("commands lost across a 5 min gateway outage", "commands", "ours drain lost", "<=", 0, "commands"),
+    Target("drain of 10,000 commands after a 5 min gateway outage", "commands", "ours drain time", "<=", 120.0, "s"),
     Target("power cuts of the gateway VM", "powercut", "gateway VM power cuts", ">=", 10, "cuts"),
     Target("readings lost across the gateway VM's power cuts", "powercut", "gateway VM lost", "<=", 0, "readings"),
     Target(
