@@ -318,9 +318,10 @@ class WireClient:
                 break
             chunks.append(self._view[:size].tobytes())
             total += size
-            self._last_read = time.monotonic()
             if short_read_drains and size < _RECV_BYTES:
                 break
+        if total:
+            self._last_read = time.monotonic()  # once a poll: the loop over small TLS records is hot
         data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         publishes, pubacks, others, consumed = parse_stream(data)
         self._in = data[consumed:] if consumed < len(data) else b""
