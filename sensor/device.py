@@ -37,9 +37,6 @@ SPOOL_PAGE_SIZE = 1024
 def counters(
     agent: Agent, sender: SpoolSender, spool: Spool, executor: CommandExecutor | None = None
 ) -> dict[str, Any]:
-    stats = spool.stats()
-    now_ms = int(time.time() * 1000)
-    oldest_age_s = 0.0 if stats.oldest_spooled_ms is None else max(0.0, (now_ms - stats.oldest_spooled_ms) / 1000)
     return {
         "device": agent.cfg.device,
         "site": agent.cfg.site,
@@ -53,6 +50,18 @@ def counters(
         "spool_errors": agent.spool_errors,
         "invalid_total": agent.invalid_total,
         "oversized_total": agent.oversized_total,
+        **delivery_counters(sender, spool),
+        "interval_s": agent.interval_s,
+        "outcomes_total": agent.outcomes_total,
+    } | ({} if executor is None else executor.status_counters())
+
+
+def delivery_counters(sender: SpoolSender, spool: Spool) -> dict[str, Any]:
+    """The spool and its sender: depth, oldest, in flight, unconfirmed; a sensor's or the BLE collector's."""
+    stats = spool.stats()
+    now_ms = int(time.time() * 1000)
+    oldest_age_s = 0.0 if stats.oldest_spooled_ms is None else max(0.0, (now_ms - stats.oldest_spooled_ms) / 1000)
+    return {
         "spool_depth": stats.depth_messages,
         "spool_bytes": stats.depth_bytes,
         "spool_evicted": stats.evicted_messages,
@@ -62,7 +71,7 @@ def counters(
         "acked_total": sender.acked_total,
         "rejected_total": sender.rejected_total,
         "in_flight": sender.in_flight,
-        "acknowledgement": agent.cfg.confirmations.mode.value,
+        "acknowledgement": sender.cfg.confirmations.mode.value,
         "unconfirmed": sender.unconfirmed.count,
         "oldest_unconfirmed_age_s": _age_s(sender.unconfirmed.oldest_first_sent),
         "confirmed_total": sender.unconfirmed.confirmed_total,
@@ -71,9 +80,7 @@ def counters(
         "connected": sender.connected,
         "connects": sender.connects,
         "publish_rate": sender.publish_rate(),
-        "interval_s": agent.interval_s,
-        "outcomes_total": agent.outcomes_total,
-    } | ({} if executor is None else executor.status_counters())
+    }
 
 
 def _age_s(monotonic_at: float | None) -> float:

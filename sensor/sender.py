@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -53,7 +53,7 @@ OFFLINE_ACK_TIMEOUT_S = 2.0
 
 
 class SpoolSender:
-    def __init__(self, cfg: SensorConfig, spool: Spool, boot: str) -> None:
+    def __init__(self, cfg: SensorConfig, spool: Spool, boot: str, devices: Iterable[str] = ()) -> None:
         self.cfg = cfg
         self.on_command: Callable[[mqtt.MQTTMessage], None] | None = None
         self.command_topics: frozenset[str] = frozenset()
@@ -61,7 +61,8 @@ class SpoolSender:
         self.boot = boot
         self.window = cfg.publish_window
         self.status_topic = status_topic(cfg)
-        self.ack_topic = ack_topic(cfg.site, cfg.device)
+        # A collector (gateway.ble) sends for many devices, each confirmed on its own ack topic.
+        self.ack_topics = {ack_topic(cfg.site, device) for device in (devices or (cfg.device,))}
         self._end_to_end = cfg.confirmations.end_to_end
         self.unconfirmed: Unconfirmed[OpenSegment] = Unconfirmed(
             overtaken_s=cfg.confirmations.overtaken_s, silence=cfg.confirmations.silence_policy()
@@ -94,6 +95,14 @@ class SpoolSender:
         self.client.on_publish = self.on_publish
         self.client.on_message = self.on_message
 
+    def watch(self, device: str) -> None:
+        """Also send for `device` (a BLE device discovered while running): its confirmations count."""
+        topic = ack_topic(self.cfg.site, device)
+        if topic not in self.ack_topics:
+            self.ack_topics = self.ack_topics | {topic}  # a new set: paho's thread may be iterating
+            if self.connected and self._end_to_end:
+                self.client.subscribe(topic, qos=QOS_AT_MOST_ONCE)
+
     def take_commands(self, on_command: Callable[[mqtt.MQTTMessage], None]) -> None:
         """Subscribe to this device's command topics (before `start`); each command is handed to
         `on_command` as it comes, on paho's thread (sensor.commands queues it)."""
@@ -110,7 +119,7 @@ class SpoolSender:
         self.connects += 1
         if self._end_to_end:
             # QoS 0: a confirmation missed while away is covered by the resend on reconnect.
-            client.subscribe(self.ack_topic, qos=QOS_AT_MOST_ONCE)
+            client.subscribe([(topic, QOS_AT_MOST_ONCE) for topic in sorted(set(self.ack_topics))])
         if self.command_topics:
             # QoS 1: the gateway's forwarder resends a command until the device's result comes back.
             client.subscribe([(topic, QOS_AT_LEAST_ONCE) for topic in sorted(self.command_topics)])
@@ -190,7 +199,7 @@ class SpoolSender:
         receive = self.unconfirmed.receive
         while self._confirmations:
             topic, payload = self._confirmations.popleft()
-            self._release(receive(topic, payload, now, ours=topic == self.ack_topic))
+            self._release(receive(topic, payload, now, ours=topic in self.ack_topics))
 
     def _release(self, released: list[tuple[int, OpenSegment]]) -> None:
         done: list[Segment] = []

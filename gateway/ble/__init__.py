@@ -24,7 +24,7 @@ Parts, in the order an advertisement takes them (wired in `Intake.accept`):
 Reasons for dropping are in `reasons`; device ids in `device_id`.
 """
 
-from gateway.ble.advertisement import Advertisement, normalize_mac
+from gateway.ble.advertisement import Advertisement
 from gateway.ble.backend import BleUnavailable, ScanBackend
 from gateway.ble.bleak_backend import BleakBackend
 from gateway.ble.decode import Decoder, kind_of
@@ -36,6 +36,7 @@ from gateway.ble.parsed import Kind, Parsed
 from gateway.ble.reasons import BadReason, DuplicateReason
 from gateway.ble.replay import ReplayBackend
 from gateway.ble.supervise import ScanState, ScanStatus, keep_scanning
+from saltmarsh.contract.mac import normalize_mac
 
 __all__ = [
     "Advertisement",

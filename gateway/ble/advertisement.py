@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from saltmarsh.contract.errors import Reason, ValidationError
+from saltmarsh.contract.mac import MAC_PATTERN, normalize_mac
 
-# BlueZ and bleak report addresses upper-case with colons; one spelling keeps one device one key.
-MAC_PATTERN = re.compile(r"^[0-9A-F]{2}(?::[0-9A-F]{2}){5}\Z")
 # bleak gives 128-bit UUIDs, lower-case; the parsers look service data up by exactly that form.
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 ADAPTER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
@@ -25,14 +24,6 @@ MAX_NAME_CHARS = 248  # the longest local name a controller reports (Core spec, 
 
 ServiceData = tuple[tuple[str, bytes], ...]
 ManufacturerData = tuple[tuple[int, bytes], ...]
-
-
-def normalize_mac(address: str) -> str:
-    """`a4-c1-38-8d-18-b2` or `a4:c1:...` to `A4:C1:38:8D:18:B2`; ValidationError if it is no MAC."""
-    text = address.strip().upper().replace("-", ":") if isinstance(address, str) else address
-    if not isinstance(text, str) or not MAC_PATTERN.fullmatch(text):
-        raise ValidationError(Reason.INVALID_VALUE, "address", f"{str(address)[:40]!r} is not a MAC address")
-    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from gateway.ble.advertisement import Advertisement, normalize_mac
+from gateway.ble.advertisement import Advertisement
 from gateway.ble.bthome import BTHOME_UUIDS, BTHomeParser
 from gateway.ble.parsed import Kind, Parsed
 from gateway.ble.reasons import BadReason
 from gateway.ble.ruuvi import RUUVI_COMPANY_ID, RuuviParser
 from gateway.ble.service_info import to_service_info
+from saltmarsh.contract.mac import normalize_mac
 
 # An advertising data structure's length is one byte, so no AD value holds more than 254 bytes
 # (less its type and UUID or company id); extended advertising carries at most 1650 bytes in all

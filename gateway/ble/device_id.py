@@ -9,13 +9,7 @@ operators give their Pi sensors.
 
 from __future__ import annotations
 
-from gateway.ble.advertisement import normalize_mac
-from saltmarsh.contract.topics import check_id
+from saltmarsh.contract.mac import BLE_DEVICE_PREFIX as PREFIX
+from saltmarsh.contract.mac import ble_device_id as device_id_for
 
-PREFIX = "ble-"
-
-
-def device_id_for(address: str) -> str:
-    """The device id of a MAC address, in any of the spellings `normalize_mac` accepts."""
-    mac = normalize_mac(address)
-    return check_id("device", PREFIX + mac.replace(":", "").lower())
+__all__ = ["PREFIX", "device_id_for"]

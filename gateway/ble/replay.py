@@ -95,12 +95,23 @@ def dump(advertisement: Advertisement) -> str:
 
 
 class ReplayBackend:
+    """Plays recorded advertisements as a radio would deliver them.
+
+    `speed` None: as fast as the loop takes them, times as recorded (or moved to now). With a
+    `speed`, paced: the recording's clock runs `speed` times faster than the wall's, and a moved
+    recording (`rebase`, or a fixed `start_at` wall time for its first record) has its times
+    compressed to match, so that what it makes is consistent with the wall clock the sinks check.
+    With `start_at`, what was due before the backend started is skipped (`missed`): a collector
+    restarted in the middle does not hear again what went out while it was down.
+    """
+
     def __init__(
         self,
         records: Sequence[Advertisement],
         *,
         speed: float | None = None,
         rebase: bool = False,
+        start_at: float | None = None,
         source: str = "<replay>",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -108,10 +119,12 @@ class ReplayBackend:
             raise ValueError(f"replay speed {speed} must be above 0")
         self.records = tuple(records)
         self.speed = speed
-        self.rebase = rebase
+        self.rebase = rebase or start_at is not None
+        self.start_at = start_at
         self.source = source
         self._clock = clock
         self.delivered = 0
+        self.missed = 0
 
     @classmethod
     def from_file(cls, path: Path, **options: Any) -> ReplayBackend:
@@ -121,28 +134,38 @@ class ReplayBackend:
     def name(self) -> str:
         return f"replay of {self.source}"
 
+    def _aired_at(self, record: Advertisement, first: float, origin: float | None) -> float:
+        """The wall time a record goes on the air (or its own time, unmoved and unpaced)."""
+        offset = record.time_s - first
+        if self.speed is not None:
+            offset /= self.speed
+        return (first if origin is None else origin) + offset
+
     async def run(self, emit: Emit, stop: asyncio.Event, started: Started) -> None:
         started(f"{len(self.records)} advertisements from {self.source}")
         if not self.records:
             return
         first = self.records[0].time_s
-        shift = self._clock() - first if self.rebase else 0.0
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        for record in self.records[self.delivered :]:
+        origin = self.start_at if self.start_at is not None else (self._clock() if self.rebase else None)
+        began = self._clock()
+        for record in self.records[self.delivered + self.missed :]:
             if stop.is_set():
                 return
+            aired = self._aired_at(record, first, origin)
+            if self.start_at is not None and aired < began:
+                self.missed += 1
+                continue
             if self.speed is not None:
-                due = began + (record.time_s - first) / self.speed
-                if due > loop.time():
+                wait_s = aired - self._clock() if origin is not None else aired - first - (self._clock() - began)
+                if wait_s > 0:
                     try:
-                        await asyncio.wait_for(stop.wait(), due - loop.time())
+                        await asyncio.wait_for(stop.wait(), wait_s)
                         return
                     except TimeoutError:
                         pass
             else:
                 await asyncio.sleep(0)  # let the loop (and a stop) in between records
-            emit(replace(record, time_s=record.time_s + shift) if shift else record)
+            emit(replace(record, time_s=aired) if origin is not None else record)
             self.delivered += 1
 
 

@@ -68,10 +68,12 @@ def mint_alert(
     model: str | None = None,
     firmware: str | None = None,
     location: Location | None = None,
+    kind: Channel = Channel.ALERT,
 ) -> Envelope:
-    """An alert envelope with its identity, on the device's `alert` topic; it validates itself."""
+    """An alert envelope with its identity, on the device's `alert` topic; it validates itself.
+    With `kind` EVENT, the same named envelope on the `event` topic (a BLE device gone stale)."""
     return Envelope(
-        kind=Channel.ALERT,
+        kind=kind,
         device=device,
         site=site,
         boot=boot,
