@@ -68,6 +68,36 @@ def test_spool_beacon_reports_each_forwarder(tmp_path: Path) -> None:
     assert spool.read_spools(tmp_path, 30, now_ms + 31_000)[0]["stale"] is True
 
 
+def test_spool_beacon_reports_the_ble_collector_and_each_of_its_devices(tmp_path: Path) -> None:
+    device = {
+        "mac": "54:48:E6:8F:80:A5",
+        "last_seq": 12,
+        "last_seen_age_s": 4.0,
+        "adverts_per_min": 8.0,
+        "rssi": -70,
+        "decrypt_failures": 2,
+        "duplicates_dropped": 30,
+        "stale": False,
+    }
+    counters = {
+        "ble": "ble: unavailable (no D-Bus system bus; is bluetoothd running?)",
+        "spool_depth": 3,
+        "unconfirmed": 1,
+        "devices": {"ble-5448e68f80a5": device, "bad": "row"},
+        "ble_unknown_devices": [{"mac": "C0:FF:EE:00:00:01"}],
+    }
+    write_status(tmp_path, "ble", "gw1-ble", counters)
+    now_ms = json.loads((tmp_path / "ble-gw1-ble.json").read_text())["updated_ms"]
+    [event] = spool.read_spools(tmp_path, 30, now_ms)
+    assert event["tag"] == event["collector"] == "gw1-ble"
+    assert event["ble"] == counters["ble"]
+    assert (event["spool_depth"], event["unconfirmed"], event["unknown_devices"]) == (3, 1, 1)
+    assert event["devices"] == {
+        "ble-5448e68f80a5": {k: device[k] for k in spool.BLE_DEVICE_FIELDS},
+    }
+    assert event["stale"] is False
+
+
 def test_spool_beacon_validates_its_config() -> None:
     assert spool.validate([{"status_dir": "/run/saltmarsh/status"}, {"interval": 30}])[0] is True
     assert spool.validate([{"stale_after_s": -1}])[0] is False

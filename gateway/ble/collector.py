@@ -165,7 +165,7 @@ class Collector:
         last_seq = self.minter.last_seq
         devices: dict[str, Any] = {}
         for mac, device in sorted(self.roster.devices.items()):
-            heard = health.get(mac, {})
+            heard = health.get(device.device_id, {})
             devices[device.device_id] = {
                 "mac": mac,
                 "kind": device.kind,

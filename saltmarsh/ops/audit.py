@@ -35,6 +35,25 @@ SUSPICIOUS_MIN_GAP = 1_000_000  # about 11.5 days of one reading a second
 SUSPICIOUS_FACTOR = 1000
 
 
+def expectations_from(statuses: Iterable[ServiceStatus]) -> dict[str, tuple[str, int]]:
+    """Each device's own word on what it sent, device -> (boot, last seq): a sensor's status, and
+    each device of a BLE collector's (`devices.<id>.last_seq` under the collector's `boot`).
+    ValueError names the status whose numbers are not numbers."""
+    out: dict[str, tuple[str, int]] = {}
+    for s in statuses:
+        counters = s.counters
+        try:
+            if s.service == "sensor" and "boot" in counters and "last_seq" in counters:
+                out[s.instance] = (str(counters["boot"]), int(counters["last_seq"]))
+            elif s.service == "ble" and "boot" in counters and isinstance(counters.get("devices"), Mapping):
+                for device, row in counters["devices"].items():
+                    if isinstance(row, Mapping) and int(row.get("last_seq", 0)) > 0:
+                        out[str(device)] = (str(counters["boot"]), int(row["last_seq"]))
+        except (TypeError, ValueError):
+            raise ValueError(f"{s.service} {s.instance}: last_seq is not a number") from None
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Gap:
     """Seqs `first_missing..last_missing` (inclusive) of one boot never reached the sink."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
 from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
-from saltmarsh.ops.audit import AuditReport, format_report, format_whereabouts, run_audit
+from saltmarsh.ops.audit import AuditReport, expectations_from, format_report, format_whereabouts, run_audit
 from saltmarsh.ops.cmd_cli import add_cmd_parser
 from saltmarsh.ops.lab.cli import add_lab_parser
 from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet
@@ -140,16 +140,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if found is None:
             return 2
         statuses = found
-        expectations = {}
-        for s in statuses:
-            if s.service == "sensor" and "boot" in s.counters and "last_seq" in s.counters:
-                try:
-                    expectations[s.instance] = (str(s.counters["boot"]), int(s.counters["last_seq"]))
-                except (TypeError, ValueError):
-                    print(
-                        f"saltmarsh audit: {status_dir}: sensor {s.instance}: last_seq is not a number", file=sys.stderr
-                    )
-                    return 2
+        try:
+            expectations = expectations_from(statuses)
+        except ValueError as err:
+            print(f"saltmarsh audit: {status_dir}: {err}", file=sys.stderr)
+            return 2
     spec = Path(args.db) if args.db else load_ingester_config(Path(args.config)).sink
     report = _audit(spec, expectations)
     print(format_report(report))

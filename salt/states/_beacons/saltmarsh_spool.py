@@ -11,6 +11,14 @@ Reads the forwarder's status file (`<status_dir>/forwarder-<gateway id>.json`, w
 sink (it stays in the spool until then), and `oldest_unconfirmed_age_s` how long the oldest of it
 has waited: a sink outage shows here first.
 
+The gateway's BLE collector (`<status_dir>/ble-<collector>.json`) has a spool too, and its event
+(tag `<collector>`) adds its scan state and each BLE device's health:
+
+    {"collector": "gw1-ble", "ble": "ble: scanning (bleak on hci0)", "spool_depth": 0, ...,
+     "devices": {"ble-5448e68f80a5": {"last_seen_age_s": 12.0, "adverts_per_min": 4.0,
+                 "rssi": -71, "decrypt_failures": 0, "duplicates_dropped": 9, "stale": false}},
+     "unknown_devices": 2, "stale": false, "updated_ms": 1732270000123}
+
 `stale` is true when the file has not been rewritten for `stale_after_s` (the forwarder is hung or
 down): the backlog numbers are then the last ones it reported.
 
@@ -65,21 +73,46 @@ def validate(config: Any) -> tuple[bool, str]:
         return False, "saltmarsh_spool: stale_after_s must be a positive number"
     return True, "Valid beacon configuration"
 
+BLE_DEVICE_FIELDS = ("last_seen_age_s", "adverts_per_min", "rssi", "decrypt_failures", "duplicates_dropped", "stale")
+
+
+def _read(path: Path) -> tuple[dict[str, Any], int, str] | None:
+    try:
+        doc = json.loads(path.read_text())
+        return dict(doc["counters"]), int(doc["updated_ms"]), str(doc["instance"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
 
 def read_spools(status_dir: Path, stale_after_s: float, now_ms: int) -> list[dict[str, Any]]:
-    """One event per readable forwarder status file; a file being replaced is read next time."""
+    """One event per readable forwarder and BLE collector status file; a file being replaced is read next time."""
     events: list[dict[str, Any]] = []
     for path in sorted(status_dir.glob("forwarder-*.json")):
-        try:
-            doc = json.loads(path.read_text())
-            counters = doc["counters"]
-            updated_ms = int(doc["updated_ms"])
-            gateway_id = str(doc["instance"])
-        except (OSError, ValueError, KeyError, TypeError):
+        read = _read(path)
+        if read is None:
             continue
+        counters, updated_ms, gateway_id = read
         event: dict[str, Any] = {"tag": gateway_id, "gateway_id": gateway_id, "updated_ms": updated_ms}
         for field in FIELDS:
             event[field] = counters.get(field)
+        event["stale"] = now_ms - updated_ms > stale_after_s * 1000
+        events.append(event)
+    for path in sorted(status_dir.glob("ble-*.json")):
+        read = _read(path)
+        if read is None:
+            continue
+        counters, updated_ms, collector = read
+        event = {"tag": collector, "collector": collector, "updated_ms": updated_ms, "ble": counters.get("ble")}
+        for field in FIELDS:
+            event[field] = counters.get(field)
+        devices = counters.get("devices")
+        event["devices"] = {
+            str(device): {field: row.get(field) for field in BLE_DEVICE_FIELDS}
+            for device, row in (devices.items() if isinstance(devices, dict) else ())
+            if isinstance(row, dict)
+        }
+        unknown = counters.get("ble_unknown_devices")
+        event["unknown_devices"] = len(unknown) if isinstance(unknown, list) else 0
         event["stale"] = now_ms - updated_ms > stale_after_s * 1000
         events.append(event)
     return events

@@ -15,7 +15,7 @@ from typing import Any
 
 from saltmarsh.config.ingester import load_ingester_config
 from saltmarsh.contract.errors import SinkUnavailable
-from saltmarsh.ops.audit import AuditReport, run_audit
+from saltmarsh.ops.audit import AuditReport, expectations_from, run_audit
 from saltmarsh.ops.localfleet.configs import (
     ConfigDoc,
     broker_table,
@@ -222,12 +222,8 @@ class LocalFleet:
         return [s for s in self.statuses() if s.service == service]
 
     def expectations(self) -> dict[str, tuple[str, int]]:
-        """Each sensor's own word on what it produced: device -> (boot, last seq)."""
-        return {
-            s.instance: (str(s.counters["boot"]), int(s.counters["last_seq"]))
-            for s in self.status_of("sensor")
-            if "boot" in s.counters and "last_seq" in s.counters
-        }
+        """Each device's own word on what it produced: device -> (boot, last seq)."""
+        return expectations_from(self.statuses())
 
     def sensors_done(self) -> bool:
         """Every sensor has produced its readings and emptied its own spool."""

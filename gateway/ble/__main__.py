@@ -1,0 +1,5 @@
+import sys
+
+from gateway.ble.service import main
+
+sys.exit(main())
