@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from saltmarsh.commands.rollout import ABORTED, CANCELED, RolloutSpec, RolloutStore, Target
+from saltmarsh.commands.rollout import ABORTED, CANCELED, RolloutSpec, RolloutStore, Target, resend_wait_ms
 from saltmarsh.contract.command_state import CommandState
 from saltmarsh.contract.errors import ConfigError
 from tests.support import rollout_spec
@@ -55,6 +55,33 @@ def test_dispatch_keeps_to_the_rate_and_resends_what_no_hop_answered(store: Roll
     assert [(p.target.device, p.first) for p in store.due("r-1", T0 + 90_000)] == [
         ("s001", False), ("s002", False), ("s003", True),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("first_s", "last_s", "wait_s"),
+    [
+        (0, 0, 30),  # first resend: resend_s
+        (0, 30, 30),  # then as long as it has waited since the first: 30, 60, 120 ...
+        (0, 60, 60),
+        (0, 120, 120),
+        (0, 240, 240),
+        (0, 480, 480),
+        (0, 960, 600),  # RESEND_MAX_S at the most
+        (0, 86_400, 600),
+    ],
+)
+def test_resends_of_an_unanswered_command_back_off_to_a_ceiling(first_s: int, last_s: int, wait_s: int) -> None:
+    assert resend_wait_ms(first_s * 1000, last_s * 1000, 30.0) == wait_s * 1000
+
+
+def test_a_five_minute_outage_costs_five_copies_of_a_command(store: RolloutStore) -> None:
+    store.create(spec(), targets(1))
+    sends = 0
+    for now_ms in range(T0, T0 + 300_000, 1_000):
+        due = store.due("r-1", now_ms)
+        sends += len(due)
+        store.mark_sent([p.cmd_id for p in due], now_ms)
+    assert sends == 5  # at 0, 30, 60, 120 and 240 s
 
 
 def test_states_only_move_forward_and_the_summary_adds_up(store: RolloutStore) -> None:

@@ -7,9 +7,12 @@ op and its args, a deadline and the rollout's limits; then, as they come, each t
 status` prints (the count per state, the oldest pending age, p50 and p95 from send to result).
 
 The master is the durable owner of a command until a gateway holds it: a target stays SENT,
-published again every `resend_s`, until an outcome from further down arrives (AT_GATEWAY or
-later). Past its deadline a target that was never published is EXPIRED(hop=cloud), here; so is
-one published that no hop answered by the deadline plus the op's run timeout: the cloud broker
+published again, until an outcome from further down arrives (AT_GATEWAY or later): first after
+`resend_s`, then after twice as long each time, `RESEND_MAX_S` at the most (`resend_wait_ms`). A
+broker that holds the gateway's session already has the copy; the resend is for one that lost
+it, and a gateway cut off for five minutes then gets five copies, not ten.
+Past its deadline a target that was never published is EXPIRED(hop=cloud), here; so is one
+published that no hop answered by the deadline plus the op's run timeout: the cloud broker
 drops a command at its message expiry, so a gateway whose uplink stayed cut never got it. That
 second verdict is the master's inference, as TIMED_OUT is: a gateway that did take the command
 just before its uplink went may still report, and an outcome from further down replaces it.
@@ -74,6 +77,7 @@ ANNOUNCED_INDEX = "CREATE INDEX IF NOT EXISTS targets_unannounced ON targets (ro
 
 DISPATCHING, ABORTED, CANCELED = "dispatching", "aborted", "canceled"
 FAILURES = frozenset((CommandState.FAILED, CommandState.REJECTED, CommandState.EXPIRED, CommandState.TIMED_OUT))
+RESEND_MAX_S = 600.0  # a gateway cut off for hours gets a copy every ten minutes, not every thirty seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +213,12 @@ def _percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
+def resend_wait_ms(first_sent_ms: int, last_sent_ms: int, resend_s: float, max_s: float = RESEND_MAX_S) -> float:
+    """How long after its last send a target no hop answered is sent again: `resend_s`, then as long
+    as it has been waiting since its first send (so the gaps double), `max_s` at the most."""
+    return min(max(resend_s * 1000, last_sent_ms - first_sent_ms), max(resend_s, max_s) * 1000)
+
+
 def _allowance(max_per_minute: float, first_sent_ms: Sequence[int | None], now_ms: int) -> float:
     """How many more may go now: within the minute's rate, and paced across it, so that
     `--max-per-minute 120` sends 2 a second rather than 120 at once (an abort threshold must
@@ -307,8 +317,9 @@ class RolloutStore:
 
     def due(self, rollout: str, now_ms: int, *, resend_s: float = 30.0) -> list[Pending]:
         """What to publish now: QUEUED targets within the rate (counted over the last minute), and
-        SENT ones no hop has answered for `resend_s`. Past the deadline, QUEUED ones are EXPIRED
-        here (hop=cloud) and SENT ones are left to the hops that may hold them."""
+        SENT ones no hop has answered since their last send, for `resend_wait_ms`. Past the
+        deadline, QUEUED ones are EXPIRED here (hop=cloud) and SENT ones are left to the hops that
+        may hold them."""
         spec = self.spec(rollout)
         if self.status(rollout) != DISPATCHING:
             return []
@@ -323,9 +334,11 @@ class RolloutStore:
         first_sent = [row[5] for row in rows]
         allowance = math.inf if spec.max_per_minute is None else _allowance(spec.max_per_minute, first_sent, now_ms)
         due: list[Pending] = []
-        for cmd_id, minion, site, device, state, _, last_sent_ms in rows:
+        for cmd_id, minion, site, device, state, first_sent_ms, last_sent_ms in rows:
             target = Target(minion, site, device)
-            if state == CommandState.SENT.value and now_ms - int(last_sent_ms) >= resend_s * 1000:
+            if state == CommandState.SENT.value and now_ms - int(last_sent_ms) >= resend_wait_ms(
+                int(first_sent_ms), int(last_sent_ms), resend_s
+            ):
                 due.append(Pending(cmd_id, target, first=False))
             elif state == CommandState.QUEUED.value and allowance >= 1:
                 allowance -= 1
