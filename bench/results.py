@@ -247,6 +247,19 @@ BOUNDS = """## What bounds the figures
   (120 MB). The 281 s drain after the 2-minute cut is CPU-bound: ten swarm hosts alone take
   1.2 of the 2 cores. The fix for 20 x 50 is a swarm on one event loop (one MQTT client per
   device, no thread each), not in this issue.
+- **Commands**: latency is the forwarder's quiet cycle, not the work. At a site's rate it reads
+  each link once a cycle (`cycle_ms`, 1 s by default, to save a wake-up per message), and a
+  command crosses it twice: down (the uplink's PUBLISH waits for the cycle) and back up (the
+  device's cmdres waits for the next). So p50 is about 1.5-2 s at the default, and about 55 ms
+  with `cycle_ms = 0`, at the cost of the wake-ups the site-rate figures count. The peer is plain
+  request/response on one broker: about 1 ms, with nothing between the requester and the device
+  that keeps a command across an outage, no deadline enforced on the way, and a QoS 1 redelivery
+  run twice. No peer publishes figures for commands carried through store-and-forward with an
+  exactly-once journal (AWS IoT Jobs, ThingsBoard's persistent RPC and Azure's cloud-to-device
+  messages document semantics, not latency or drain rates), so the ratio is against this peer
+  only. The drain after a 5 min outage is bounded by the swarm's one thread running commands
+  (~116/s); it was measured before the master's resends backed off, when a 5 min outage queued
+  ten copies of each command at the cloud broker (now five).
 - **Elasticsearch sink**: the osmem-server emulator (~12x our CPU per document); only the CPU
   comparison with the client's own bulk helper means anything here.
 """
