@@ -17,8 +17,9 @@ import math
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
 from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
@@ -173,13 +174,49 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = s.state(now_ms)
         age = (now_ms - s.updated_ms) / 1000
         print(f"{s.name}  pid {s.pid}  {state} (updated {age:.0f}s ago)")
-        for key in sorted(s.counters):
-            value = s.counters[key]
-            shown = (
-                f"{value:.2f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
-            )
-            print(f"    {key:<28} {shown}")
+        for line in format_counters(s.counters):
+            print(line)
     return 0
+
+
+def format_counters(counters: Mapping[str, Any]) -> list[str]:
+    """A status's counters, one a line; a BLE collector's `devices` one device a line under it."""
+    lines = []
+    for key in sorted(counters):
+        value = counters[key]
+        if key == "devices" and isinstance(value, dict):
+            lines.append(f"    {key:<28} {len(value)}")
+            lines += [f"      {device:<18} {_device_line(row)}" for device, row in sorted(value.items())]
+            continue
+        if key == "ble_unknown_devices" and isinstance(value, list):
+            lines.append(f"    {key:<28} {len(value)}")
+            lines += [f"      {json.dumps(row)}" for row in value]
+            continue
+        shown = f"{value:.2f}" if isinstance(value, float) else json.dumps(value) if isinstance(value, dict) else value
+        lines.append(f"    {key:<28} {shown}")
+    return lines
+
+
+def _device_line(row: object) -> str:
+    if not isinstance(row, dict):
+        return json.dumps(row)
+    seen = row.get("last_seen_age_s")
+    parts = [
+        str(row.get("mac", "?")),
+        str(row.get("kind", "?")),
+        repr(row.get("place")) if row.get("place") else "-",
+        f"seq {row.get('last_seq', 0)}",
+        "never heard" if seen is None else f"seen {seen:.0f}s ago",
+        f"{row.get('adverts_per_min', 0)}/min",
+        f"rssi {row.get('rssi')}",
+        f"dup {row.get('duplicates_dropped', 0)}",
+        f"decrypt_failures {row.get('decrypt_failures', 0)}",
+    ]
+    if row.get("bad_input"):
+        parts.append(f"bad {json.dumps(row['bad_input'])}")
+    if row.get("stale"):
+        parts.append("STALE")
+    return "  ".join(parts)
 
 
 def cmd_es_templates(args: argparse.Namespace) -> int:
