@@ -73,6 +73,7 @@ def validate(config: Any) -> tuple[bool, str]:
         return False, "saltmarsh_spool: stale_after_s must be a positive number"
     return True, "Valid beacon configuration"
 
+
 BLE_DEVICE_FIELDS = ("last_seen_age_s", "adverts_per_min", "rssi", "decrypt_failures", "duplicates_dropped", "stale")
 
 
