@@ -28,7 +28,7 @@ from gateway.ble.advertisement import Advertisement
 from gateway.ble.recording import BTHOME_UUID, Measurement, SimDevice, bthome_encrypted, sim_devices, site_recording
 from gateway.ble.replay import dump
 from saltmarsh.contract.mac import ble_device_id
-from saltmarsh.ops.localfleet.configs import broker_table, write_config
+from saltmarsh.ops.localfleet.configs import ble_device_rows, broker_table, write_config
 from saltmarsh.ops.localfleet.fleet import LocalFleet
 from saltmarsh.ops.localfleet.processes import ServiceProcess, wait_until
 from saltmarsh.runtime.status import ServiceStatus
@@ -105,21 +105,10 @@ def make_site(tmp_path: Path) -> Site:
 def collector_config(fleet: LocalFleet, site: Site, keys_dir: Path, start_in_s: float = 2.0) -> Path:
     """The collector's config; its recording goes on the air `start_in_s` from now, restarts or not."""
     site.start_s = time.time() + start_in_s
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    devices = []
-    for device in site.devices:
-        row: dict[str, Any] = {
-            "mac": device.mac,
-            "kind": device.kind,
-            "place": f"shelf {device.mac[-2:]}",
-            "expected_interval_s": INTERVAL_S / SPEED,
-        }
-        if device.bindkey is not None:
-            key = keys_dir / (device.mac.replace(":", "") + ".key")
-            key.write_text(device.bindkey + "\n")
-            key.chmod(0o600)
-            row["bindkey_file"] = str(key)
-        devices.append(row)
+    devices = [
+        {**row, "place": f"shelf {row['mac'][-2:]}"}
+        for row in ble_device_rows(site.devices, keys_dir, expected_interval_s=INTERVAL_S / SPEED)
+    ]
     doc = {
         "collector": COLLECTOR,
         "site": fleet.plan.site,
