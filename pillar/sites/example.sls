@@ -30,6 +30,13 @@ saltmarsh:
           model: HW-MD202
           driver: {type: simulated, pin: D17, seed: 2, base_temperature_c: 18.0}
           location: {lat: -27.4701, lon: 153.0262, place: greenhouse}
+      # BLE thermometers, heard by the BLE collector on gw1 (saltmarsh pillar add-ble-device writes
+      # this; a bthome device's bindkey goes in secrets/example/gw1.sls). Off in the test fleet.
+      # ble:
+      #   gateway: gw1
+      #   discovery: false
+      #   devices:
+      #     "54:48:E6:8F:80:A5": {kind: bthome, place: cold room 2, expected_interval_s: 60}
       # Rendered into the ingesters' Kinesis selection as the rule "example-thresholds".
       thresholds:
         temperature: {above: 35, below: -5}

@@ -41,9 +41,15 @@ from saltmarsh.contract.errors import ConfigError, ValidationError
 from saltmarsh.contract.mac import ble_device_id, normalize_mac
 
 KINDS = ("bthome", "ruuvi")
+ENCRYPTED_KINDS = ("bthome",)  # a Ruuvi tag's advertisements are in the clear
 BACKENDS = ("bleak", "replay")
 BINDKEY_HEX_CHARS = 32
 MAX_DEVICES = 1000
+
+
+def is_bindkey(text: str) -> bool:
+    """A BTHome bindkey as pillar and key files hold it: 32 hex digits (an AES-128 key)."""
+    return len(text) == BINDKEY_HEX_CHARS and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +73,10 @@ class BleDeviceConfig:
         if not self.expected_interval_s > 0:
             raise ConfigError("expected_interval_s", f"{self.expected_interval_s} is not above 0")
         if self.bindkey is not None:
-            if self.kind != "bthome":
+            if self.kind not in ENCRYPTED_KINDS:
                 raise ConfigError("bindkey_file", f"only a bthome device has a bindkey, not a {self.kind}")
             key = self.bindkey.reveal()
-            if len(key) != BINDKEY_HEX_CHARS or any(c not in "0123456789abcdefABCDEF" for c in key):
+            if not is_bindkey(key):
                 # Never the key itself, even in an error.
                 raise ConfigError("bindkey_file", f"holds {len(key)} characters, not {BINDKEY_HEX_CHARS} hex digits")
 

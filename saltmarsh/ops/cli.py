@@ -1,4 +1,4 @@
-"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site, lab, cmd.
+"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site and add-ble-device, lab, cmd.
 
 Every verb exits
     0  done, and all is well
@@ -259,6 +259,35 @@ def cmd_pillar_new_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pillar_add_ble_device(args: argparse.Namespace) -> int:
+    from saltmarsh.ops.pillar import add_ble_device
+
+    pillar_dir = Path(args.pillar_dir)
+    if not pillar_dir.is_dir():
+        print(f"saltmarsh pillar add-ble-device: pillar directory {pillar_dir} does not exist", file=sys.stderr)
+        return 2
+    added = add_ble_device(
+        args.site,
+        args.mac,
+        args.kind,
+        args.place,
+        pillar_dir,
+        expected_interval_s=args.expected_interval_s,
+        bindkey_file=Path(args.bindkey_file) if args.bindkey_file else None,
+        gateway=args.gateway,
+    )
+    # What was written where, one line a file; never a bindkey or a password.
+    print(
+        f"wrote {added.site_file}: BLE device {added.mac} ({added.device}, {added.kind}, {added.place!r}),"
+        f" collected by {added.collector} on {added.gateway}"
+    )
+    if added.secret_file is not None:
+        done = [f"the bindkey of {added.mac}"] if added.bindkey_added else []
+        done += [f"a new password for {added.collector}"] if added.password_created else []
+        print(f"wrote {added.secret_file}: {' and '.join(done)}")
+    return 0
+
+
 def _number_type(convert: Callable[[str], float], lo: float, inclusive: bool = True) -> Callable[[str], float]:
     """An argparse type: a number at least (or, if not `inclusive`, above) `lo`."""
 
@@ -315,6 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     new_site.add_argument("--sensors", type=_count, default=4, help="sensors at the site (default 4)")
     new_site.add_argument("--pillar-dir", default="pillar", help="the pillar tree to write into (default pillar/)")
     new_site.set_defaults(func=cmd_pillar_new_site)
+    ble = pillar_verbs.add_parser(
+        "add-ble-device", help="a BLE thermometer in a site's pillar, its bindkey in its gateway's secret file"
+    )
+    ble.add_argument("site", help="an existing site, e.g. example")
+    ble.add_argument("mac", help="the device's MAC address, e.g. 54:48:E6:8F:80:A5")
+    ble.add_argument("--kind", required=True, choices=("bthome", "ruuvi"), help="how it advertises")
+    ble.add_argument("--place", required=True, help="where it is, e.g. 'cold room 2'")
+    ble.add_argument(
+        "--expected-interval-s", type=_positive, default=60.0, help="seconds between its readings (default 60)"
+    )
+    ble.add_argument("--bindkey-file", help="a file holding a bthome device's bindkey (32 hex characters)")
+    ble.add_argument("--gateway", help="the gateway that collects the site's BLE devices (default: the site's first)")
+    ble.add_argument("--pillar-dir", "--dir", dest="pillar_dir", default="pillar", help="the pillar tree (pillar/)")
+    ble.set_defaults(func=cmd_pillar_add_ble_device)
 
     status = verbs.add_parser("status", help="every running service's counters")
     status.add_argument("--status-dir", default=str(DEFAULT_STATUS_DIR))

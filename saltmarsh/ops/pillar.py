@@ -1,4 +1,6 @@
-"""A new site's pillar: the non-secret site file, one secret file per minion, and its fleet entry.
+"""A site's pillar: a new site's files, and BLE devices added to an existing site.
+
+A new site's pillar is the non-secret site file, one secret file per minion, and its fleet entry:
 
     new_site("marsh-north", sensors=20, out_dir=Path("pillar"))
 
@@ -14,17 +16,35 @@ Every password is fresh from `secrets.token_urlsafe`. TLS material is deliberate
 it must be issued by the fleet CA, and until `uplink:ca_cert`, `tls_cert` and `tls_key` are added
 the gateway's render stops with a message naming the missing key. The CLI verb
 (`saltmarsh pillar new-site NAME --sensors N`) is a thin wrapper around `new_site`.
+
+A BLE device is added to an existing site by `add_ble_device` (`saltmarsh pillar add-ble-device`):
+
+    sites/<site>.sls           saltmarsh:sites:<site>:ble:devices:"<MAC>": {kind, place, expected_interval_s}
+                               (and ble:gateway, the first time)
+    secrets/<site>/<gw>.sls    saltmarsh:sites:<site>:gateways:<gw>:ble_collector_password (the first
+                               time) and ble_bindkeys:"<MAC>" (a bthome device's key, when given)
+
+These files are an operator's, with comments and an order of their own, so they are edited as
+text: the new lines go at the end of the mapping they belong to, and the result is parsed again
+and must hold exactly what it held before plus the additions, or nothing is written. A file that
+holds Jinja, or a mapping written in flow style where a line must go, is refused: add it by hand.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from saltmarsh.contract.errors import ConfigError
+from saltmarsh.config.ble import ENCRYPTED_KINDS, KINDS, is_bindkey
+from saltmarsh.contract.errors import ConfigError, ValidationError
+from saltmarsh.contract.mac import MAC_PATTERN, ble_device_id, normalize_mac
 
 # The site id is also an sls path component, where a dot would mean a subdirectory.
 SITE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
@@ -148,3 +168,335 @@ def new_site(name: str, sensors: int, out_dir: Path) -> list[Path]:
     fleet_path.write_text(fleet_text + separator + _fleet_entry(name, gateway, devices))
     written.append(fleet_path)
     return written
+
+
+# --- BLE devices -------------------------------------------------------------------------------
+
+MAX_PLACE_CHARS = 256  # the envelope's longest text (saltmarsh.contract.envelope.MAX_TEXT)
+MAX_INTERVAL_S = 86400.0
+# Salt renders every sls through Jinja before YAML: a place holding these would be Jinja.
+JINJA_MARKERS = ("{{", "{%", "{#")
+
+
+def canonical_mac(address: str) -> str:
+    """The MAC as pillar keys it and BlueZ reports it (`54:48:E6:8F:80:A5`), from any spelling
+    `saltmarsh.contract.mac.normalize_mac` accepts; ConfigError naming the value otherwise."""
+    try:
+        return normalize_mac(address)
+    except ValidationError:
+        raise ConfigError("mac", f"{str(address)[:40]!r} is not a MAC address such as 54:48:E6:8F:80:A5") from None
+
+
+def collector_id(gateway: str) -> str:
+    """The BLE collector's MQTT username, client id and status instance on `gateway`."""
+    return f"{gateway}-ble"
+
+
+@dataclass(frozen=True, slots=True)
+class BleDeviceAdded:
+    """What `add_ble_device` wrote: never a secret's value."""
+
+    mac: str
+    device: str
+    kind: str
+    place: str
+    gateway: str
+    site_file: Path
+    secret_file: Path | None  # None: nothing to add there (no bindkey, the password existed)
+    bindkey_added: bool
+    password_created: bool
+
+    @property
+    def collector(self) -> str:
+        return collector_id(self.gateway)
+
+
+def add_ble_device(
+    site: str,
+    mac: str,
+    kind: str,
+    place: str,
+    pillar_dir: Path,
+    *,
+    expected_interval_s: float = 60.0,
+    bindkey_file: Path | None = None,
+    gateway: str | None = None,
+) -> BleDeviceAdded:
+    """Add one BLE device to `site`'s pillar under `pillar_dir`, and its bindkey (read from
+    `bindkey_file`) and the collector's password (made on first use) to the collecting gateway's
+    secret file. Both files are checked in full before either is written; ConfigError names what
+    is wrong, and never a secret's value."""
+    if not SITE_PATTERN.match(site):
+        raise ConfigError("site", f"{site!r} must match {SITE_PATTERN.pattern}")
+    mac = canonical_mac(mac)
+    if kind not in KINDS:
+        raise ConfigError("kind", f"{kind!r} is not a BLE device kind; expected one of {', '.join(KINDS)}")
+    _check_place(place)
+    interval = float(expected_interval_s)
+    if not math.isfinite(interval) or not 0 < interval <= MAX_INTERVAL_S:
+        raise ConfigError("expected-interval-s", f"{expected_interval_s!r} is not a number of seconds in (0, 86400]")
+    bindkey = None if bindkey_file is None else _read_bindkey(bindkey_file, kind)
+
+    site_path = pillar_dir / "sites" / f"{site}.sls"
+    if not site_path.is_file():
+        raise ConfigError("site", f"{site!r} is not a site: there is no {site_path}")
+    site_text, site_doc = _read_yaml(site_path)
+    site_entry = _mapping_at(site_doc, ["saltmarsh", "sites", site], site_path)
+    gateways = site_entry.get("gateways")
+    if not isinstance(gateways, dict) or not gateways:
+        raise ConfigError(f"saltmarsh:sites:{site}:gateways", "lists no gateway to collect BLE devices", str(site_path))
+    ble = site_entry.get("ble") or {}
+    if not isinstance(ble, dict):
+        raise ConfigError(f"saltmarsh:sites:{site}:ble", "is not a mapping", str(site_path))
+    devices = ble.get("devices") or {}
+    if not isinstance(devices, dict):
+        raise ConfigError(f"saltmarsh:sites:{site}:ble:devices", "is not a mapping", str(site_path))
+    collecting = _collecting_gateway(site, gateway, gateways, ble, bool(devices))
+    known = {key.strip().upper() for key in devices if isinstance(key, str) and MAC_PATTERN.match(key.strip().upper())}
+    if mac in known:
+        raise ConfigError("mac", f"{mac} is already a BLE device of site {site!r} ({site_path})")
+    device = ble_device_id(mac)
+    if device in (site_entry.get("devices") or {}):
+        raise ConfigError("mac", f"{mac} is device {device!r}, which is already a Pi device of site {site!r}")
+
+    secret_path = pillar_dir / "secrets" / site / f"{collecting}.sls"
+    if not secret_path.is_file():
+        raise ConfigError("gateway", f"{collecting!r} has no secret file {secret_path}")
+    secret_text, secret_doc = _read_yaml(secret_path)
+    gateway_entry = _mapping_at(secret_doc, ["saltmarsh", "sites", site, "gateways", collecting], secret_path)
+    bindkeys = gateway_entry.get("ble_bindkeys") or {}
+    if not isinstance(bindkeys, dict):
+        key = f"saltmarsh:sites:{site}:gateways:{collecting}:ble_bindkeys"
+        raise ConfigError(key, "is not a mapping", str(secret_path))
+    if any(isinstance(key, str) and key.upper() == mac for key in bindkeys):
+        raise ConfigError("mac", f"{mac} already has a bindkey in {secret_path}: remove it first")
+
+    # The site file: the device, and which gateway collects, the first time.
+    site_prefix = ["saltmarsh", "sites", site]
+    entry = _ble_entry(kind, place, interval)
+    new_site_text = site_text
+    expected_site = copy.deepcopy(site_doc)
+    expected_ble = _ensure_mapping(expected_site, [*site_prefix, "ble"])
+    if "gateway" not in ble:
+        new_site_text = _add_entries(new_site_text, [*site_prefix, "ble"], [("gateway", collecting)], site_path)
+        expected_ble["gateway"] = collecting
+    new_site_text = _add_entries(new_site_text, [*site_prefix, "ble", "devices"], [(_quoted(mac), entry)], site_path)
+    _ensure_mapping(expected_ble, ["devices"])[mac] = {"kind": kind, "place": place, "expected_interval_s": interval}
+    _check_edit(new_site_text, expected_site, site_path)
+
+    # The gateway's secret file: the collector's password the first time, and the bindkey.
+    gateway_path = ["saltmarsh", "sites", site, "gateways", collecting]
+    new_secret_text = secret_text
+    expected_secret = copy.deepcopy(secret_doc)
+    expected_gateway = _ensure_mapping(expected_secret, gateway_path)
+    password_created = not gateway_entry.get("ble_collector_password")
+    if password_created:
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        new_secret_text = _add_entries(
+            new_secret_text, gateway_path, [("ble_collector_password", _quoted(password))], secret_path
+        )
+        expected_gateway["ble_collector_password"] = password
+    if bindkey is not None:
+        new_secret_text = _add_entries(
+            new_secret_text, [*gateway_path, "ble_bindkeys"], [(_quoted(mac), _quoted(bindkey))], secret_path
+        )
+        _ensure_mapping(expected_gateway, ["ble_bindkeys"])[mac] = bindkey
+    _check_edit(new_secret_text, expected_secret, secret_path)
+
+    # The secret first: a bindkey for a device not yet in the site file stops the render loudly,
+    # whereas a device without its bindkey would render and fail to decrypt quietly.
+    secret_written = new_secret_text != secret_text
+    if secret_written:
+        _replace(secret_path, new_secret_text, mode=0o600)
+    _replace(site_path, new_site_text, mode=site_path.stat().st_mode & 0o777)
+    return BleDeviceAdded(
+        mac=mac,
+        device=device,
+        kind=kind,
+        place=place,
+        gateway=collecting,
+        site_file=site_path,
+        secret_file=secret_path if secret_written else None,
+        bindkey_added=bindkey is not None,
+        password_created=password_created,
+    )
+
+
+def _check_place(place: str) -> None:
+    if not isinstance(place, str) or not place.strip() or len(place) > MAX_PLACE_CHARS:
+        raise ConfigError("place", f"{str(place)[:40]!r} is not a text of 1 to {MAX_PLACE_CHARS} characters")
+    if any(marker in place for marker in JINJA_MARKERS) or any(ord(char) < 0x20 for char in place):
+        raise ConfigError("place", f"{place[:40]!r} holds a control character or Jinja markers")
+
+
+def _read_bindkey(path: Path, kind: str) -> str:
+    """The 32 hex characters in `path`, lower-case; the error names the file, never its content."""
+    if kind not in ENCRYPTED_KINDS:
+        only = ", ".join(ENCRYPTED_KINDS)
+        raise ConfigError("bindkey-file", f"a {kind} device does not encrypt: only {only} devices take a bindkey")
+    try:
+        text = path.read_bytes().decode("ascii").strip()
+    except UnicodeDecodeError:
+        text = ""
+    except OSError as err:
+        raise ConfigError("bindkey-file", f"{path}: {err.strerror or err}") from None
+    if not is_bindkey(text):
+        raise ConfigError("bindkey-file", f"{path} does not hold a bindkey: 32 hex characters and nothing else")
+    return text.lower()
+
+
+def _collecting_gateway(
+    site: str, asked: str | None, gateways: dict[str, Any], ble: dict[str, Any], has_devices: bool
+) -> str:
+    """The gateway that collects the site's BLE devices: one per site, ble:gateway or the first."""
+    current = ble.get("gateway") or next(iter(gateways))
+    if asked is None:
+        return str(current)
+    if asked not in gateways:
+        expected = ", ".join(gateways)
+        raise ConfigError("gateway", f"{asked!r} is not a gateway of site {site!r}; expected one of {expected}")
+    if asked != current and ("gateway" in ble or has_devices):
+        raise ConfigError(
+            "gateway", f"site {site!r}'s BLE devices are collected by {current!r}: one gateway collects them all"
+        )
+    return asked
+
+
+def _ble_entry(kind: str, place: str, interval: float) -> str:
+    seconds = str(int(interval)) if interval.is_integer() else f"{interval:.6f}".rstrip("0")
+    return f"{{kind: {kind}, place: {_quoted(place)}, expected_interval_s: {seconds}}}"
+
+
+def _quoted(text: str) -> str:
+    # A JSON string is a valid YAML double-quoted scalar. A MAC or a hex key is quoted so that YAML
+    # never reads it as a number (12:34:56:... is sexagesimal to YAML 1.1).
+    return json.dumps(text)
+
+
+def _read_yaml(path: Path) -> tuple[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), f"is not UTF-8 at byte {err.start}") from None
+    if any(marker in text for marker in JINJA_MARKERS):
+        raise ConfigError(str(path), "holds Jinja, which only Salt can render: add the BLE device by hand")
+    return text, _parse_yaml(text, path)
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    try:
+        import yaml  # type: ignore[import-untyped]
+    except ImportError:  # it comes with Salt, where pillar lives
+        raise ConfigError(str(path), "cannot be checked without PyYAML (pip install pyyaml)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), f"is not YAML: {str(err).splitlines()[0]}") from None
+
+
+def _mapping_at(doc: Any, path: list[str], source: Path) -> dict[str, Any]:
+    node: dict[str, Any] = doc if isinstance(doc, dict) else {}
+    for depth, key in enumerate(path):
+        child = node.get(key)
+        if not isinstance(child, dict):
+            raise ConfigError(":".join(path[: depth + 1]), "is missing or not a mapping", str(source))
+        node = child
+    return node
+
+
+def _ensure_mapping(node: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    for key in path:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    return node
+
+
+def _check_edit(text: str, expected: Any, path: Path) -> None:
+    if _parse_yaml(text, path) != expected:
+        raise ConfigError(str(path), "cannot be edited safely as text (an unusual layout): add the BLE device by hand")
+
+
+def _replace(path: Path, text: str, mode: int) -> None:
+    """Write `text` to `path` atomically, the new file `mode` from its first byte."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# A block mapping's key line: indent, key (plain, or quoted), and what follows the colon.
+_KEY_LINE = re.compile(
+    r"""^(?P<indent> *)(?P<key>"(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[^\s#'"{\[\-?][^#]*?):(?=\s|$)(?P<rest>.*)$"""
+)
+_EMPTY_FLOW = re.compile(r"^\s*\{\s*\}\s*(?P<comment>#.*)?$")
+
+
+def _is_content(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _key_name(key: str) -> str:
+    if key.startswith('"'):
+        return str(json.loads(key))
+    if key.startswith("'"):
+        return key[1:-1].replace("''", "'")
+    return key.strip()
+
+
+def _add_entries(text: str, path: list[str], entries: list[tuple[str, str]], source: Path) -> str:
+    """`text` with `key: value` lines appended at the end of the block mapping at `path`, the
+    mappings on the way made where missing. Refuses (ConfigError) where a value on the way is
+    not a block mapping; `_check_edit` then checks the whole result."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    start, end, indent, step = 0, len(lines), -1, 2
+    depth = 0
+    while depth < len(path):
+        children = [i for i in range(start, end) if _is_content(lines[i])]
+        child_indent = _indent(lines[children[0]]) if children else indent + step
+        found = None
+        for i in children:
+            match = _KEY_LINE.match(lines[i])
+            if match and len(match["indent"]) == child_indent and _key_name(match["key"]) == path[depth]:
+                found = (i, match)
+                break
+        if found is None:
+            break
+        i, match = found
+        rest = match["rest"].strip()
+        if rest and not rest.startswith("#"):
+            empty = _EMPTY_FLOW.match(rest)
+            if empty is None:
+                key = ":".join(path[: depth + 1])
+                raise ConfigError(key, "is not a block mapping: add the BLE device by hand", str(source))
+            comment = f"  {empty['comment']}" if empty["comment"] else ""
+            lines[i] = f"{match['indent']}{match['key']}:{comment}\n"
+        if child_indent > indent >= 0:
+            step = child_indent - indent
+        start, indent = i + 1, child_indent
+        end = next((j for j in range(start, end) if _is_content(lines[j]) and _indent(lines[j]) <= indent), end)
+        depth += 1
+    # Append after the block's last content line, before any comments that lead to what follows.
+    content = [i for i in range(start, end) if _is_content(lines[i])]
+    at = content[-1] + 1 if content else start
+    child_indent = _indent(lines[content[0]]) if content else indent + step
+    new: list[str] = []
+    for key in path[depth:]:
+        new.append(" " * child_indent + f"{key}:\n")
+        child_indent += step
+    new += [" " * child_indent + f"{key}: {value}\n" for key, value in entries]
+    return "".join(lines[:at] + new + lines[at:])

@@ -4,7 +4,8 @@
 include:
   - {{ sls_service_clean }}
 {#- Paths only, no pillar checks, so clean works when the pillar is gone. The broker's data
-    directory and the forwarder's spool are kept: they may hold acked, unsent readings. #}
+    directory and the forwarder's and the BLE collector's spools are kept: they may hold acked, unsent
+    readings. #}
 {%- set made = [
       paths.mosquitto_dir ~ '/mosquitto.conf',
       paths.mosquitto_dir ~ '/saltmarsh.passwd',
@@ -16,6 +17,9 @@ include:
       paths.tls_dir ~ '/uplink-ca.pem',
       paths.tls_dir ~ '/gateway.crt',
       paths.tls_dir ~ '/gateway.key',
+      paths.config_dir ~ '/ble.toml',
+      paths.secrets_dir ~ '/ble-broker-password',
+      paths.secrets_dir ~ '/ble-keys',
     ] %}
 {%- for path in made %}
 

@@ -1,8 +1,11 @@
-{#- Mosquitto's config, hashed password file and ACL; the forwarder's TOML, credentials and TLS. #}
+{#- Mosquitto's config, hashed password file and ACL; the forwarder's TOML, credentials and TLS;
+    the BLE collector's TOML, credential and bindkeys when it runs here. #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import saltmarsh, paths, site_id, site with context %}
 {%- from tplroot ~ '/gateway/_gateway.jinja' import gateway_id, gw, mosquitto, forwarder, uplink, uplink_tls,
-      forwarder_user, mosquitto_conf, mosquitto_passwd, mosquitto_acl, forwarder_conf, tls, passwd_command with context %}
+      forwarder_user, mosquitto_conf, mosquitto_passwd, mosquitto_acl, forwarder_conf, tls, passwd_command,
+      ble_site, ble_devices, ble_device_ids, ble_discovery, ble_runs, ble_user, ble_encrypted, ble_conf, ble_password, ble_keys_dir
+      with context %}
 {%- set group = saltmarsh.user.group %}
 {%- set pillar_site = 'saltmarsh:sites:' ~ site_id %}
 {%- set secrets = {
@@ -45,6 +48,7 @@ saltmarsh-gateway-config-passwd-source-file-managed:
         site_id: {{ site_id | json }}
         gateway_id: {{ gateway_id | json }}
         forwarder_user: {{ forwarder_user | json }}
+        ble_user: {{ (ble_user if ble_runs else '') | json }}
     - require:
       - file: saltmarsh-gateway-config-mosquitto-dir-file-directory
 
@@ -73,6 +77,9 @@ saltmarsh-gateway-config-acl-file-managed:
         site_id: {{ site_id | json }}
         forwarder_user: {{ forwarder_user | json }}
         devices: {{ site.get('devices', {}).keys() | list | json }}
+        ble_user: {{ (ble_user if ble_runs else '') | json }}
+        ble_devices: {{ ble_device_ids | json }}
+        ble_discovery: {{ ble_discovery | json }}
     - require:
       - file: saltmarsh-gateway-config-mosquitto-dir-file-directory
 
@@ -179,3 +186,95 @@ saltmarsh-gateway-config-forwarder-file-managed:
         tls: {{ tls | json }}
     - require:
       - file: saltmarsh-common-config-config-dir-file-directory
+
+saltmarsh-gateway-config-ble-state-dir-file-directory:
+  file.directory:
+    - name: {{ paths.state_dir }}/ble
+    - user: {{ saltmarsh.user.name }}
+    - group: {{ group }}
+    - mode: '0750'
+    - require:
+      - file: saltmarsh-common-config-state-dir-file-directory
+{%- if ble_runs %}
+
+saltmarsh-gateway-config-ble-password-file-managed:
+  file.managed:
+    - name: {{ ble_password }}
+    - contents_pillar: {{ pillar_site }}:gateways:{{ gateway_id }}:ble_collector_password
+    - user: {{ saltmarsh.user.name }}
+    - group: {{ group }}
+    - mode: '0600'
+    - show_changes: false
+    - require:
+      - file: saltmarsh-common-config-secrets-dir-file-directory
+{%-   for mac in ble_encrypted | sort %}
+
+{#- A MAC holds colons, pillar's path separator, so contents_pillar cannot name it: the template
+    reads the bindkey from pillar itself. #}
+saltmarsh-gateway-config-ble-key-{{ mac | replace(':', '') }}-file-managed:
+  file.managed:
+    - name: {{ ble_keys_dir }}/{{ mac | replace(':', '') }}.key
+    - source: salt://{{ tplroot }}/files/ble.bindkey.jinja
+    - template: jinja
+    - makedirs: true
+    - user: {{ saltmarsh.user.name }}
+    - group: {{ group }}
+    - mode: '0600'
+    - show_changes: false
+    - context:
+        site_id: {{ site_id | json }}
+        gateway_id: {{ gateway_id | json }}
+        mac: {{ mac | json }}
+    - require:
+      - file: saltmarsh-common-config-secrets-dir-file-directory
+{%-   endfor %}
+
+{#- The bindkeys of devices no longer in pillar go: clean keeps only the files required here. #}
+saltmarsh-gateway-config-ble-keys-dir-file-directory:
+  file.directory:
+    - name: {{ ble_keys_dir }}
+    - user: root
+    - group: {{ group }}
+    - mode: '0750'
+    - clean: true
+    - require:
+      - file: saltmarsh-common-config-secrets-dir-file-directory
+{%-   for mac in ble_encrypted | sort %}
+      - file: saltmarsh-gateway-config-ble-key-{{ mac | replace(':', '') }}-file-managed
+{%-   endfor %}
+
+saltmarsh-gateway-config-ble-file-managed:
+  file.managed:
+    - name: {{ ble_conf }}
+    - source: salt://{{ tplroot }}/files/ble.toml.jinja
+    - template: jinja
+    - user: root
+    - group: {{ group }}
+    - mode: '0640'
+    - context:
+        collector: {{ ble_user | json }}
+        site_id: {{ site_id | json }}
+        settings: {{ saltmarsh.gateway.ble | json }}
+        max_message_bytes: {{ saltmarsh.max_message_bytes | int }}
+        confirmations: {{ saltmarsh.confirmations | json }}
+        state_dir: {{ (paths.state_dir ~ '/ble') | json }}
+        status_dir: {{ paths.status_dir | json }}
+        metrics_dir: {{ paths.metrics_dir | json }}
+        discovery: {{ ble_discovery | json }}
+        stale_factor: {{ ble_site.get('stale_factor', 3) | float }}
+        local_port: {{ mosquitto.port }}
+        password_file: {{ ble_password | json }}
+        devices: {{ ble_devices | json }}
+        keys_dir: {{ ble_keys_dir | json }}
+        encrypted: {{ ble_encrypted | json }}
+    - require:
+      - file: saltmarsh-common-config-config-dir-file-directory
+{%- else %}
+{%-   for path in [ble_conf, ble_password, ble_keys_dir] %}
+
+{#- No BLE collector here (any more): nothing of its config, credential or bindkeys stays. #}
+saltmarsh-gateway-config-ble-{{ path.split('/')[-1] | replace('.', '-') }}-file-absent:
+  file.absent:
+    - name: {{ path }}
+{%-   endfor %}
+{%- endif %}

@@ -2,7 +2,7 @@
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import saltmarsh, paths, site_id, site with context %}
 {%- from tplroot ~ '/gateway/_gateway.jinja' import gateway_id, mosquitto, forwarder, mosquitto_conf,
-      mosquitto_dropin, forwarder_conf, forwarder_unit, ble_unit with context %}
+      mosquitto_dropin, forwarder_conf, forwarder_unit, ble_unit, ble_runs, ble_user, ble_conf with context %}
 {%- set sls_config = tplroot ~ '.gateway.config' %}
 {%- set ble = saltmarsh.gateway.ble %}
 include:
@@ -77,7 +77,7 @@ saltmarsh-gateway-service-forwarder-running:
       - file: saltmarsh-gateway-service-forwarder-unit-file-managed
       - sls: {{ sls_config }}
 {%- endif %}
-{%- if ble.enabled %}
+{%- if ble_runs %}
 
 saltmarsh-gateway-service-ble-unit-file-managed:
   file.managed:
@@ -87,13 +87,13 @@ saltmarsh-gateway-service-ble-unit-file-managed:
     - makedirs: true
     - mode: '0644'
     - context:
-        description: saltmarsh BLE collector ({{ gateway_id }})
-        exec_start: {{ paths.bin }}/{{ ble.command }}
+        description: saltmarsh BLE collector {{ ble_user }} ({{ gateway_id }}, site {{ site_id }})
+        exec_start: {{ paths.bin }}/{{ ble.command }} --config {{ ble_conf }}
         syslog_identifier: {{ ble.service }}
         user: {{ saltmarsh.user.name }}
         group: {{ saltmarsh.user.group }}
         limits: {{ saltmarsh.limits.ble | json }}
-        read_write_paths: [{{ paths.state_dir }}, {{ paths.status_dir }}]
+        read_write_paths: [{{ paths.state_dir }}/ble, {{ paths.status_dir }}{{ (', ' ~ paths.metrics_dir) if paths.metrics_dir else '' }}]
         after: [bluetooth.target, {{ mosquitto.service }}.service]
         {#- BlueZ is reached over D-Bus (AF_UNIX); raw HCI needs AF_BLUETOOTH. #}
         address_families: [AF_UNIX, AF_INET, AF_INET6, AF_BLUETOOTH]
@@ -106,4 +106,18 @@ saltmarsh-gateway-service-ble-running:
       - {{ mosquitto_req }}
     - watch:
       - file: saltmarsh-gateway-service-ble-unit-file-managed
+      - sls: {{ sls_config }}
+{%- else %}
+
+{#- No BLE devices here (any more): the collector stops, its config is gone (gateway.config). #}
+saltmarsh-gateway-service-ble-dead:
+  service.dead:
+    - name: {{ ble.service }}
+    - enable: false
+
+saltmarsh-gateway-service-ble-unit-file-absent:
+  file.absent:
+    - name: {{ ble_unit }}
+    - require:
+      - service: saltmarsh-gateway-service-ble-dead
 {%- endif %}
