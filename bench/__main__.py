@@ -11,6 +11,7 @@ from collections.abc import Callable
 from bench.options import BenchOptions
 from bench.results import RESULTS_MD, BenchReport, load_reports, render_markdown, render_report, save_reports
 from bench.scenarios import (
+    ble,
     ceiling,
     commands,
     drain,
@@ -41,6 +42,7 @@ BENCHES: dict[str, Callable[[BenchOptions], BenchReport]] = {
     powercut.NAME: powercut.run,
     lab_scale.NAME: lab_scale.run,
     commands.NAME: commands.run,
+    ble.NAME: ble.run,
 }
 
 

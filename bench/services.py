@@ -4,9 +4,9 @@
 without; this module fills them in from a `Lab` (its directories, loopback brokers), adds the
 settings every bench gives that service, starts it, and returns once it is ready.
 
-`ACKNOWLEDGEMENT` is what every bench's forwarder and sensor agent are told about when they may
-delete what they sent, merged into their config documents. Empty: the services' default,
-end to end (delete once the ingester confirms). Benching hop-by-hop acknowledgement (delete
+`ACKNOWLEDGEMENT` is what every bench's forwarder, sensor agent and BLE collector are told about
+when they may delete what they sent, merged into their config documents. Empty: the services'
+default, end to end (delete once the ingester confirms). Benching hop-by-hop acknowledgement (delete
 on the broker's PUBACK) is the one-line change
 `ACKNOWLEDGEMENT = {"confirmations": {"mode": "broker"}}`.
 """
@@ -14,17 +14,31 @@ on the broker's PUBACK) is the one-line change
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.lab import Lab
 from bench.reading import SITE
 from saltmarsh.config.sensor import swarm_device_id
-from saltmarsh.ops.localfleet.configs import ConfigDoc, broker_table, forwarder_config, ingester_config, sensor_config
+from saltmarsh.ops.localfleet.configs import (
+    ConfigDoc,
+    ble_config,
+    ble_device_rows,
+    broker_table,
+    forwarder_config,
+    ingester_config,
+    sensor_config,
+)
 from saltmarsh.ops.localfleet.processes import ServiceProcess
 from saltmarsh.runtime.status import read_statuses
 
+if TYPE_CHECKING:
+    from gateway.ble.recording import SimDevice
+
 GATEWAY_ID = "gw1"
 INGESTER_ID = "ing1"
+BLE_COLLECTOR_ID = f"{SITE}-{GATEWAY_ID}-ble"
 READY_TIMEOUT_S = 30.0
 
 ACKNOWLEDGEMENT: Mapping[str, object] = {}
@@ -130,3 +144,43 @@ def start_ingester(lab: Lab, cloud_port: int, sink: Mapping[str, object]) -> Ser
     ingester = lab.service("ingester", "cloud_ingester", lab.config("ingester", doc))
     lab.wait_status("ingester", INGESTER_ID, lambda c: bool(c.get("subscribed")), READY_TIMEOUT_S, ingester.alive)
     return ingester
+
+
+def ble_doc(
+    lab: Lab,
+    gateway_port: int,
+    devices: Sequence[SimDevice],
+    recording: Path,
+    *,
+    start_s: float,
+    expected_interval_s: float,
+) -> ConfigDoc:
+    """The BLE collector replaying `recording` in real time from the wall time `start_s`, with a
+    bindkey file (mode 0600) for each encrypted device."""
+    rows = ble_device_rows(devices, lab.base / "ble-keys", expected_interval_s=expected_interval_s)
+    return ble_config(
+        collector=BLE_COLLECTOR_ID,
+        site=SITE,
+        broker=broker_table(gateway_port),
+        state_dir=lab.layout.state_dir("ble"),
+        status_dir=lab.status_dir,
+        scan={"backend": "replay", "replay_file": str(recording), "replay_speed": 1.0, "replay_start_s": start_s},
+        devices=rows,
+        **ACKNOWLEDGEMENT,
+    )
+
+
+def start_ble_collector(
+    lab: Lab,
+    gateway_port: int,
+    devices: Sequence[SimDevice],
+    recording: Path,
+    *,
+    start_s: float,
+    expected_interval_s: float,
+) -> ServiceProcess:
+    """`python -m gateway.ble` on a replay, returned once connected to the gateway broker."""
+    doc = ble_doc(lab, gateway_port, devices, recording, start_s=start_s, expected_interval_s=expected_interval_s)
+    collector = lab.service("ble", "gateway.ble", lab.config("ble", doc))
+    lab.wait_status("ble", BLE_COLLECTOR_ID, lambda c: bool(c.get("connected")), READY_TIMEOUT_S, collector.alive)
+    return collector

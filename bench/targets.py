@@ -89,6 +89,15 @@ TARGETS = (
     ),
     Target("commands lost across a 5 min gateway outage", "commands", "ours drain lost", "<=", 0, "commands"),
     Target("drain of 10,000 commands after a 5 min gateway outage", "commands", "ours drain time", "<=", 120.0, "s"),
+    Target(
+        "BLE collector CPU/advertisement vs a bare bleak loop, 200 devices every 2 s",
+        "ble",
+        "ours/peer CPU/advertisement at 200 devices / 2 s",
+        "<=",
+        2.0,
+        "x",
+    ),
+    Target("BLE collector RSS, 200 devices every 2 s", "ble", "ours RSS at 200 devices / 2 s", "<=", 40.0, "MB"),
     Target("power cuts of the gateway VM", "powercut", "gateway VM power cuts", ">=", 10, "cuts"),
     Target("readings lost across the gateway VM's power cuts", "powercut", "gateway VM lost", "<=", 0, "readings"),
     Target(

@@ -1,29 +1,35 @@
 """The benches' pure parts: statistics, reading templates, /proc parsing, RESULTS.md rendering, the
-Elasticsearch and relay benches' documents, events and notes, and the site-rate and sink-outage
-benches' arithmetic."""
+Elasticsearch and relay benches' documents, events and notes, the site-rate and sink-outage
+benches' arithmetic, and the BLE bench's window, config and peer."""
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.__main__ import BENCHES
 from bench.counter import CountResult, Tally
+from bench.lab import Lab
 from bench.loadgen import PacketMint, count_pubacks
 from bench.osmem import ready_url
 from bench.procstat import Usage, parse_field, parse_schedstat_ns, parse_stat_cpu_ticks, parse_status_kib
 from bench.reading import TARGET_BYTES, ReadingTemplate, device_id, device_of, parse_seq_ts
 from bench.results import BenchReport, Environment, Figure, cpu_model, render_markdown, render_report
 from bench.salt_events import MINIONS, job_return, job_returns
-from bench.scenarios import es, relay, sink_outage, site_rate
+from bench.scenarios import ble, es, relay, sink_outage, site_rate
+from bench.services import BLE_COLLECTOR_ID, ble_doc
 from bench.stats import median, percentile, rate_between
 from bench.targets import TARGETS, render_targets, verdicts
+from gateway.ble.recording import sim_devices
+from saltmarsh.config.ble import load_ble_config
 from saltmarsh.config.relay import DEFAULT_RELAY_TAGS
 from saltmarsh.contract.envelope import parse
 from saltmarsh.contract.errors import ProtocolError
 from saltmarsh.mqtt.codec import DISCONNECT_PACKET, encode_puback, encode_publish, parse_stream
+from saltmarsh.ops.localfleet.processes import ServiceProcess
 from saltmarsh.relay.documents import event_document, event_id, fleet_event
 from saltmarsh.relay.sender import ELASTICSEARCH, Router
 from saltmarsh.sinks.elasticsearch.bulk import encode
@@ -372,3 +378,45 @@ def test_sink_outage_targets_name_figures_and_ratios_the_bench_reports() -> None
     assert (drain.name, drain.runs) == ("drain time after a 5 min outage", (61.0, 63.0))
     reported = set(sink_outage.figure_table()) | set(ratios) | set(sink_outage.TARGET_FIGURES.values())
     assert {t.figure for t in TARGETS if t.bench == "sink_outage"} <= reported
+
+
+def test_ble_bench_counts_what_the_recording_airs_in_a_window_and_names_its_targets_figures() -> None:
+    assert ble.ISSUE_RATE.label == "at 200 devices / 2 s"
+    assert ble.ISSUE_RATE.advertisements_per_s == 200.0 and ble.SITE_RATE.advertisements_per_s == 8.0
+    air = ble.Air((0.0, 0.1, 1.0, 1.1, 2.5), measurements=3)
+    assert air.aired_between(100.0, 100.0, 101.0) == 2  # [t0, t1): 1.0 is the next window's
+    assert air.aired_between(100.0, 100.05, 102.6) == 4
+    assert air.aired_between(100.0, 90.0, 99.0) == 0
+    window = ble.Window(advertisements=200, wall_s=1.0, ours_cpu_s=0.1, peer_cpu_s=0.05, readings=100)
+    assert (window.cpu_us(window.ours_cpu_s), window.percent(window.peer_cpu_s)) == pytest.approx((500.0, 5.0))
+    assert window.readings_per_advertisement == 0.5
+    figures = {
+        "ours CPU/advertisement at 200 devices / 2 s": 600.0,
+        "peer CPU/advertisement at 200 devices / 2 s": 200.0,
+    }
+    ratios = {f.name: f.value for f in ble.ble_ratios(lambda name: figures.get(name, math.nan))}
+    assert ratios["ours/peer CPU/advertisement at 200 devices / 2 s"] == pytest.approx(3.0)
+    assert math.isnan(ratios["ours/peer RSS at 20 devices / 5 s"])
+    assert {t.figure for t in TARGETS if t.bench == "ble"} <= set(ble.figure_table()) | set(ratios)
+    assert "ble" in BENCHES
+
+
+def test_ble_bench_config_is_one_the_collector_loads(tmp_path: Path) -> None:
+    devices = sim_devices(4, interval_s=2.0)  # the 4th is encrypted: its bindkey goes in a 0600 file
+    with Lab("smoke-ble") as lab:
+        doc = ble_doc(lab, 1883, devices, tmp_path / "air.jsonl", start_s=1_800_000_000.0, expected_interval_s=60.0)
+        cfg = load_ble_config(lab.config("ble", doc))
+    assert cfg.collector == BLE_COLLECTOR_ID and len(cfg.devices) == 4
+    assert (cfg.scan.backend, cfg.scan.replay_speed, cfg.scan.replay_start_s) == ("replay", 1.0, 1_800_000_000.0)
+    assert [d.bindkey_bytes is not None for d in cfg.devices] == [False, False, False, True]
+
+
+def test_ble_peer_counts_a_replay_it_plays_in_real_time(tmp_path: Path) -> None:
+    recording = tmp_path / "air.jsonl"
+    air = ble.write_air(recording, ble.Rate(10, 1.0), duration_s=1.0)
+    log = tmp_path / "peer.log"
+    peer = ServiceProcess.python_module("ble-peer", "bench.ble_peer", [str(recording), repr(time.time() + 0.5)], log)
+    assert peer.start().wait(15.0) == 0, peer.log_tail()
+    result = ble.peer_result(log)
+    assert (result["counted"], result["missed"]) == (air.advertisements, 0) and air.advertisements == 20
+    assert ble.peer_result(tmp_path / "absent.log") == {}
