@@ -84,6 +84,34 @@ def test_a_five_minute_outage_costs_five_copies_of_a_command(store: RolloutStore
     assert sends == 5  # at 0, 30, 60, 120 and 240 s
 
 
+def sends_by_device(store: RolloutStore, start_ms: int, end_ms: int) -> dict[str, list[int]]:
+    """Step the store each second from `start_ms` to `end_ms`: when (s after T0) each device was sent."""
+    sent: dict[str, list[int]] = {}
+    for now_ms in range(start_ms, end_ms, 1_000):
+        due = store.due("r-1", now_ms)
+        for p in due:
+            sent.setdefault(p.target.device, []).append((now_ms - T0) // 1000)
+        store.mark_sent([p.cmd_id for p in due], now_ms)
+    return sent
+
+
+def test_a_site_heard_from_again_ends_the_backoff_of_its_silent_targets(store: RolloutStore) -> None:
+    # Two targets at a cut site, one at another cut site; all sent at 0, then backed off.
+    store.create(spec(), [*targets(2), Target("far", "fen", "far")])
+    assert sends_by_device(store, T0, T0 + 250_000) == {d: [0, 30, 60, 120, 240] for d in ("s000", "s001", "far")}
+    # At 250 s marsh's gateway is back and answers for s000: s001 goes 30 s after its last send
+    # (270 s), not at 480 s; with no word since, it is back on its backoff (next at 540 s). The
+    # fen is still silent and stays on its backoff.
+    store.record("r-1", {"s000": (S.AT_GATEWAY, None, None, T0 + 250_000)})
+    assert sends_by_device(store, T0 + 250_000, T0 + 500_000) == {"s001": [270], "far": [480]}
+    # Each new word from the site sends it again at once (its last send is over resend_s ago).
+    store.record("r-1", {"s000": (S.RUNNING, None, None, T0 + 500_000)})
+    assert sends_by_device(store, T0 + 500_000, T0 + 540_000) == {"s001": [500]}
+    # An expiry at the cloud is no word from the site.
+    store.record("r-1", {"far": (S.EXPIRED, "cloud", None, T0 + 500_000)})
+    assert "far" not in sends_by_device(store, T0 + 500_000, T0 + 560_000)
+
+
 def test_states_only_move_forward_and_the_summary_adds_up(store: RolloutStore) -> None:
     store.create(spec(), targets(4))
     store.mark_sent([p.cmd_id for p in store.due("r-1", T0)], T0)

@@ -10,7 +10,10 @@ The master is the durable owner of a command until a gateway holds it: a target 
 published again, until an outcome from further down arrives (AT_GATEWAY or later): first after
 `resend_s`, then after twice as long each time, `RESEND_MAX_S` at the most (`resend_wait_ms`). A
 broker that holds the gateway's session already has the copy; the resend is for one that lost
-it, and a gateway cut off for five minutes then gets five copies, not ten.
+it, and a gateway cut off for five minutes then gets five copies, not ten. The backoff lasts only
+while the site is silent: once a hop of the target's site answers for any of the rollout's
+targets after this one's last send, the site is reachable again, and the target is sent again
+`resend_s` after its last send, as at first, rather than minutes later.
 Past its deadline a target that was never published is EXPIRED(hop=cloud), here; so is one
 published that no hop answered by the deadline plus the op's run timeout: the cloud broker
 drops a command at its message expiry, so a gateway whose uplink stayed cut never got it. That
@@ -173,6 +176,9 @@ def _added_columns() -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
         ),
         # When each was last published, for the resend; `sent_ms` keeps the first, for the latency.
         ("last_sent_ms", "INTEGER", "UPDATE targets SET last_sent_ms = sent_ms", ()),
+        # When a hop of its site last answered for it (any state from a gateway or a device), so
+        # that a site heard from again ends the resend backoff of its other targets.
+        ("answered_ms", "INTEGER", "UPDATE targets SET answered_ms = result_ms", ()),
     )
 
 
@@ -324,7 +330,7 @@ class RolloutStore:
         if self.status(rollout) != DISPATCHING:
             return []
         rows = self._conn.execute(
-            "SELECT cmd_id, minion, site, device, state, sent_ms, last_sent_ms FROM targets"
+            "SELECT cmd_id, minion, site, device, state, sent_ms, last_sent_ms, answered_ms FROM targets"
             " WHERE rollout = ? ORDER BY device",
             (rollout,),
         ).fetchall()
@@ -333,11 +339,17 @@ class RolloutStore:
             return []
         first_sent = [row[5] for row in rows]
         allowance = math.inf if spec.max_per_minute is None else _allowance(spec.max_per_minute, first_sent, now_ms)
+        heard_ms: dict[str, int] = {}
+        for row in rows:
+            if row[7] is not None:
+                heard_ms[row[2]] = max(heard_ms.get(row[2], 0), int(row[7]))
         due: list[Pending] = []
-        for cmd_id, minion, site, device, state, first_sent_ms, last_sent_ms in rows:
+        for cmd_id, minion, site, device, state, first_sent_ms, last_sent_ms, _ in rows:
             target = Target(minion, site, device)
-            if state == CommandState.SENT.value and now_ms - int(last_sent_ms) >= resend_wait_ms(
-                int(first_sent_ms), int(last_sent_ms), resend_s
+            if state == CommandState.SENT.value and now_ms - int(last_sent_ms) >= (
+                resend_s * 1000
+                if heard_ms.get(site, 0) > int(last_sent_ms)
+                else resend_wait_ms(int(first_sent_ms), int(last_sent_ms), resend_s)
             ):
                 due.append(Pending(cmd_id, target, first=False))
             elif state == CommandState.QUEUED.value and allowance >= 1:
@@ -378,11 +390,14 @@ class RolloutStore:
             stored = rows.get(device)
             if stored is None or not _replaces(CommandState(stored[0]), stored[1], state):
                 continue
-            updates.append((state.value, hop, reason, when_ms if state.terminal else None, rollout, device))
+            # The cloud's own expiry is no word from the site; anything else came from its gateway or device.
+            answered = None if hop == Hop.CLOUD.value else when_ms
+            updates.append((state.value, hop, reason, when_ms if state.terminal else None, answered, rollout, device))
         if updates:
             with self._write() as conn:
                 conn.executemany(
-                    "UPDATE targets SET state = ?, hop = ?, reason = ?, result_ms = ? WHERE rollout = ? AND device = ?",
+                    "UPDATE targets SET state = ?, hop = ?, reason = ?, result_ms = ?,"
+                    " answered_ms = COALESCE(?, answered_ms) WHERE rollout = ? AND device = ?",
                     updates,
                 )
         self._maybe_abort(rollout)
