@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.ops.cli import main
-from saltmarsh.ops.localfleet.fleet import LocalFleet
+from saltmarsh.ops.localfleet.fleet import FleetPlan, LocalFleet, ble_site
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,6 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_make_demo_runs_and_audits_clean(tmp_path: Path) -> None:
     demo_dir = tmp_path / "demo"
+    # The demo's 4 BLE thermometers (its default) measure for as long as the sensors produce.
+    _, _, taken = ble_site(FleetPlan(demo_dir, readings_per_sensor=60, rate_hz=5, ble_devices=4))
+    ble_readings = sum(len(m) for m in taken.values())
+    assert ble_readings >= 4 * 5
     result = subprocess.run(
         [
             "make",
@@ -38,7 +42,8 @@ def test_make_demo_runs_and_audits_clean(tmp_path: Path) -> None:
     assert result.returncode == 0, out
     assert "stopping the cloud broker" in out
     assert "cloud broker back" in out
-    assert "180 readings, 0 lost, 0 duplicated" in out, out
+    assert "+ 4 BLE thermometers (replay)" in out
+    assert f"{180 + ble_readings} readings, 0 lost, 0 duplicated" in out, out
     assert (demo_dir / "state" / "ingester" / "saltmarsh.db").exists()
 
 

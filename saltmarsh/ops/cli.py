@@ -1,4 +1,5 @@
-"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site and add-ble-device, lab, cmd.
+"""The `saltmarsh` command: demo, audit, status, es-templates, pillar new-site and add-ble-device, lab, cmd,
+anomaly score.
 
 Every verb exits
     0  done, and all is well
@@ -23,6 +24,7 @@ from typing import Any
 
 from saltmarsh.config.ingester import SinkConfig, load_ingester_config
 from saltmarsh.contract.errors import SaltmarshError, SinkUnavailable
+from saltmarsh.ops.anomaly_cli import register as add_anomaly_parser
 from saltmarsh.ops.audit import AuditReport, expectations_from, format_report, format_whereabouts, run_audit
 from saltmarsh.ops.cmd_cli import add_cmd_parser
 from saltmarsh.ops.lab.cli import add_lab_parser
@@ -71,14 +73,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         drain_rate_limit=args.drain_rate,
         es_url=args.es_url if args.sink == "elasticsearch" else None,
         es_plain_json=args.es_plain_json,
+        ble_devices=args.ble,
     )
     if args.sink == "elasticsearch" and not args.es_url:
         print("saltmarsh demo: --sink elasticsearch needs --es-url", file=sys.stderr)
         return 2
     fleet = LocalFleet.fresh(plan)
-    total = plan.sensors * plan.readings_per_sensor
+    total = plan.sensors * plan.readings_per_sensor + fleet.ble_measurements
+    ble = f" + {plan.ble_devices} BLE thermometers (replay) -> ble collector" if plan.ble_devices else ""
     print(
-        f"demo: {plan.sensors} sensors x {plan.readings_per_sensor} readings at {plan.rate_hz:g} Hz "
+        f"demo: {plan.sensors} sensors x {plan.readings_per_sensor} readings at {plan.rate_hz:g} Hz{ble} "
         f"-> gateway mosquitto :{fleet.gateway_broker.port} -> forwarder -> cloud mosquitto "
         f":{fleet.cloud_broker.port} -> ingester -> {_sink_text(plan)}",
         flush=True,
@@ -304,6 +308,7 @@ def _number_type(convert: Callable[[str], float], lo: float, inclusive: bool = T
 
 
 _count = _number_type(int, 1)
+_non_negative_count = _number_type(int, 0)
 _positive = _number_type(float, 0, inclusive=False)
 _non_negative = _number_type(float, 0)
 
@@ -314,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = verbs.add_parser("demo", help="run a local fleet through a cut uplink and audit the sink")
     demo.add_argument("--sensors", type=_count, default=5, help="simulated sensor agents (default 5)")
+    demo.add_argument(
+        "--ble", type=_non_negative_count, default=4, help="simulated BLE thermometers heard by the gateway (default 4)"
+    )
     demo.add_argument("--rate", type=_positive, default=2.0, help="readings per second per sensor (default 2)")
     demo.add_argument("--duration", type=_positive, default=30.0, help="seconds each sensor produces (default 30)")
     demo.add_argument("--outage", type=_non_negative, default=10.0, help="seconds the cloud broker is down (0: none)")
@@ -366,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_lab_parser(verbs, _count)
     add_cmd_parser(verbs)
+    add_anomaly_parser(verbs)
     return parser
 
 

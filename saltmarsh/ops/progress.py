@@ -26,9 +26,18 @@ def fleet_progress_line(elapsed_s: float, statuses: Sequence[ServiceStatus], exp
     return (
         f"t={elapsed_s:4.0f}s  sensors {_sum(sensors, 'publish_rate'):6.1f}/s"
         f" made {_sum(sensors, 'readings_total'):.0f}"
+        f"{_ble_text(statuses)}"
         f"  | gateway spool {_sum(forwarders, 'spool_depth'):.0f} oldest {_sum(forwarders, 'oldest_unsent_age_s'):.1f}s"
         f" uplink {uplink} drain {_sum(forwarders, 'drain_rate'):.0f}/s eta {eta_text}"
         f" evicted {_sum(forwarders, 'evicted_total'):.0f}"
         f"  | ingested {_sum(ingesters, 'written_total'):.0f}/{expected_total}"
         f" dup {_sum(ingesters, 'duplicates_total'):.0f} dead {_sum(ingesters, 'dead_letters_total'):.0f}"
     )
+
+
+def _ble_text(statuses: Sequence[ServiceStatus]) -> str:
+    """A BLE collector's part of the line ('' without one): readings minted, and its spool."""
+    collectors = [s for s in statuses if s.service == "ble"]
+    if not collectors:
+        return ""
+    return f"  ble {_sum(collectors, 'readings_total'):.0f} spool {_sum(collectors, 'spool_depth'):.0f}"

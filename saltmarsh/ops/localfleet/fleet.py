@@ -1,8 +1,10 @@
 """A whole site and its cloud on one machine, as real processes on loopback.
 
 Two real Mosquitto brokers (the site's gateway broker and the cloud broker), N sensor agents,
-the forwarder and the ingester with the SQLite sink. `saltmarsh demo` drives it, and so do the
-reliability tests, which kill its processes and cut its uplink.
+the forwarder and the ingester with the SQLite sink, and, with `ble_devices`, a BLE collector
+hearing that many simulated thermometers through the replay backend (a recording written here,
+BTHome plain and encrypted and RuuviTags, each measurement sent twice). `saltmarsh demo` drives
+it, and so do the reliability tests, which kill its processes and cut its uplink.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.ble.advertisement import Advertisement
+from gateway.ble.recording import Measurement, SimDevice, sim_devices, site_recording
+from gateway.ble.replay import dump
 from saltmarsh.config.ingester import load_ingester_config
 from saltmarsh.contract.errors import SinkUnavailable
 from saltmarsh.ops.audit import AuditReport, expectations_from, run_audit
 from saltmarsh.ops.localfleet.configs import (
     ConfigDoc,
+    ble_config,
+    ble_device_rows,
     broker_table,
     forwarder_config,
     ingester_config,
@@ -59,6 +66,8 @@ class FleetPlan:
     # A `[commands]` table for the sensors and the forwarder (the keys they trust); empty: none.
     commands: dict[str, Any] = field(default_factory=dict)
     sensor_settings: dict[str, Any] = field(default_factory=dict)
+    ble_devices: int = 0  # simulated BLE thermometers, heard by a collector on the gateway
+    ble_interval_s: float = 2.0  # between one BLE device's measurements
 
     @property
     def status_dir(self) -> Path:
@@ -70,6 +79,18 @@ class FleetPlan:
 
     def device(self, index: int) -> str:
         return f"{self.site}-s{index + 1:03d}"
+
+    @property
+    def duration_s(self) -> float:
+        """How long the sensors produce: the BLE recording lasts as long."""
+        return self.readings_per_sensor / self.rate_hz
+
+
+def ble_site(plan: FleetPlan) -> tuple[list[SimDevice], list[Advertisement], dict[str, list[Measurement]]]:
+    """The plan's simulated BLE thermometers, their air for `duration_s`, and what each measured."""
+    devices = sim_devices(plan.ble_devices, interval_s=plan.ble_interval_s)
+    air, taken = site_recording(devices, plan.duration_s, repeats=2)
+    return devices, air, taken
 
 
 class LocalFleet:
@@ -91,6 +112,8 @@ class LocalFleet:
             self._service(f"sensor-{plan.device(index)}", "sensor", self._sensor_config(index))
             for index in range(plan.sensors)
         ]
+        self.ble_measurements = 0  # in the BLE recording: one reading each must reach the sink
+        self.ble = self._service("ble", "gateway.ble", self._ble_config()) if plan.ble_devices else None
 
     @classmethod
     def fresh(cls, plan: FleetPlan) -> LocalFleet:
@@ -144,6 +167,30 @@ class LocalFleet:
             # On loopback a confirmation to a sensor costs next to nothing: send them each second,
             # so that a run ends (every sensor's spool empty) soon after its last reading.
             **{"confirm_interval_ms": 1000, **self._confirmations(), **self._commands(), **plan.forwarder_settings},
+        )
+
+    def _ble_config(self) -> ConfigDoc:
+        """The collector's config, and its recording: `ble_devices` thermometers for `duration_s`."""
+        plan = self.plan
+        devices, air, taken = ble_site(plan)
+        self.ble_measurements = sum(len(m) for m in taken.values())
+        recording = self.layout.base / "ble-air.jsonl"
+        recording.write_text("".join(dump(a) + "\n" for a in air))
+        return ble_config(
+            collector=f"{plan.site}-{plan.gateway_id}-ble",
+            site=plan.site,
+            broker=broker_table(self.gateway_broker.port),
+            state_dir=self.layout.state_dir("ble"),
+            status_dir=plan.status_dir,
+            # Moved to the collector's start, at the pace recorded: readings of now, not of 2023.
+            scan={"backend": "replay", "replay_file": str(recording), "replay_speed": 1.0},
+            devices=[
+                {**row, "place": SENSOR_PLACES[n % len(SENSOR_PLACES)][0]}
+                for n, row in enumerate(
+                    ble_device_rows(devices, self.layout.base / "ble-keys", expected_interval_s=plan.ble_interval_s)
+                )
+            ],
+            **self._confirmations(),
         )
 
     def _sink_table(self) -> ConfigDoc:
@@ -202,6 +249,8 @@ class LocalFleet:
         self.wait_for_counter("forwarder", "local_connected")
         for sensor in self.sensors:
             sensor.start()
+        if self.ble is not None:
+            self.ble.start()
 
     def wait_for_counter(self, service: str, key: str, timeout_s: float = 15.0) -> bool:
         return wait_until(lambda: any(bool(s.counters.get(key)) for s in self.status_of(service)), timeout_s)
@@ -233,14 +282,27 @@ class LocalFleet:
             if int(s.counters.get("readings_total", 0)) >= self.plan.readings_per_sensor
             and int(s.counters.get("spool_depth", 1)) == 0
         ]
-        return len(done) == self.plan.sensors
+        return len(done) == self.plan.sensors and self.ble_done()
+
+    def ble_done(self) -> bool:
+        """No collector, or its recording has played out and its spool is empty."""
+        if self.ble is None:
+            return True
+        return any(
+            s.counters.get("scan_state") == "finished"
+            and s.counters.get("spool_depth") == 0
+            and s.counters.get("unconfirmed") == 0
+            for s in self.status_of("ble")
+        )
 
     def processes(self) -> list[ServiceProcess]:
-        return [*self.sensors, self.forwarder, *self.ingesters]
+        return [*self.sensors, *([self.ble] if self.ble is not None else []), self.forwarder, *self.ingesters]
 
     def stop(self) -> None:
         for process in self.sensors:
             process.stop()
+        if self.ble is not None:
+            self.ble.stop()
         self.forwarder.stop()
         for ingester in self.ingesters:
             ingester.stop()
