@@ -53,7 +53,9 @@ OFFLINE_ACK_TIMEOUT_S = 2.0
 
 
 class SpoolSender:
-    def __init__(self, cfg: SensorConfig, spool: Spool, boot: str, devices: Iterable[str] = ()) -> None:
+    def __init__(
+        self, cfg: SensorConfig, spool: Spool, boot: str, devices: Iterable[str] = (), release_every_s: float = 0.0
+    ) -> None:
         self.cfg = cfg
         self.on_command: Callable[[mqtt.MQTTMessage], None] | None = None
         self.command_topics: frozenset[str] = frozenset()
@@ -84,6 +86,13 @@ class SpoolSender:
         self._reconnected = False
         self._refresh_at = 0.0
         self._hold_new = False
+        # Confirmed segments wait this long to leave the spool in one transaction: a collector's
+        # devices are each confirmed on their own ack topic, and one delete per confirmation would
+        # cost a spool transaction each. They stay leased meanwhile, so they are neither sent again
+        # nor evicted; a crash before the delete only means copies the sink already holds.
+        self.release_every_s = release_every_s
+        self._done: list[Segment] = []
+        self._release_at = 0.0
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sensor-sender", daemon=True)
@@ -154,7 +163,10 @@ class SpoolSender:
 
     def _run(self) -> None:
         while not self._closing.is_set():
-            self._wake.wait(IDLE_WAKE_S)
+            wait_s = IDLE_WAKE_S
+            if self._done:
+                wait_s = max(0.0, min(wait_s, self._release_at - time.monotonic()))
+            self._wake.wait(wait_s)
             self._wake.clear()
             try:
                 self.step()
@@ -167,6 +179,7 @@ class SpoolSender:
         now = time.monotonic() if now is None else now
         self._apply_acks(now)
         self._apply_confirmations(now)
+        self._remove_done(now)
         self._plan_resends(now)
         self._fill_window(now)
         if now >= self._refresh_at:
@@ -202,13 +215,18 @@ class SpoolSender:
             self._release(receive(topic, payload, now, ours=topic in self.ack_topics))
 
     def _release(self, released: list[tuple[int, OpenSegment]]) -> None:
-        done: list[Segment] = []
         for _, open_seg in released:
             if open_seg.release():
                 del self._open[open_seg.seg.segno]
-                done.append(open_seg.seg)
-        if done:
-            self.spool.remove_many(done)
+                self._done.append(open_seg.seg)
+
+    def _remove_done(self, now: float, force: bool = False) -> None:
+        """Delete the fully confirmed segments: at once, or once a `release_every_s`."""
+        if not self._done or not (force or now >= self._release_at):
+            return
+        done, self._done = self._done, []
+        self._release_at = now + self.release_every_s
+        self.spool.remove_many(done)
 
     def _plan_resends(self, now: float) -> None:
         if self._reconnected:
@@ -322,5 +340,6 @@ class SpoolSender:
         now = time.monotonic()
         self._apply_acks(now)
         self._apply_confirmations(now)
+        self._remove_done(now, force=True)
         self.client.disconnect()
         self.client.loop_stop()

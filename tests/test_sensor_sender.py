@@ -262,6 +262,49 @@ def test_a_reading_overtaken_by_confirmed_ones_is_resent_as_a_new_copy(
     assert spool.stats().depth_messages == 6  # r1-r4 gone: either copy's confirmation will do
 
 
+def test_a_collectors_confirmed_segments_leave_the_spool_together_once_a_release_interval(
+    make_e2e: Callable[..., Harness], spool: Spool
+) -> None:
+    h = make_e2e(window=10, max_messages=10)
+    h.sender.release_every_s = 0.25
+    h.connect()
+    h.sender.step(now=100.0)
+    run = h.sender.unconfirmed.run
+    timeline = []
+    for now, confirmed in (
+        (100.0, (1, 1)),
+        (100.1, (2, 2)),
+        (100.2, (3, 4)),
+        (100.25, None),
+        (100.3, (5, 5)),
+        (100.6, None),
+    ):
+        if confirmed is not None:
+            confirm(h, Confirmation(run, (confirmed,)).encode())
+        h.sender.step(now=now)
+        timeline.append((now, spool.stats().depth_messages))
+    # The first at once; the next two wait for 100.25 and go in one delete; then 100.5 and after.
+    assert timeline == [(100.0, 9), (100.1, 9), (100.2, 9), (100.25, 6), (100.3, 6), (100.6, 5)]
+    # Confirmed and waiting, they were never sent again.
+    assert [payload for _, payload in h.paho.data()] == [
+        b"r1",
+        b"r2",
+        b"r3",
+        b"r4",
+        b"r5",
+        b"r6",
+        b"r7",
+        b"r8",
+        b"r9",
+        b"r10",
+    ]
+    confirm(h, Confirmation(run, ((6, 6),)).encode())
+    h.sender.step(now=100.7)
+    h.disconnect()
+    h.sender.close()  # what waits goes before the goodbye
+    assert spool.stats().depth_messages == 4
+
+
 def test_a_reconnect_resends_everything_unconfirmed(make_e2e: Callable[..., Harness], spool: Spool) -> None:
     h = make_e2e(window=10, max_messages=3)
     h.connect()

@@ -34,7 +34,9 @@ from saltmarsh.contract.topics import Channel
 
 log = logging.getLogger(__name__)
 
-COMMIT_S = 0.05  # one spool commit gathers this long: an SD card's fsync per advertisement would not keep up
+# One spool commit gathers this long: an SD card's fsync per advertisement would not keep up, and
+# a thermometer that reports every few seconds or minutes loses nothing by waiting a quarter second.
+COMMIT_S = 0.25
 CHECK_S = 1.0
 DOWNGRADE_ALERT = "ble_downgrade"
 STALE_EVENT = "stale"
