@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from saltmarsh.ops import cli
+from saltmarsh.ops.localfleet.fleet import FleetPlan, ble_site
 from tests import es_support
 from tests.es_support import EsBackend
 
@@ -30,4 +31,6 @@ def test_demo_with_elasticsearch_audits_clean(
     out = capsys.readouterr().out
     assert code == 0, out
     assert f"ingester -> elasticsearch {es_backend.url}" in out
-    assert "160 readings, 0 lost, 0 duplicated" in out, out
+    # 2 sensors x 80, and what the demo's 4 BLE thermometers (its default) measured in those 8 s.
+    _, _, taken = ble_site(FleetPlan(tmp_path, readings_per_sensor=80, rate_hz=10, ble_devices=4))
+    assert f"{160 + sum(len(m) for m in taken.values())} readings, 0 lost, 0 duplicated" in out, out
